@@ -1,0 +1,148 @@
+"""The project's Api and Blueprint: problem+json errors, strict arguments, declared scopes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import flask_smorest
+import marshmallow as ma
+from flask import Response
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import HTTPException
+
+from casehub.errors import problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SECURITY_SCHEME = "oauth2"
+PROBLEM = "application/problem+json"
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details."""
+
+    type = ma.fields.String(required=True, metadata={"description": "A URI naming the problem."})
+    title = ma.fields.String(required=True)
+    status = ma.fields.Integer(required=True)
+    detail = ma.fields.String(required=True)
+    errors = ma.fields.Dict(
+        metadata={
+            "description": "Validation errors: {location: {field: [message, ...]}}.",
+        }
+    )
+
+
+class Parser(FlaskParser):
+    """Unknown query parameters are errors too: a mistyped filter must not list everything."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+        "query": ma.RAISE,
+        "querystring": ma.RAISE,
+        "headers": ma.EXCLUDE,
+    }
+
+
+def problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM: {"schema": ProblemSchema}}}
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ProblemSchema
+    DEFAULT_ERROR_RESPONSE_NAME = "DEFAULT_ERROR"
+
+    def _register_responses(self) -> None:
+        super()._register_responses()
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        """Every framework HTTP error (404, 405, webargs 400/422, 413…) as problem+json."""
+        data = getattr(error, "data", None) or {}
+        headers = {
+            k: v for k, v in error.get_headers() if k.lower() not in ("content-type", "content-length")
+        }
+        headers.update(data.get("headers") or {})
+        errors = data.get("errors") or data.get("messages")
+        status = error.code or 500
+        detail = data.get("message")
+        if detail is None:
+            detail = {
+                400: "The request body is not valid JSON.",
+                404: "No such resource.",
+                405: "Method not allowed on this resource.",
+                413: "The request body is larger than 1 MiB.",
+                422: "The request has invalid fields.",
+            }.get(status, error.name)
+        return problem(status, detail=detail, title=error.name, errors=errors, headers=headers)
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = Parser()
+
+    @staticmethod
+    def requires(scope: str) -> Callable[[F], F]:
+        """Declare (and document) the scope a view needs; enforced for every request in web.py.
+
+        `scopes.ANY_SCOPE` means any valid token will do.
+        """
+
+        def decorator(func: F) -> F:
+            func._casehub_scope = scope  # type: ignore[attr-defined]
+            required = [scope] if scope else []
+            doc = {
+                "security": [{SECURITY_SCHEME: required}],
+                "responses": {
+                    "401": problem_response("No valid access token (`error=\"invalid_token\"`)."),
+                    "403": problem_response(
+                        "The token lacks the scope (`error=\"insufficient_scope\"`), or the record "
+                        "is visible but not the caller's to change."
+                    ),
+                },
+            }
+            return flask_smorest.Blueprint.doc(**doc)(func)  # type: ignore[no-any-return]
+
+        return decorator
+
+    @staticmethod
+    def idempotent(func: F) -> F:
+        """Mark a creating POST as honouring `Idempotency-Key` (see web.py)."""
+        func._casehub_idempotent = True  # type: ignore[attr-defined]
+        return flask_smorest.Blueprint.doc(  # type: ignore[no-any-return]
+            parameters=[
+                {
+                    "in": "header",
+                    "name": "Idempotency-Key",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": (
+                        "Repeating a key with the same body within 24 h returns the first "
+                        "response and creates nothing; the same key with another body is 422. "
+                        "Only successful (2xx) responses are kept."
+                    ),
+                }
+            ]
+        )(func)
+
+    @staticmethod
+    def etag_required(func: F) -> F:
+        return flask_smorest.Blueprint.doc(  # type: ignore[no-any-return]
+            parameters=[
+                {
+                    "in": "header",
+                    "name": "If-Match",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 100},
+                    "description": "The record's current ETag.",
+                }
+            ],
+            responses={
+                "412": problem_response("If-Match does not match the current ETag."),
+                "428": problem_response("If-Match is missing."),
+            },
+        )(func)
+
+
+def public(func: F) -> F:
+    """Mark a view that needs no token (well-known, token endpoints, health, docs)."""
+    func._casehub_public = True  # type: ignore[attr-defined]
+    return func

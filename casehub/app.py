@@ -1,0 +1,100 @@
+"""The application factory: config → db → auth → api → blueprints → request lifecycle."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from casehub import config as config_module
+from casehub import web
+from casehub.api import register_blueprints
+from casehub.api.base import SECURITY_SCHEME, Api
+from casehub.api.ops import init_metrics
+from casehub.auth import scopes
+from casehub.auth import server as oauth_server
+from casehub.auth.keys import KeyStore
+from casehub.auth.protector import make_protector
+from casehub.auth.tokens import AccessTokenValidator
+from casehub.config import MIB
+from casehub.db import Database
+
+API_VERSION = "1.0.0"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask("casehub", instance_relative_config=True, static_folder=None)
+    settings = config_module.load(config)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    if not settings["DATABASE_URL"]:
+        settings["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "casehub.db")
+    settings["ISSUER"] = str(settings["ISSUER"]).rstrip("/")
+    settings["AUDIENCE"] = settings["AUDIENCE"] or settings["ISSUER"]
+    app.config.update(settings)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MIB,
+        API_TITLE="casehub",
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    db = Database()
+    db.init_app(app)
+
+    key_file = settings["SIGNING_KEYS_FILE"] or os.path.join(app.instance_path, "signing-keys.json")
+    keys = KeyStore(
+        Path(key_file), token_ttl=settings["TOKEN_TTL"], create=settings["ENV"] != "production"
+    )
+    validator = AccessTokenValidator(keys, issuer=settings["ISSUER"], audience=settings["AUDIENCE"])
+    app.extensions["casehub.keys"] = keys
+    app.extensions["casehub.validator"] = validator
+    app.extensions["casehub.protector"] = make_protector(validator)
+    oauth_server.init_app(app, keys, validator)
+
+    api = Api(app, spec_kwargs={"info": _info()})
+    api.spec.components.security_scheme(
+        SECURITY_SCHEME,
+        {
+            "type": "oauth2",
+            "description": (
+                "RFC 9068 JWT access tokens from POST /oauth/token (client_credentials, or "
+                "jwt-bearer for a registered user). Send as `Authorization: Bearer <token>`."
+            ),
+            "flows": {
+                "clientCredentials": {
+                    "tokenUrl": "/oauth/token",
+                    "scopes": dict(scopes.SCOPES),
+                }
+            },
+        },
+    )
+    app.extensions["casehub.api"] = api
+    register_blueprints(api)
+    web.init_app(app)
+    init_metrics(app)
+    return app
+
+
+def _info() -> dict[str, Any]:
+    return {
+        "description": (
+            "casehub shares referrals about children at risk of criminal exploitation between "
+            "police forces, charities, local authority children's services and probation.\n\n"
+            "Conventions: errors are RFC 9457 `application/problem+json`; lists take `limit` "
+            "(1..200, default 50) and an opaque `cursor`, and are ordered by creation time then "
+            "id, oldest first, so a cursor walk sees every item that existed when it started "
+            "exactly once; unknown query parameters and unknown body fields are 422; "
+            "referrals and subjects carry an `ETag` and changes need `If-Match`; creating POSTs "
+            "accept `Idempotency-Key`; every response carries `X-Request-Id`. A record the "
+            "caller's agency may not see answers 404, exactly like one that does not exist."
+        ),
+        "contact": {"name": "casehub maintainers"},
+    }

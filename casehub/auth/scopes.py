@@ -1,0 +1,53 @@
+"""The single list of scopes and roles: enforcement and the OpenAPI document both read it."""
+
+from __future__ import annotations
+
+SCOPES: dict[str, str] = {
+    "referrals:read": "Read referrals, notes and shares that the caller's agency can see.",
+    "referrals:write": (
+        "Create referrals; update and transition those the agency leads; add notes where it "
+        "leads or holds a contribute share; acknowledge shares to it."
+    ),
+    "referrals:share": "Share referrals the agency leads, revoke those shares, transfer the lead.",
+    "subjects:read": "Read and search children's records the agency can see.",
+    "subjects:write": "Create and update children's records the agency can see.",
+    "audit:read": (
+        "Audit events of the agency's own actors, and of anyone's actions on referrals it leads."
+    ),
+    "audit:read:all": "Every audit event (partnership auditors).",
+    "webhooks:manage": "The agency's webhook subscriptions.",
+    "admin": "Clients and users of the agency; agencies themselves for the platform agency.",
+}
+
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "caseworker": frozenset(
+        {"referrals:read", "referrals:write", "subjects:read", "subjects:write"}
+    ),
+    "safeguarding_lead": frozenset(
+        {"referrals:read", "referrals:write", "subjects:read", "subjects:write", "referrals:share"}
+    ),
+    "auditor": frozenset({"audit:read"}),
+    "agency_admin": frozenset({"admin", "webhooks:manage"}),
+}
+
+# Declared on routes that need a valid token but no particular scope (e.g. GET /v1/agencies).
+ANY_SCOPE = ""
+
+
+def normalise(scope: str) -> list[str]:
+    """Split a space-delimited scope string, keeping order and dropping repeats."""
+    seen: dict[str, None] = {}
+    for item in scope.split():
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+def unknown(scopes: list[str]) -> list[str]:
+    return [s for s in scopes if s not in SCOPES]
+
+
+def for_roles(roles: list[str]) -> frozenset[str]:
+    granted: set[str] = set()
+    for role in roles:
+        granted |= ROLE_SCOPES.get(role, frozenset())
+    return frozenset(granted)

@@ -1,0 +1,166 @@
+"""The `casehub` command: a Flask CLI group that works the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from casehub import migrate
+from casehub.db import get_db, session_scope
+from casehub.errors import CasehubError
+from casehub.services import agencies as agency_service
+
+
+def _create_app() -> object:
+    from casehub import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=True, add_version_option=False)
+def main() -> None:
+    """casehub: multi-agency referrals about children at risk of exploitation."""
+
+
+def _fail(error: CasehubError) -> None:
+    click.echo(f"error: {error.detail}", err=True)
+    if error.errors:
+        click.echo(json.dumps(error.errors), err=True)
+    sys.exit(2)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Bring the schema to the newest migration."""
+    engine = get_db().engine
+    assert engine is not None
+    migrate.upgrade(engine, revision)
+    click.echo(f"database at {migrate.head_revision() if revision == 'head' else revision}")
+
+
+@main.group("agencies")
+def agencies_group() -> None:
+    """Agencies."""
+
+
+@agencies_group.command("add")
+@click.argument("code")
+@click.option("--name", required=True)
+@click.option("--kind", required=True)
+@click.option("--area")
+@click.option("--platform", is_flag=True, help="The platform agency (administers agencies).")
+@with_appcontext
+def agencies_add(code: str, name: str, kind: str, area: str | None, platform: bool) -> None:
+    """Add an agency."""
+    try:
+        with session_scope() as session:
+            agency_service.add_agency(
+                session, code=code, name=name, kind=kind, area=area, is_platform=platform
+            )
+    except CasehubError as error:
+        _fail(error)
+    click.echo(f"agency {code} added")
+
+
+@main.group("clients")
+def clients_group() -> None:
+    """Partner systems (OAuth clients)."""
+
+
+@clients_group.command("add")
+@click.option("--agency", "agency_code", required=True)
+@click.option("--name", required=True)
+@click.option("--scopes", required=True, help='Space-separated, e.g. "referrals:read referrals:write".')
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print {client_id, client_secret} as JSON.")
+@with_appcontext
+def clients_add(agency_code: str, name: str, scopes: str, jwks_file: Path | None, as_json: bool) -> None:
+    """Add a partner system; its secret is printed once and stored only as a hash."""
+    jwks = json.loads(jwks_file.read_text()) if jwks_file else None
+    try:
+        with session_scope() as session:
+            client, secret = agency_service.add_client(
+                session,
+                agency_code=agency_code,
+                name=name,
+                scope=scopes,
+                jwks=jwks,
+                scrypt_n=current_app.config["CLIENT_SECRET_SCRYPT_N"],
+            )
+            client_id = client.client_id
+    except CasehubError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps({"client_id": client_id, "client_secret": secret}))
+    else:
+        click.echo(f"client_id:     {client_id}\nclient_secret: {secret}  (shown once)")
+
+
+@main.group("users")
+def users_group() -> None:
+    """People acting through their agency's partner systems."""
+
+
+@users_group.command("add")
+@click.option("--agency", "agency_code", required=True)
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--roles", required=True, help='Space-separated, e.g. "caseworker".')
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def users_add(agency_code: str, email: str, name: str, roles: str, as_json: bool) -> None:
+    """Add a user."""
+    try:
+        with session_scope() as session:
+            user = agency_service.add_user(
+                session, agency_code=agency_code, email=email, name=name, roles=roles.split()
+            )
+            user_id = str(user.id)
+    except CasehubError as error:
+        _fail(error)
+    click.echo(json.dumps({"id": user_id}) if as_json else f"user {user_id} added")
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Token-signing keys."""
+
+
+@keys_group.command("rotate")
+@with_appcontext
+def keys_rotate() -> None:
+    """Start signing with a new key; the old one stays published until its tokens expire."""
+    kid = current_app.extensions["casehub.keys"].rotate()
+    click.echo(f"now signing with key {kid}")
+
+
+@main.group("openapi")
+def openapi_group() -> None:
+    """The OpenAPI document."""
+
+
+@openapi_group.command("export")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@with_appcontext
+def openapi_export(file: Path | None) -> None:
+    """Write the OpenAPI document (default: standard output)."""
+    from casehub.openapi import render_spec
+
+    text = render_spec(current_app)
+    if file is None:
+        click.echo(text, nl=False)
+    else:
+        file.write_text(text)
+        click.echo(f"wrote {file}", err=True)

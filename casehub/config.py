@@ -1,0 +1,76 @@
+"""Configuration: defaults, then the CASEHUB_* environment, then explicit overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run the service safely."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "ENV": "development",
+    "DATABASE_URL": None,  # None: a SQLite file in the instance folder
+    "ISSUER": "http://127.0.0.1:5000",
+    "AUDIENCE": None,  # None: the issuer
+    "TOKEN_TTL": 900,
+    "SIGNING_KEYS_FILE": None,  # None: instance/signing-keys.json, generated when missing
+    "WEBHOOKS_ALLOW_PRIVATE": False,
+    "IDEMPOTENCY_TTL": 24 * 3600,
+    "CLIENT_SECRET_SCRYPT_N": 2**14,
+    "SQL_ECHO": False,
+}
+
+_BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
+
+
+def _coerce(key: str, raw: str) -> Any:
+    default = DEFAULTS.get(key)
+    if isinstance(default, bool):
+        try:
+            return _BOOL[raw.strip().lower()]
+        except KeyError as exc:
+            raise ConfigError(f"CASEHUB_{key} must be 0 or 1") from exc
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"CASEHUB_{key} must be an integer") from exc
+    return raw
+
+
+def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the casehub settings (un-prefixed keys) from defaults, environment and overrides."""
+    env = os.environ if environ is None else environ
+    settings = dict(DEFAULTS)
+    for key in DEFAULTS:
+        value = env.get(f"CASEHUB_{key}")
+        if value is not None:
+            settings[key] = _coerce(key, value)
+    settings.update(overrides or {})
+    validate(settings)
+    return settings
+
+
+def validate(settings: Mapping[str, Any]) -> None:
+    """Fail fast on settings that would make the service unsafe or broken."""
+    ttl = settings["TOKEN_TTL"]
+    if not 60 <= ttl <= 900:
+        raise ConfigError("CASEHUB_TOKEN_TTL must be between 60 and 900 seconds")
+    if settings["ENV"] == "production":
+        missing = [
+            f"CASEHUB_{key}"
+            for key in ("DATABASE_URL", "SIGNING_KEYS_FILE")
+            if not settings.get(key)
+        ]
+        if missing:
+            raise ConfigError("production needs " + ", ".join(missing))
+        if not str(settings["ISSUER"]).startswith("https://"):
+            raise ConfigError("production needs an https CASEHUB_ISSUER")
+        if settings["WEBHOOKS_ALLOW_PRIVATE"]:
+            raise ConfigError("CASEHUB_WEBHOOKS_ALLOW_PRIVATE is for local demos and tests only")

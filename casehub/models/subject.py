@@ -1,0 +1,54 @@
+"""The child or young person a referral is about."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from casehub.db import Base, new_id, utcnow
+
+
+class Subject(Base):
+    __tablename__ = "subjects"
+    __table_args__ = (Index("ix_subjects_created_at_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    given_name: Mapped[str] = mapped_column(String(100))
+    family_name: Mapped[str] = mapped_column(String(100))
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    date_of_birth: Mapped[date | None] = mapped_column(Date, index=True)
+    estimated_birth_year: Mapped[int | None] = mapped_column(Integer)
+    gender: Mapped[str] = mapped_column(String(20), default="unknown")
+    identifiers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    address_line: Mapped[str | None] = mapped_column(String(200))
+    address_town: Mapped[str | None] = mapped_column(String(100))
+    address_postcode: Mapped[str | None] = mapped_column(String(10))
+    created_by_agency: Mapped[str] = mapped_column(ForeignKey("agencies.code"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    name_keys: Mapped[list[SubjectNameKey]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class SubjectNameKey(Base):
+    """Search keys for a subject's names: each normalised name and its one-deletion variants.
+
+    Two names within one edit of each other always share a key, so typo-tolerant search is an
+    indexed equality join that behaves the same on SQLite and PostgreSQL.
+    """
+
+    __tablename__ = "subject_name_keys"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    subject_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True, index=True
+    )

@@ -1,0 +1,1 @@
+"""Marshmallow schemas: XxxSchema (out), XxxCreateSchema, XxxUpdateSchema, XxxQueryArgsSchema."""

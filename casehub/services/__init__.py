@@ -1,0 +1,1 @@
+"""Domain services: keyword-only `verb_noun(session, *, actor, ...)`; they flush, never commit."""

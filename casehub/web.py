@@ -1,0 +1,279 @@
+"""The request lifecycle every route passes through.
+
+before: request id → token (401) → scope (403) → transport form (413/415) → Purpose-Of-Use
+        (422) → Idempotency-Key replay.
+after:  success → audit events and idempotency record join the request's transaction → one
+        commit; failure → rollback, then refused attempts are audited in their own transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy.exc import IntegrityError, OperationalError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from casehub import audit
+from casehub.auth.actor import Actor, invalid_token, load_actor
+from casehub.auth.scopes import ANY_SCOPE
+from casehub.db import get_session, utcnow
+from casehub.errors import (
+    CasehubError,
+    Forbidden,
+    InsufficientScope,
+    UnsupportedMediaType,
+    ValidationFailed,
+    problem,
+    render,
+)
+from casehub.models import IdempotencyRecord
+from casehub.services.purposes import REQUEST_PURPOSES
+
+log = logging.getLogger("casehub.request")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+# flask-smorest's own documentation views, which cannot carry the `public` marker.
+PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
+
+
+def endpoint_policy(app: Flask, endpoint: str | None, method: str) -> tuple[str, str | None]:
+    """('public', None), ('scope', scope) or ('undeclared', None) for one endpoint and method."""
+    if endpoint is None or endpoint in PUBLIC_ENDPOINTS:
+        return ("public", None)  # no route matched: routing answers 404/405 itself
+    view = app.view_functions.get(endpoint)
+    if view is None:
+        return ("undeclared", None)
+    target: Any = view
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:
+        name = "get" if method == "HEAD" else method.lower()
+        target = getattr(view_class, name, None)
+        if target is None:
+            return ("public", None)  # MethodView answers 405 itself
+    if getattr(target, "_casehub_public", False) or getattr(view, "_casehub_public", False):
+        return ("public", None)
+    scope = getattr(target, "_casehub_scope", None)
+    if scope is None:
+        return ("undeclared", None)
+    return ("scope", scope)
+
+
+def _view_attr(name: str) -> Any:
+    view = current_app.view_functions.get(request.endpoint or "")
+    view_class = getattr(view, "view_class", None)
+    target = getattr(view_class, request.method.lower(), None) if view_class else view
+    return getattr(target, name, None)
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    supplied = request.headers.get("X-Request-Id", "")
+    g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+
+
+def _authorize() -> Response | None:
+    app = current_app
+    kind, scope = endpoint_policy(app, request.endpoint, request.method)
+    if kind == "public":
+        return None
+    g.purpose = None
+    protector = app.extensions["casehub.protector"]
+    try:
+        claims = protector.acquire_token(None)
+    except OAuth2Error as exc:
+        raise invalid_token() from exc
+    actor = load_actor(get_session(), claims)
+    g.actor = actor
+    if kind == "undeclared":
+        # Deny by default: a route nobody declared a scope for serves nobody.
+        raise Forbidden("This operation is not available.")
+    if scope and not actor.has_scope(scope):
+        raise InsufficientScope(
+            f"This operation needs the scope {scope}.",
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer realm="casehub", error="insufficient_scope", scope="{scope}"'
+                )
+            },
+        )
+    _check_transport()
+    purpose = request.headers.get("Purpose-Of-Use")
+    if purpose is not None:
+        if purpose not in REQUEST_PURPOSES:
+            raise ValidationFailed(
+                "Purpose-Of-Use must be a share purpose code, case_work, audit or statistics.",
+                errors={"headers": {"Purpose-Of-Use": ["Unknown purpose of use."]}},
+            )
+        g.actor = actor = _with_purpose(actor, purpose)
+    if request.method == "POST" and _view_attr("_casehub_idempotent"):
+        return _idempotency_replay(actor)
+    return None
+
+
+def _with_purpose(actor: Actor, purpose: str) -> Actor:
+    return replace(actor, purpose=purpose)
+
+
+def _check_transport() -> None:
+    if request.method not in BODY_METHODS:
+        return
+    length = request.content_length
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge()
+    has_body = bool(length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    if has_body and not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
+        raise UnsupportedMediaType("Send the body as application/json.")
+
+
+# -- Idempotency-Key -------------------------------------------------------------------------
+def _request_fingerprint() -> str:
+    raw = request.get_data(cache=True)
+    try:
+        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = raw
+    digest = hashlib.sha256()
+    digest.update(f"{request.method} {request.path}\n".encode())
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+def _idempotency_replay(actor: Actor) -> Response | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 characters.",
+            errors={"headers": {"Idempotency-Key": ["Length must be between 1 and 255."]}},
+        )
+    fingerprint = _request_fingerprint()
+    session = get_session()
+    record = session.get(IdempotencyRecord, (actor.client_id, key))
+    if record is not None and record.expires_at > utcnow():
+        if record.request_hash != fingerprint:
+            raise ValidationFailed(
+                "This Idempotency-Key was used with a different request.",
+                errors={"headers": {"Idempotency-Key": ["Already used with another body."]}},
+            )
+        g.idempotent_replay = True
+        response = Response(record.body, status=record.status, headers=record.headers)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    if record is not None:
+        session.delete(record)
+        session.flush()
+    g.idempotency = (key, fingerprint)
+    return None
+
+
+def _keep_idempotent_response(response: Response) -> None:
+    pending = g.get("idempotency")
+    if pending is None or not 200 <= response.status_code < 300:
+        return
+    actor: Actor = g.actor
+    key, fingerprint = pending
+    headers = {
+        name: value
+        for name, value in response.headers.items()
+        if name in ("Content-Type", "Location", "ETag")
+    }
+    get_session().add(
+        IdempotencyRecord(
+            client_id=actor.client_id,
+            key=key,
+            request_hash=fingerprint,
+            status=response.status_code,
+            headers=headers,
+            body=response.get_data(),
+            expires_at=utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"]),
+        )
+    )
+
+
+# -- finishing ---------------------------------------------------------------------------------
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    response.headers.setdefault("Cache-Control", "no-store")
+    session = g.get("casehub_session")
+    if session is None or g.get("idempotent_replay"):
+        return response
+    info = request_info()
+    try:
+        if response.status_code < 400:
+            _keep_idempotent_response(response)
+            audit.write_pending(session, info, status=response.status_code)
+            session.commit()
+        else:
+            session.rollback()
+            if audit.write_pending(session, info, status=response.status_code, only_denied=True):
+                session.commit()
+    except IntegrityError:
+        session.rollback()
+        audit.discard_pending(session)
+        log.warning("conflict at commit", extra={"request_id": g.request_id})
+        return _finalise(problem(409, detail="The request conflicts with the current state."))
+    except Exception:
+        session.rollback()
+        audit.discard_pending(session)
+        log.exception("commit failed", extra={"request_id": g.request_id})
+        return _finalise(problem(500, detail="The request could not be completed; nothing was saved."))
+    return response
+
+
+def request_info() -> audit.RequestInfo:
+    return audit.RequestInfo(
+        request_id=g.get("request_id"),
+        method=request.method,
+        path=request.path[:500],
+        ip=(request.remote_addr or "")[:45] or None,
+    )
+
+
+def _finalise(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _handle_domain_error(error: CasehubError) -> Response:
+    return render(error)
+
+
+def _handle_integrity_error(error: IntegrityError) -> Response:
+    return problem(409, detail="The request conflicts with an existing record.")
+
+
+def _handle_operational_error(error: OperationalError) -> Response:
+    log.error("database unavailable", extra={"request_id": g.get("request_id")})
+    return problem(503, detail="The database is unavailable; try again shortly.")
+
+
+def _handle_unexpected(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return current_app.extensions["casehub.api"].handle_http_exception(error)  # type: ignore[no-any-return]
+    log.exception("unhandled error", extra={"request_id": g.get("request_id")})
+    return problem(500, detail="An unexpected error occurred; nothing was saved.")
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_start_request)
+    app.before_request(_authorize)
+    app.after_request(_finish_request)
+    app.register_error_handler(CasehubError, _handle_domain_error)
+    app.register_error_handler(IntegrityError, _handle_integrity_error)
+    app.register_error_handler(OperationalError, _handle_operational_error)
+    app.register_error_handler(Exception, _handle_unexpected)
+
