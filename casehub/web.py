@@ -190,6 +190,13 @@ def _keep_idempotent_response(response: Response) -> None:
         for name, value in response.headers.items()
         if name in ("Content-Type", "Location", "ETag")
     }
+    body = response.get_data()
+    shown_once = _view_attr("_casehub_replay_without")
+    if shown_once:
+        # A secret is shown once and stored only as a hash: the kept replay carries null.
+        kept = json.loads(body)
+        kept.update(dict.fromkeys(shown_once))
+        body = json.dumps(kept).encode()
     get_session().add(
         IdempotencyRecord(
             client_id=actor.client_id,
@@ -197,7 +204,7 @@ def _keep_idempotent_response(response: Response) -> None:
             request_hash=fingerprint,
             status=response.status_code,
             headers=headers,
-            body=response.get_data(),
+            body=body,
             expires_at=utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"]),
         )
     )

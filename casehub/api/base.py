@@ -124,6 +124,16 @@ class Blueprint(flask_smorest.Blueprint):
         )(func)
 
     @staticmethod
+    def replay_without(*fields: str) -> Callable[[F], F]:
+        """Top-level response fields (secrets shown once) stored as null for idempotent replays."""
+
+        def decorator(func: F) -> F:
+            func._casehub_replay_without = fields  # type: ignore[attr-defined]
+            return func
+
+        return decorator
+
+    @staticmethod
     def etag_required(func: F) -> F:
         return flask_smorest.Blueprint.doc(  # type: ignore[no-any-return]
             parameters=[
