@@ -6,7 +6,7 @@ from casehub.api.base import Api
 
 
 def register_blueprints(api: Api) -> None:
-    from casehub.api import agencies, indicators, oauth, ops, referrals, subjects
+    from casehub.api import admin, agencies, indicators, oauth, ops, referrals, shares, subjects
 
-    for module in (oauth, ops, agencies, indicators, subjects, referrals):
+    for module in (oauth, ops, agencies, indicators, subjects, referrals, shares, admin):
         api.register_blueprint(module.blp)

@@ -7,10 +7,11 @@ from typing import Any, TypeVar
 
 import flask_smorest
 import marshmallow as ma
-from flask import Response
+from flask import Response, g
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
+from casehub.auth.actor import Actor
 from casehub.errors import problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,6 +151,12 @@ class Blueprint(flask_smorest.Blueprint):
                 "428": problem_response("If-Match is missing."),
             },
         )(func)
+
+
+def current_actor() -> Actor:
+    """The authenticated caller; web.py sets it before any scoped view runs."""
+    actor: Actor = g.actor
+    return actor
 
 
 def public(func: F) -> F:

@@ -1,3 +1,194 @@
-"""placeholder during bring-up"""
-from casehub.api.base import Blueprint
-blp = Blueprint("referrals", __name__, url_prefix="/v1/referrals")
+"""Referrals: /v1/referrals and their transitions, history and notes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Response, jsonify, url_for
+from flask.views import MethodView
+
+from casehub.api.base import Blueprint, current_actor, problem_response
+from casehub.api.etag import etag_for, expected_version
+from casehub.db import get_session, utcnow
+from casehub.models import Referral
+from casehub.schemas.common import ListArgsSchema, page_of
+from casehub.schemas.referral import (
+    HistoryEntrySchema,
+    NoteCreateSchema,
+    NoteSchema,
+    ReferralCreateSchema,
+    ReferralQueryArgsSchema,
+    ReferralSchema,
+    ReferralUpdateSchema,
+    TransitionCreateSchema,
+)
+from casehub.services import referrals
+
+blp = Blueprint("referrals", __name__, url_prefix="/v1/referrals", description="Referrals")
+
+NOT_FOUND = {"404": problem_response("No such referral, or not visible to the caller's agency.")}
+
+
+def with_etag(referral: Referral, status: int = 200) -> Response:
+    response = jsonify(ReferralSchema().dump(referral))
+    response.status_code = status
+    response.headers["ETag"] = etag_for(referral.id, referral.version)
+    return response
+
+
+@blp.route("")
+class Referrals(MethodView):
+    @blp.requires("referrals:read")
+    @blp.arguments(ReferralQueryArgsSchema, location="query")
+    @blp.response(200, page_of(ReferralSchema))
+    @blp.doc(
+        summary="List referrals the caller's agency can see",
+        description="Ordered by created_at, then id (oldest first).",
+    )
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        limit = args.pop("limit")
+        cursor = args.pop("cursor", None)
+        items, next_cursor = referrals.list_referrals(
+            get_session(),
+            actor=current_actor(),
+            filters=args,
+            limit=limit,
+            cursor=cursor,
+            now=utcnow(),
+        )
+        return {"items": items, "next_cursor": next_cursor}
+
+    @blp.requires("referrals:write")
+    @blp.idempotent
+    @blp.arguments(ReferralCreateSchema)
+    @blp.response(
+        201,
+        ReferralSchema,
+        headers={
+            "ETag": {"schema": {"type": "string"}},
+            "Location": {"schema": {"type": "string"}},
+        },
+    )
+    @blp.doc(
+        summary="Raise a referral",
+        description="The caller's agency leads it. Send "
+        "`subject_id` of a subject the agency can see, or an inline `subject`.",
+    )
+    def post(self, data: dict[str, Any]) -> Response:
+        referral = referrals.create_referral(
+            get_session(), actor=current_actor(), data=data, now=utcnow()
+        )
+        response = with_etag(referral, 201)
+        response.headers["Location"] = url_for("referrals.ReferralById", referral_id=referral.id)
+        return response
+
+
+@blp.route("/<uuid:referral_id>")
+class ReferralById(MethodView):
+    @blp.requires("referrals:read")
+    @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.doc(summary="Read a referral", responses=NOT_FOUND)
+    def get(self, referral_id: uuid.UUID) -> Response:
+        view = referrals.get_referral(
+            get_session(), actor=current_actor(), referral_id=referral_id, now=utcnow()
+        )
+        return with_etag(view.referral)
+
+    @blp.requires("referrals:write")
+    @blp.etag_required
+    @blp.arguments(ReferralUpdateSchema)
+    @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.doc(summary="Change a referral (lead agency)", responses=NOT_FOUND)
+    def patch(self, changes: dict[str, Any], referral_id: uuid.UUID) -> Response:
+        version = expected_version(referral_id)
+        referral = referrals.update_referral(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            expected_version=version,
+            changes=changes,
+            now=utcnow(),
+        )
+        return with_etag(referral)
+
+
+@blp.route("/<uuid:referral_id>/transitions")
+class Transitions(MethodView):
+    @blp.requires("referrals:write")
+    @blp.etag_required
+    @blp.arguments(TransitionCreateSchema)
+    @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.doc(
+        summary="Move a referral through its workflow (lead agency)",
+        description="submitted → acknowledged → in_assessment → action_agreed | "
+        "no_further_action → closed, and closed → in_assessment to reopen. `reason` is "
+        "required for no_further_action, closed and reopening. Any other move is 409.",
+        responses={**NOT_FOUND, "409": problem_response("Not an allowed move.")},
+    )
+    def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Response:
+        version = expected_version(referral_id)
+        referral = referrals.transition_referral(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            expected_version=version,
+            to=data["to"],
+            reason=data.get("reason"),
+            now=utcnow(),
+        )
+        return with_etag(referral)
+
+
+@blp.route("/<uuid:referral_id>/history")
+class History(MethodView):
+    @blp.requires("referrals:read")
+    @blp.arguments(ListArgsSchema, location="query")
+    @blp.response(200, page_of(HistoryEntrySchema))
+    @blp.doc(summary="Every status change and transfer, oldest first", responses=NOT_FOUND)
+    def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:
+        items, next_cursor = referrals.referral_history(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            limit=args["limit"],
+            cursor=args.get("cursor"),
+            now=utcnow(),
+        )
+        return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/<uuid:referral_id>/notes")
+class Notes(MethodView):
+    @blp.requires("referrals:read")
+    @blp.arguments(ListArgsSchema, location="query")
+    @blp.response(200, page_of(NoteSchema))
+    @blp.doc(summary="Notes the caller's agency may see, oldest first", responses=NOT_FOUND)
+    def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:
+        items, next_cursor = referrals.list_notes(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            limit=args["limit"],
+            cursor=args.get("cursor"),
+            now=utcnow(),
+        )
+        return {"items": items, "next_cursor": next_cursor}
+
+    @blp.requires("referrals:write")
+    @blp.idempotent
+    @blp.arguments(NoteCreateSchema)
+    @blp.response(201, NoteSchema)
+    @blp.doc(
+        summary="Add a note (lead agency or a contribute share); notes are append-only",
+        responses=NOT_FOUND,
+    )
+    def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Any:
+        return referrals.add_note(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            body=data["body"],
+            visibility=data["visibility"],
+            now=utcnow(),
+        )

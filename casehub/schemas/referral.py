@@ -1,0 +1,222 @@
+"""Referral, history, transition and note schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
+from casehub.schemas.subject import SubjectCreateSchema
+from casehub.services.reference import CATEGORIES
+from casehub.services.referrals import RISK_LEVELS, STATUSES
+
+CATEGORY_FIELD = ma.fields.String(validate=validate.OneOf(list(CATEGORIES)))
+INDICATOR_FIELD = ma.fields.String(
+    validate=validate.Length(min=1, max=20),
+    metadata={"description": "A code from GET /v1/indicators."},
+)
+
+
+class LocationSchema(StrictSchema):
+    description = Text(500, allow_none=True)
+    postcode = Text(10, allow_none=True, metadata={"description": "A UK postcode."})
+    transport_hub = Text(200, allow_none=True, metadata={"description": "e.g. a railway station."})
+
+
+class ActorRefSchema(ma.Schema):
+    agency = ma.fields.String(required=True)
+    client_id = ma.fields.String(required=True)
+    user_id = ma.fields.UUID(allow_none=True, required=True)
+
+
+class _ReferralFields(StrictSchema):
+    categories = ma.fields.List(
+        CATEGORY_FIELD,
+        validate=validate.Length(min=1, max=len(CATEGORIES)),
+        metadata={"description": "At least one; see reference/referral-categories.md."},
+    )
+    indicators = ma.fields.List(INDICATOR_FIELD, validate=validate.Length(max=60))
+    summary = Text(500)
+    narrative = Text(20_000, allow_none=True)
+    location = ma.fields.Nested(LocationSchema, allow_none=True)
+    risk_level = ma.fields.String(validate=validate.OneOf(RISK_LEVELS))
+    immediate_action = Text(
+        1000,
+        allow_none=True,
+        metadata={"description": 'Required when risk_level is immediate, e.g. "999 called".'},
+    )
+
+
+class ReferralCreateSchema(_ReferralFields):
+    subject_id = ma.fields.UUID(metadata={"description": "An existing subject; or send `subject`."})
+    subject = ma.fields.Nested(SubjectCreateSchema, metadata={"description": "A new subject."})
+    categories = ma.fields.List(
+        CATEGORY_FIELD, required=True, validate=validate.Length(min=1, max=len(CATEGORIES))
+    )
+    indicators = ma.fields.List(
+        INDICATOR_FIELD, load_default=list, validate=validate.Length(max=60)
+    )
+    summary = Text(500, required=True)
+    observed_at = ma.fields.AwareDateTime(
+        required=True, metadata={"description": "RFC 3339 with offset; not in the future."}
+    )
+    risk_level = ma.fields.String(required=True, validate=validate.OneOf(RISK_LEVELS))
+
+    @ma.validates_schema
+    def _one_subject(self, data: dict[str, Any], **_: Any) -> None:
+        if ("subject_id" in data) == ("subject" in data):
+            raise ma.ValidationError("Send exactly one of subject_id or subject.", "subject_id")
+
+
+class ReferralUpdateSchema(_ReferralFields):
+    """Every field optional; only the fields sent change."""
+
+
+def actor_ref(agency: str, client_id: str, user_id: Any) -> dict[str, Any]:
+    return {"agency": agency, "client_id": client_id, "user_id": user_id}
+
+
+class ReferralSchema(ma.Schema):
+    id = ma.fields.UUID(required=True)
+    reference = ma.fields.String(required=True, metadata={"example": "CH-2026-000123"})
+    subject_id = ma.fields.UUID(required=True)
+    lead_agency = ma.fields.String(required=True)
+    created_by = ma.fields.Nested(ActorRefSchema, required=True)
+    categories = ma.fields.List(ma.fields.String(), required=True)
+    indicators = ma.fields.List(ma.fields.String(), required=True)
+    summary = ma.fields.String(required=True)
+    narrative = ma.fields.String(allow_none=True, required=True)
+    observed_at = ma.fields.DateTime(required=True)
+    location = ma.fields.Nested(LocationSchema, allow_none=True, required=True)
+    risk_level = ma.fields.String(required=True, metadata={"enum": list(RISK_LEVELS)})
+    immediate_action = ma.fields.String(allow_none=True, required=True)
+    status = ma.fields.String(required=True, metadata={"enum": list(STATUSES)})
+    created_at = ma.fields.DateTime(required=True)
+    updated_at = ma.fields.DateTime(required=True)
+
+    @ma.pre_dump
+    def _view(self, referral: Any, **_: Any) -> dict[str, Any]:
+        has_location = any(
+            (
+                referral.location_description,
+                referral.location_postcode,
+                referral.location_transport_hub,
+            )
+        )
+        return {
+            "id": referral.id,
+            "reference": referral.reference,
+            "subject_id": referral.subject_id,
+            "lead_agency": referral.lead_agency,
+            "created_by": actor_ref(
+                referral.created_by_agency,
+                referral.created_by_client_id,
+                referral.created_by_user_id,
+            ),
+            "categories": referral.categories,
+            "indicators": referral.indicators,
+            "summary": referral.summary,
+            "narrative": referral.narrative,
+            "observed_at": referral.observed_at,
+            "location": {
+                "description": referral.location_description,
+                "postcode": referral.location_postcode,
+                "transport_hub": referral.location_transport_hub,
+            }
+            if has_location
+            else None,
+            "risk_level": referral.risk_level,
+            "immediate_action": referral.immediate_action,
+            "status": referral.status,
+            "created_at": referral.created_at,
+            "updated_at": referral.updated_at,
+        }
+
+
+class ReferralQueryArgsSchema(ListArgsSchema):
+    status = ma.fields.String(validate=validate.OneOf(STATUSES))
+    risk_level = ma.fields.String(validate=validate.OneOf(RISK_LEVELS))
+    category = ma.fields.String(validate=validate.OneOf(list(CATEGORIES)))
+    indicator = ma.fields.String(validate=validate.Length(min=1, max=20))
+    subject_id = ma.fields.UUID()
+    lead_agency = ma.fields.String(validate=validate.Length(min=2, max=40))
+    shared_with_me = ma.fields.Boolean(
+        metadata={
+            "description": (
+                "true: only referrals shared with the caller's agency; false: only those it leads."
+            )
+        }
+    )
+    updated_since = ma.fields.AwareDateTime()
+
+
+class TransitionCreateSchema(StrictSchema):
+    to = ma.fields.String(required=True, validate=validate.OneOf(STATUSES))
+    reason = Text(
+        2000,
+        allow_none=True,
+        metadata={"description": "Required for no_further_action, closed and reopening."},
+    )
+
+
+class HistoryEntrySchema(ma.Schema):
+    id = ma.fields.UUID(required=True)
+    kind = ma.fields.String(required=True, metadata={"enum": ["created", "transition", "transfer"]})
+    from_status = ma.fields.String(allow_none=True)
+    to_status = ma.fields.String(allow_none=True)
+    from_agency = ma.fields.String(allow_none=True)
+    to_agency = ma.fields.String(allow_none=True)
+    reason = ma.fields.String(allow_none=True)
+    lawful_basis = ma.fields.Dict(allow_none=True)
+    actor = ma.fields.Nested(ActorRefSchema, required=True)
+    occurred_at = ma.fields.DateTime(required=True)
+
+    @ma.pre_dump
+    def _view(self, entry: Any, **_: Any) -> dict[str, Any]:
+        view = {
+            name: getattr(entry, name)
+            for name in (
+                "id",
+                "kind",
+                "from_status",
+                "to_status",
+                "from_agency",
+                "to_agency",
+                "reason",
+                "lawful_basis",
+                "occurred_at",
+            )
+        }
+        view["actor"] = actor_ref(entry.actor_agency, entry.actor_client_id, entry.actor_user_id)
+        return view
+
+
+class NoteCreateSchema(StrictSchema):
+    body = Text(10_000, required=True)
+    visibility = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(["shared", "agency"]),
+        metadata={"description": "`agency` notes are seen only by the author's agency."},
+    )
+
+
+class NoteSchema(ma.Schema):
+    id = ma.fields.UUID(required=True)
+    referral_id = ma.fields.UUID(required=True)
+    body = ma.fields.String(required=True)
+    visibility = ma.fields.String(required=True)
+    author = ma.fields.Nested(ActorRefSchema, required=True)
+    created_at = ma.fields.DateTime(required=True)
+
+    @ma.pre_dump
+    def _view(self, note: Any, **_: Any) -> dict[str, Any]:
+        return {
+            "id": note.id,
+            "referral_id": note.referral_id,
+            "body": note.body,
+            "visibility": note.visibility,
+            "author": actor_ref(note.author_agency, note.author_client_id, note.author_user_id),
+            "created_at": note.created_at,
+        }

@@ -1,0 +1,554 @@
+"""Referrals: raising, reading, listing, changing and moving them through their workflow."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from casehub import audit
+from casehub.auth.actor import Actor
+from casehub.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed
+from casehub.models import (
+    Note,
+    ReferenceCounter,
+    Referral,
+    ReferralCategory,
+    ReferralHistory,
+    ReferralIndicator,
+    Share,
+    Subject,
+)
+from casehub.services import policy
+from casehub.services.pagination import keyset_page
+from casehub.services.reference import indicator_codes
+from casehub.services.validation import normalise_postcode
+
+RISK_LEVELS = ("low", "medium", "high", "immediate")
+STATUSES = (
+    "submitted",
+    "acknowledged",
+    "in_assessment",
+    "action_agreed",
+    "no_further_action",
+    "closed",
+)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "submitted": frozenset({"acknowledged"}),
+    "acknowledged": frozenset({"in_assessment"}),
+    "in_assessment": frozenset({"action_agreed", "no_further_action"}),
+    "action_agreed": frozenset({"closed"}),
+    "no_further_action": frozenset({"closed"}),
+    "closed": frozenset({"in_assessment"}),  # reopening
+}
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class ReferralView:
+    """A referral as one caller reaches it."""
+
+    referral: Referral
+    access: policy.Access
+
+
+# -- access -----------------------------------------------------------------------------------
+def _with_children(stmt: Select[tuple[Referral]]) -> Select[tuple[Referral]]:
+    return stmt.options(selectinload(Referral.category_rows), selectinload(Referral.indicator_rows))
+
+
+def share_grants(session: Session, referral_id: uuid.UUID, agency: str) -> list[policy.ShareGrant]:
+    rows = session.execute(
+        select(Share).where(Share.referral_id == referral_id, Share.agency_code == agency)
+    ).scalars()
+    return [
+        policy.ShareGrant(
+            id=s.id,
+            agency=s.agency_code,
+            access=s.access,
+            purpose=s.purpose,
+            revoked_at=s.revoked_at,
+            ended_at=s.ended_at,
+            expires_at=s.expires_at,
+        )
+        for s in rows
+    ]
+
+
+def reach_referral(
+    session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime, action: str
+) -> ReferralView:
+    """The referral and the caller's access to it, or NotFound — audited as a refusal when the
+    referral exists but the caller's agency may not see it."""
+    referral = session.execute(
+        _with_children(select(Referral).where(Referral.id == referral_id))
+    ).scalar_one_or_none()
+    access = None
+    if referral is not None:
+        access = policy.referral_access(
+            actor.agency,
+            lead_agency=referral.lead_agency,
+            shares=share_grants(session, referral.id, actor.agency),
+            now=now,
+        )
+    if referral is None or access is None:
+        if referral is not None:
+            audit.record(
+                session,
+                actor,
+                "access.denied",
+                outcome="denied",
+                resource_type="referral",
+                resource_id=referral_id,
+                referral_id=referral_id,
+                purpose=actor.purpose,
+            )
+        raise NotFound("No such referral.")
+    return ReferralView(referral, access)
+
+
+def require_lead(session: Session, view: ReferralView, actor: Actor, action: str) -> None:
+    if not view.access.is_lead:
+        audit.record(
+            session,
+            actor,
+            action,
+            outcome="denied",
+            resource_type="referral",
+            resource_id=view.referral.id,
+            referral_id=view.referral.id,
+            basis=view.access.basis,
+            purpose=view.access.purpose_for(actor),
+        )
+        raise Forbidden("Only the lead agency may do this.")
+
+
+def _check_version(referral: Referral, expected: int) -> None:
+    if referral.version != expected:
+        raise PreconditionFailed("The referral has changed; fetch it again and retry.")
+
+
+# -- validation --------------------------------------------------------------------------------
+def _check_indicators(codes: list[str]) -> list[str]:
+    known = indicator_codes()
+    bad = [c for c in codes if c not in known]
+    if bad:
+        raise ValidationFailed(
+            "Unknown indicator code.",
+            errors={"json": {"indicators": [f"Unknown code: {c}" for c in bad[:5]]}},
+        )
+    return list(dict.fromkeys(codes))
+
+
+def _check_risk(risk_level: str, immediate_action: str | None) -> None:
+    if risk_level == "immediate" and not immediate_action:
+        raise ValidationFailed.field(
+            "immediate_action", 'Required when risk_level is immediate (e.g. "999 called").'
+        )
+
+
+def _normalise_location(location: dict[str, Any] | None) -> dict[str, Any]:
+    location = dict(location or {})
+    postcode = location.get("postcode")
+    if postcode:
+        normalised = normalise_postcode(postcode)
+        if normalised is None:
+            raise ValidationFailed(
+                "location.postcode is not a valid UK postcode.",
+                errors={"json": {"location": {"postcode": ["Not a valid UK postcode."]}}},
+            )
+        location["postcode"] = normalised
+    return location
+
+
+def _set_location(referral: Referral, location: dict[str, Any] | None) -> None:
+    location = _normalise_location(location)
+    referral.location_description = location.get("description")
+    referral.location_postcode = location.get("postcode")
+    referral.location_transport_hub = location.get("transport_hub")
+
+
+def _set_categories(referral: Referral, categories: list[str]) -> None:
+    unique = list(dict.fromkeys(categories))
+    referral.category_rows = [
+        ReferralCategory(category=c, position=i) for i, c in enumerate(unique)
+    ]
+
+
+def _set_indicators(referral: Referral, codes: list[str]) -> None:
+    referral.indicator_rows = [
+        ReferralIndicator(code=c, position=i) for i, c in enumerate(_check_indicators(codes))
+    ]
+
+
+def next_reference(session: Session, year: int) -> str:
+    """CH-<year>-<n>: one counter row per year, incremented atomically on both databases."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(ReferenceCounter)
+        .values(year=year, last=1)
+        .on_conflict_do_update(
+            index_elements=[ReferenceCounter.year], set_={"last": ReferenceCounter.last + 1}
+        )
+        .returning(ReferenceCounter.last)
+    )
+    number = session.execute(stmt).scalar_one()
+    return f"CH-{year}-{number:06d}"
+
+
+def _history(
+    referral_id: uuid.UUID, actor: Actor, now: datetime, kind: str, **fields: Any
+) -> ReferralHistory:
+    return ReferralHistory(
+        referral_id=referral_id,
+        kind=kind,
+        actor_agency=actor.agency,
+        actor_client_id=actor.client_id,
+        actor_user_id=actor.user_id,
+        occurred_at=now,
+        **fields,
+    )
+
+
+# -- commands ----------------------------------------------------------------------------------
+def create_referral(
+    session: Session, *, actor: Actor, data: dict[str, Any], now: datetime
+) -> Referral:
+    from casehub.services import subjects
+
+    observed_at: datetime = data["observed_at"]
+    if observed_at > now + CLOCK_SKEW:
+        raise ValidationFailed.field("observed_at", "Must not be in the future.")
+    _check_risk(data["risk_level"], data.get("immediate_action"))
+    if "subject" in data:
+        subject = subjects.create_subject(session, actor=actor, data=data["subject"], now=now)
+    else:
+        subject = session.execute(
+            policy.visible_subjects(actor, now).where(Subject.id == data["subject_id"])
+        ).scalar_one_or_none()
+        if subject is None:
+            raise ValidationFailed.field("subject_id", "No such subject.")
+    referral = Referral(
+        id=uuid.uuid4(),
+        reference=next_reference(session, now.year),
+        subject_id=subject.id,
+        lead_agency=actor.agency,
+        created_by_agency=actor.agency,
+        created_by_client_id=actor.client_id,
+        created_by_user_id=actor.user_id,
+        summary=data["summary"],
+        narrative=data.get("narrative"),
+        observed_at=observed_at,
+        risk_level=data["risk_level"],
+        immediate_action=data.get("immediate_action"),
+        status="submitted",
+        created_at=now,
+        updated_at=now,
+    )
+    _set_location(referral, data.get("location"))
+    _set_categories(referral, data["categories"])
+    _set_indicators(referral, data.get("indicators") or [])
+    session.add(referral)
+    session.add(_history(referral.id, actor, now, "created", to_status="submitted"))
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "referral.create",
+        resource_type="referral",
+        resource_id=referral.id,
+        referral_id=referral.id,
+        subject_ids=[subject.id],
+        basis="lead",
+        purpose=actor.purpose or "case_work",
+    )
+    return referral
+
+
+def get_referral(
+    session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
+) -> ReferralView:
+    view = reach_referral(
+        session, actor=actor, referral_id=referral_id, now=now, action="referral.read"
+    )
+    audit.record(
+        session,
+        actor,
+        "referral.read",
+        resource_type="referral",
+        resource_id=referral_id,
+        referral_id=referral_id,
+        subject_ids=[view.referral.subject_id],
+        basis=view.access.basis,
+        purpose=view.access.purpose_for(actor),
+    )
+    return view
+
+
+def list_referrals(
+    session: Session,
+    *,
+    actor: Actor,
+    filters: dict[str, Any],
+    limit: int,
+    cursor: str | None,
+    now: datetime,
+) -> tuple[list[Referral], str | None]:
+    stmt = _with_children(policy.visible_referrals(actor, now))
+    if "status" in filters:
+        stmt = stmt.where(Referral.status == filters["status"])
+    if "risk_level" in filters:
+        stmt = stmt.where(Referral.risk_level == filters["risk_level"])
+    if "subject_id" in filters:
+        stmt = stmt.where(Referral.subject_id == filters["subject_id"])
+    if "lead_agency" in filters:
+        stmt = stmt.where(Referral.lead_agency == filters["lead_agency"])
+    if "updated_since" in filters:
+        stmt = stmt.where(Referral.updated_at >= filters["updated_since"])
+    if "category" in filters:
+        stmt = stmt.where(
+            exists().where(
+                ReferralCategory.referral_id == Referral.id,
+                ReferralCategory.category == filters["category"],
+            )
+        )
+    if "indicator" in filters:
+        stmt = stmt.where(
+            exists().where(
+                ReferralIndicator.referral_id == Referral.id,
+                ReferralIndicator.code == filters["indicator"],
+            )
+        )
+    if "shared_with_me" in filters:
+        if filters["shared_with_me"]:
+            stmt = stmt.where(Referral.lead_agency != actor.agency)
+        else:
+            stmt = stmt.where(Referral.lead_agency == actor.agency)
+    items, next_cursor = keyset_page(
+        session, stmt, keys=[Referral.created_at, Referral.id], limit=limit, cursor=cursor
+    )
+    audit.record(
+        session,
+        actor,
+        "referral.list",
+        resource_type="referral",
+        subject_ids=[r.subject_id for r in items],
+        purpose=actor.purpose or "case_work",
+    )
+    return items, next_cursor
+
+
+def update_referral(
+    session: Session,
+    *,
+    actor: Actor,
+    referral_id: uuid.UUID,
+    expected_version: int,
+    changes: dict[str, Any],
+    now: datetime,
+) -> Referral:
+    view = reach_referral(
+        session, actor=actor, referral_id=referral_id, now=now, action="referral.update"
+    )
+    require_lead(session, view, actor, "referral.update")
+    referral = view.referral
+    _check_version(referral, expected_version)
+    if not changes:
+        raise ValidationFailed(
+            "Send at least one field to change.", errors={"json": {"_schema": ["Empty update."]}}
+        )
+    risk = changes.get("risk_level", referral.risk_level)
+    action = changes.get("immediate_action", referral.immediate_action)
+    _check_risk(risk, action)
+    for name in ("summary", "narrative", "risk_level", "immediate_action"):
+        if name in changes:
+            if name == "summary" and changes[name] is None:
+                raise ValidationFailed.field("summary", "Field may not be null.")
+            setattr(referral, name, changes[name])
+    if "location" in changes:
+        _set_location(referral, changes["location"])
+    if "categories" in changes:
+        _set_categories(referral, changes["categories"])
+    if "indicators" in changes:
+        _set_indicators(referral, changes["indicators"])
+    referral.updated_at = now
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "referral.update",
+        resource_type="referral",
+        resource_id=referral.id,
+        referral_id=referral.id,
+        subject_ids=[referral.subject_id],
+        basis="lead",
+        purpose=view.access.purpose_for(actor),
+    )
+    return referral
+
+
+def transition_referral(
+    session: Session,
+    *,
+    actor: Actor,
+    referral_id: uuid.UUID,
+    expected_version: int,
+    to: str,
+    reason: str | None,
+    now: datetime,
+) -> Referral:
+    view = reach_referral(
+        session, actor=actor, referral_id=referral_id, now=now, action="referral.transition"
+    )
+    require_lead(session, view, actor, "referral.transition")
+    referral = view.referral
+    _check_version(referral, expected_version)
+    current = referral.status
+    if to not in TRANSITIONS[current]:
+        raise Conflict(f"A referral cannot move from {current} to {to}.")
+    reopening = current == "closed"
+    if (to in ("no_further_action", "closed") or reopening) and not reason:
+        raise ValidationFailed.field(
+            "reason", f"Required when moving to {to}" + (" (reopening)." if reopening else ".")
+        )
+    referral.status = to
+    referral.updated_at = now
+    session.add(
+        _history(
+            referral.id, actor, now, "transition", from_status=current, to_status=to, reason=reason
+        )
+    )
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "referral.transition",
+        resource_type="referral",
+        resource_id=referral.id,
+        referral_id=referral.id,
+        subject_ids=[referral.subject_id],
+        basis="lead",
+        purpose=view.access.purpose_for(actor),
+    )
+    return referral
+
+
+def referral_history(
+    session: Session,
+    *,
+    actor: Actor,
+    referral_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    now: datetime,
+) -> tuple[list[ReferralHistory], str | None]:
+    view = reach_referral(
+        session, actor=actor, referral_id=referral_id, now=now, action="referral.history"
+    )
+    page = keyset_page(
+        session,
+        select(ReferralHistory).where(ReferralHistory.referral_id == referral_id),
+        keys=[ReferralHistory.occurred_at, ReferralHistory.id],
+        limit=limit,
+        cursor=cursor,
+    )
+    audit.record(
+        session,
+        actor,
+        "referral.history",
+        resource_type="referral",
+        resource_id=referral_id,
+        referral_id=referral_id,
+        subject_ids=[view.referral.subject_id],
+        basis=view.access.basis,
+        purpose=view.access.purpose_for(actor),
+    )
+    return page
+
+
+# -- notes -------------------------------------------------------------------------------------
+def add_note(
+    session: Session,
+    *,
+    actor: Actor,
+    referral_id: uuid.UUID,
+    body: str,
+    visibility: str,
+    now: datetime,
+) -> Note:
+    view = reach_referral(
+        session, actor=actor, referral_id=referral_id, now=now, action="note.create"
+    )
+    if not view.access.can_contribute:
+        audit.record(
+            session,
+            actor,
+            "note.create",
+            outcome="denied",
+            resource_type="referral",
+            resource_id=referral_id,
+            referral_id=referral_id,
+            basis=view.access.basis,
+            purpose=view.access.purpose_for(actor),
+        )
+        raise Forbidden("Only the lead agency or a contribute share may add notes.")
+    note = Note(
+        referral_id=referral_id,
+        body=body,
+        visibility=visibility,
+        author_agency=actor.agency,
+        author_client_id=actor.client_id,
+        author_user_id=actor.user_id,
+        created_at=now,
+    )
+    session.add(note)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "note.create",
+        resource_type="note",
+        resource_id=note.id,
+        referral_id=referral_id,
+        subject_ids=[view.referral.subject_id],
+        basis=view.access.basis,
+        purpose=view.access.purpose_for(actor),
+    )
+    return note
+
+
+def list_notes(
+    session: Session,
+    *,
+    actor: Actor,
+    referral_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    now: datetime,
+) -> tuple[list[Note], str | None]:
+    view = reach_referral(
+        session, actor=actor, referral_id=referral_id, now=now, action="note.list"
+    )
+    stmt = select(Note).where(
+        Note.referral_id == referral_id,
+        (Note.visibility == "shared") | (Note.author_agency == actor.agency),
+    )
+    page = keyset_page(session, stmt, keys=[Note.created_at, Note.id], limit=limit, cursor=cursor)
+    audit.record(
+        session,
+        actor,
+        "note.list",
+        resource_type="referral",
+        resource_id=referral_id,
+        referral_id=referral_id,
+        subject_ids=[view.referral.subject_id],
+        basis=view.access.basis,
+        purpose=view.access.purpose_for(actor),
+    )
+    return page

@@ -1,0 +1,36 @@
+"""Request bodies and small helpers shared by API tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+
+def subject_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "given_name": "Jayden",
+        "family_name": "Okafor",
+        "date_of_birth": "2011-04-02",
+        "gender": "male",
+    }
+    body.update(overrides)
+    return body
+
+
+def referral_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "subject": subject_body(),
+        "categories": ["county_lines", "missing"],
+        "indicators": ["TRV-01", "PHN-01"],
+        "summary": "Boy travelling alone in school hours with two phones at Nottingham station.",
+        "narrative": "Seen by BTP officers at 10:40; would not say where he was going.",
+        "observed_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat(),
+        "location": {
+            "description": "Platform 4",
+            "postcode": "ng2 3aq",
+            "transport_hub": "Nottingham",
+        },
+        "risk_level": "high",
+    }
+    body.update(overrides)
+    return body
