@@ -1,0 +1,174 @@
+"""Administration schemas: agencies (platform), partner systems (clients) and people (users)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from casehub.auth.scopes import ROLE_SCOPES, SCOPES
+from casehub.models import AgencyKind
+from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
+
+AGENCY_CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{1,39}$"
+AGENCY_KINDS = [k.value for k in AgencyKind]
+
+
+def _kind(**kw: Any) -> ma.fields.String:
+    return ma.fields.String(
+        validate=validate.OneOf(AGENCY_KINDS), metadata={"enum": AGENCY_KINDS}, **kw
+    )
+
+
+class _AtLeastOneField(StrictSchema):
+    """A PATCH body: any subset of the fields, but not none of them."""
+
+    @ma.validates_schema
+    def _not_empty(self, data: dict[str, Any], **_kw: Any) -> None:
+        if not data:
+            raise ma.ValidationError("Send at least one field to change.", "_schema")
+
+
+# -- agencies ----------------------------------------------------------------------------------
+class AgencyCreateSchema(StrictSchema):
+    code = ma.fields.String(
+        required=True,
+        validate=validate.Regexp(AGENCY_CODE_PATTERN, error="Must match {regex}."),
+        metadata={"pattern": AGENCY_CODE_PATTERN, "description": "Permanent; cannot be changed."},
+    )
+    name = Text(200, required=True)
+    kind = _kind(required=True)
+    area = Text(200, allow_none=True)
+    active = ma.fields.Boolean(load_default=True)
+
+
+class AgencyUpdateSchema(_AtLeastOneField):
+    name = Text(200)
+    kind = _kind()
+    area = Text(200, allow_none=True)
+    active = ma.fields.Boolean(
+        metadata={
+            "description": (
+                "false refuses every token of the agency's clients and users at once; "
+                "turning it back to true does not revive tokens issued before."
+            )
+        }
+    )
+
+
+# -- clients -----------------------------------------------------------------------------------
+class JwksSchema(StrictSchema):
+    keys = ma.fields.List(
+        ma.fields.Dict(),
+        required=True,
+        validate=validate.Length(min=1, max=10),
+        metadata={
+            "description": "1 to 10 public JWKs (EC, RSA or OKP); private members are refused."
+        },
+    )
+
+
+class ClientCreateSchema(StrictSchema):
+    name = Text(200, required=True)
+    scopes = ma.fields.List(
+        ma.fields.String(validate=validate.OneOf(list(SCOPES)), metadata={"enum": list(SCOPES)}),
+        required=True,
+        validate=validate.Length(min=1, max=len(SCOPES)),
+        metadata={
+            "description": (
+                "The most this system may ever be granted. An agency admin may grant any scope "
+                "except `audit:read:all`, which only the platform agency may hold."
+            )
+        },
+    )
+    jwks = ma.fields.Nested(
+        JwksSchema,
+        allow_none=True,
+        metadata={"description": "Public keys for `private_key_jwt` and the jwt-bearer grant."},
+    )
+
+
+class ClientSchema(ma.Schema):
+    client_id = ma.fields.String(required=True)
+    agency = ma.fields.String(required=True, attribute="agency_code")
+    name = ma.fields.String(required=True)
+    scopes = ma.fields.List(ma.fields.String(), required=True)
+    jwks = ma.fields.Dict(allow_none=True)
+    active = ma.fields.Boolean(required=True)
+    created_at = ma.fields.AwareDateTime(required=True)
+
+
+class ClientCreatedSchema(ClientSchema):
+    """Dumps a `services.admin.NewClient`: the client's fields plus its one-time secret."""
+
+    client_secret = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": (
+                "Shown in this response only; casehub keeps only a slow hash. null when the "
+                "response is an Idempotency-Key replay."
+            )
+        },
+    )
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        if attr == "client_secret":
+            return obj.secret
+        return super().get_attribute(obj.client, attr, default)
+
+
+class ClientQueryArgsSchema(ListArgsSchema):
+    active = ma.fields.Boolean(metadata={"description": "Only active (true) or inactive (false)."})
+
+
+# -- users -------------------------------------------------------------------------------------
+ROLES = list(ROLE_SCOPES)
+
+
+def _roles(**kw: Any) -> ma.fields.List:
+    return ma.fields.List(
+        ma.fields.String(validate=validate.OneOf(ROLES), metadata={"enum": ROLES}),
+        validate=validate.Length(min=1, max=len(ROLES)),
+        **kw,
+    )
+
+
+class UserCreateSchema(StrictSchema):
+    email = ma.fields.Email(
+        required=True,
+        validate=validate.Length(max=254),
+        metadata={"description": "Unique across casehub; stored in lower case; cannot be changed."},
+    )
+    name = Text(200, required=True)
+    roles = _roles(required=True)
+
+
+class UserUpdateSchema(_AtLeastOneField):
+    name = Text(200)
+    roles = _roles(
+        metadata={
+            "description": (
+                "Taking a role away refuses the user's earlier tokens, so no scope outlives "
+                "its role."
+            )
+        }
+    )
+    active = ma.fields.Boolean(
+        metadata={"description": "false refuses the user's tokens at once."}
+    )
+
+
+class UserSchema(ma.Schema):
+    id = ma.fields.UUID(required=True)
+    agency = ma.fields.String(required=True, attribute="agency_code")
+    email = ma.fields.String(required=True)
+    name = ma.fields.String(required=True)
+    roles = ma.fields.List(ma.fields.String(), required=True, attribute="role_list")
+    active = ma.fields.Boolean(required=True)
+    created_at = ma.fields.AwareDateTime(required=True)
+
+
+class UserQueryArgsSchema(ListArgsSchema):
+    active = ma.fields.Boolean(metadata={"description": "Only active (true) or inactive (false)."})
