@@ -125,4 +125,3 @@ def close(query_token: str, name_token: str) -> bool:
 def matches(tokens: Iterable[str], names: set[str]) -> bool:
     """Every query token is close to some name token of the subject."""
     return all(any(close(token, name) for name in names) for token in tokens)
-
