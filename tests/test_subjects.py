@@ -1,0 +1,684 @@
+"""Subjects over HTTP with real tokens: create, read, change, search, visibility and audit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from casehub.db import utcnow
+from casehub.models import AuditEvent, Referral, Share, Subject, SubjectNameKey
+from casehub.services import names
+
+PROBLEM = "application/problem+json"
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "given_name": "John",
+        "family_name": "Smith",
+        "aliases": ["Little J"],
+        "date_of_birth": "2011-05-04",
+        "gender": "male",
+        "identifiers": [
+            {"system": "nhs_number", "value": "943 476 5919"},
+            {"system": "la_case_ref", "value": "NCC-2231"},
+        ],
+        "address": {"line": "1 Station Street", "town": "Nottingham", "postcode": "ng1 5fs"},
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not ...}
+
+
+@pytest.fixture
+def btp(factory):
+    return factory.partner("btp")
+
+
+@pytest.fixture
+def council(factory):
+    factory.agency("nottscc", "local_authority")
+    return factory.partner("nottscc")
+
+
+def create(client, partner, **overrides):
+    response = client.post("/v1/subjects", json=body(**overrides), headers=partner.headers())
+    assert response.status_code == 201, response.get_json()
+    return response
+
+
+def search(client, partner, headers=None, **params):
+    response = client.get("/v1/subjects", query_string=params, headers=headers or partner.headers())
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def found_names(client, partner, q, **params):
+    items = search(client, partner, q=q, **params)["items"]
+    return sorted(f"{s['given_name']} {s['family_name']}" for s in items)
+
+
+def at(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
+
+
+def events(db_session, action):
+    db_session.expire_all()
+    return list(
+        db_session.execute(
+            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.pos)
+        ).scalars()
+    )
+
+
+def add_referral(db_session, subject_id: str, lead: str) -> Referral:
+    referral = Referral(
+        reference=f"CH-TEST-{uuid.uuid4().hex[:8]}",
+        subject_id=uuid.UUID(subject_id),
+        lead_agency=lead,
+        created_by_agency=lead,
+        created_by_client_id="test",
+        summary="Seen at the station late at night",
+        observed_at=utcnow(),
+        risk_level="medium",
+        status="submitted",
+    )
+    db_session.add(referral)
+    db_session.commit()
+    return referral
+
+
+# -- create and read --------------------------------------------------------------------------
+def test_create_returns_the_subject_with_location_etag_and_normalised_fields(client, btp):
+    response = create(client, btp)
+    subject = response.get_json()
+    assert response.headers["Location"] == f"/v1/subjects/{subject['id']}"
+    assert response.headers["ETag"]
+    assert subject["created_by_agency"] == "btp"
+    assert subject["identifiers"] == [
+        {"system": "nhs_number", "value": "9434765919"},
+        {"system": "la_case_ref", "value": "NCC-2231"},
+    ]
+    assert subject["address"] == {
+        "line": "1 Station Street",
+        "town": "Nottingham",
+        "postcode": "NG1 5FS",
+    }
+    assert subject["created_at"] == subject["updated_at"]
+    assert subject["created_at"].endswith("+00:00")
+
+    read = client.get(response.headers["Location"], headers=btp.headers())
+    assert read.status_code == 200
+    assert read.get_json() == subject
+    assert read.headers["ETag"] == response.headers["ETag"]
+
+
+def test_minimal_subject_gets_documented_defaults(client, btp):
+    subject = create(
+        client, btp, aliases=..., date_of_birth=..., gender=..., identifiers=..., address=...
+    ).get_json()
+    assert subject["aliases"] == []
+    assert subject["identifiers"] == []
+    assert subject["gender"] == "unknown"
+    assert subject["address"] is None
+    assert subject["date_of_birth"] is None
+    assert subject["estimated_birth_year"] is None
+
+
+def test_estimated_birth_year_instead_of_date_of_birth(client, btp):
+    year = utcnow().year - 15
+    subject = create(client, btp, date_of_birth=..., estimated_birth_year=year).get_json()
+    assert subject["estimated_birth_year"] == year
+    assert subject["date_of_birth"] is None
+
+
+def test_create_and_read_are_audited(client, btp, db_session):
+    subject = create(client, btp).get_json()
+    client.get(
+        f"/v1/subjects/{subject['id']}", headers=btp.headers(**{"Purpose-Of-Use": "mash_triage"})
+    )
+    (created,) = events(db_session, "subject.create")
+    (read,) = events(db_session, "subject.read")
+    assert created.subject_ids == [subject["id"]] == read.subject_ids
+    assert created.outcome == read.outcome == "allowed"
+    assert (created.basis, created.purpose) == ("creator", "case_work")
+    assert (read.basis, read.purpose) == ("creator", "mash_triage")
+    assert read.request_status == 200
+
+
+def test_idempotent_create_makes_one_subject(client, btp, db_session):
+    headers = btp.headers(**{"Idempotency-Key": "subject-1"})
+    first = client.post("/v1/subjects", json=body(), headers=headers)
+    second = client.post("/v1/subjects", json=body(), headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.get_json() == second.get_json()
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers["ETag"] == first.headers["ETag"]
+    assert len(db_session.execute(select(Subject.id)).all()) == 1
+
+
+def test_writing_needs_subjects_write(client, factory):
+    reader = factory.partner("btp", scopes="subjects:read")
+    response = client.post("/v1/subjects", json=body(), headers=reader.headers())
+    assert response.status_code == 403
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
+def test_unknown_subject_is_404_problem(client, btp):
+    response = client.get(f"/v1/subjects/{uuid.uuid4()}", headers=btp.headers())
+    assert response.status_code == 404
+    assert response.mimetype == PROBLEM
+
+
+# -- validation ---------------------------------------------------------------------------------
+def _today() -> date:
+    return utcnow().date()
+
+
+def _years_ago(years: int) -> date:
+    today = _today()
+    try:
+        return today.replace(year=today.year - years)
+    except ValueError:  # 29 February: the birthday is on 28 February in other years
+        return today.replace(year=today.year - years, day=28)
+
+
+INVALID = [
+    ("missing given_name", {"given_name": ...}, "given_name"),
+    ("empty given_name", {"given_name": "   "}, "given_name"),
+    ("long family_name", {"family_name": "x" * 101}, "family_name"),
+    ("null family_name", {"family_name": None}, "family_name"),
+    ("eleven aliases", {"aliases": [f"a{i}" for i in range(11)]}, "aliases"),
+    ("long alias", {"aliases": ["x" * 101]}, "aliases"),
+    ("unknown gender", {"gender": "boy"}, "gender"),
+    (
+        "unknown identifier system",
+        {"identifiers": [{"system": "passport", "value": "1"}]},
+        "identifiers",
+    ),
+    ("long identifier", {"identifiers": [{"system": "other", "value": "x" * 65}]}, "identifiers"),
+    ("identifier without value", {"identifiers": [{"system": "upn"}]}, "identifiers"),
+    ("eleven identifiers", {"identifiers": [{"system": "upn", "value": "1"}] * 11}, "identifiers"),
+    (
+        "bad NHS check digit",
+        {"identifiers": [{"system": "nhs_number", "value": "9434765918"}]},
+        "identifiers",
+    ),
+    (
+        "short NHS number",
+        {"identifiers": [{"system": "nhs_number", "value": "943476591"}]},
+        "identifiers",
+    ),
+    ("bad postcode", {"address": {"postcode": "QW1 1AA"}}, "address"),
+    ("long address line", {"address": {"line": "x" * 201}}, "address"),
+    ("unknown address field", {"address": {"county": "Notts"}}, "address"),
+    ("malformed date", {"date_of_birth": "04/05/2011"}, "date_of_birth"),
+    ("both birth facts", {"estimated_birth_year": 2011}, "estimated_birth_year"),
+    ("unknown field", {"nickname": "JJ"}, "nickname"),
+    ("read-only field", {"created_by_agency": "nottscc"}, "created_by_agency"),
+    ("read-only id", {"id": str(uuid.uuid4())}, "id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_fields_are_422_naming_the_field(client, btp, db_session, overrides, field):
+    response = client.post("/v1/subjects", json=body(**overrides), headers=btp.headers())
+    assert response.status_code == 422, response.get_json()
+    assert response.mimetype == PROBLEM
+    problem = response.get_json()
+    assert problem["status"] == 422
+    assert list(problem["errors"]["json"]) == [field]
+    assert db_session.execute(select(Subject.id)).first() is None
+
+
+def test_nhs_number_error_points_at_the_value(client, btp):
+    bad = {
+        "identifiers": [
+            {"system": "upn", "value": "A1"},
+            {"system": "nhs_number", "value": "9434765918"},
+        ]
+    }
+    response = client.post("/v1/subjects", json=body(**bad), headers=btp.headers())
+    assert response.get_json()["errors"]["json"]["identifiers"] == {
+        "1": {"value": ["Not a valid NHS number (modulus 11 check)."]}
+    }
+
+
+def test_nhs_number_rules_apply_only_to_nhs_numbers(client, btp):
+    subject = create(
+        client, btp, identifiers=[{"system": "pnc_id", "value": "9434765918"}]
+    ).get_json()
+    assert subject["identifiers"] == [{"system": "pnc_id", "value": "9434765918"}]
+
+
+def test_date_of_birth_in_the_future_is_refused(client, btp):
+    tomorrow = _today() + timedelta(days=1)
+    response = client.post(
+        "/v1/subjects", json=body(date_of_birth=tomorrow.isoformat()), headers=btp.headers()
+    )
+    assert response.status_code == 422
+    assert response.get_json()["errors"]["json"]["date_of_birth"] == ["Cannot be in the future."]
+    create(client, btp, date_of_birth=_today().isoformat())
+
+
+def test_subject_must_be_under_26(client, btp):
+    turns_26_today = _years_ago(26)
+    response = client.post(
+        "/v1/subjects", json=body(date_of_birth=turns_26_today.isoformat()), headers=btp.headers()
+    )
+    assert response.status_code == 422
+    assert response.get_json()["errors"]["json"]["date_of_birth"] == [
+        "The subject must be under 26."
+    ]
+    create(client, btp, date_of_birth=(turns_26_today + timedelta(days=1)).isoformat())
+
+
+@pytest.mark.parametrize("offset", [-27, 1])
+def test_estimated_birth_year_must_be_plausible(client, btp, offset):
+    year = _today().year + offset
+    response = client.post(
+        "/v1/subjects",
+        json=body(date_of_birth=..., estimated_birth_year=year),
+        headers=btp.headers(),
+    )
+    assert response.status_code == 422
+    assert list(response.get_json()["errors"]["json"]) == ["estimated_birth_year"]
+
+
+def test_validation_errors_do_not_echo_personal_data(client, btp):
+    response = client.post(
+        "/v1/subjects",
+        json=body(family_name="Weatherspoon-" * 10, address={"postcode": "ZZ9 9ZZQ"}),
+        headers=btp.headers(),
+    )
+    assert response.status_code == 422
+    assert "Weatherspoon" not in response.get_data(as_text=True)
+    assert "ZZ9" not in response.get_data(as_text=True)
+
+
+def test_malformed_json_is_400_and_wrong_type_is_415(client, btp):
+    headers = btp.headers()
+    bad_json = client.post(
+        "/v1/subjects", data="{", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert bad_json.status_code == 400
+    form = client.post("/v1/subjects", data={"given_name": "x"}, headers=headers)
+    assert form.status_code == 415
+
+
+# -- change -------------------------------------------------------------------------------------
+def test_patch_needs_if_match(client, btp):
+    created = create(client, btp)
+    location = created.headers["Location"]
+    missing = client.patch(location, json={"gender": "female"}, headers=btp.headers())
+    assert missing.status_code == 428
+    assert missing.mimetype == PROBLEM
+    garbage = client.patch(
+        location, json={"gender": "female"}, headers=btp.headers(**{"If-Match": '"nonsense"'})
+    )
+    assert garbage.status_code == 412
+
+
+def test_patch_changes_fields_and_etag_and_refuses_stale_etag(client, btp):
+    created = create(client, btp)
+    location, etag = created.headers["Location"], created.headers["ETag"]
+    changed = client.patch(
+        location,
+        json={"gender": "non_binary", "address": {"postcode": "le16tp"}},
+        headers=btp.headers(**{"If-Match": etag}),
+    )
+    assert changed.status_code == 200, changed.get_json()
+    subject = changed.get_json()
+    assert subject["gender"] == "non_binary"
+    assert subject["address"] == {"line": None, "town": None, "postcode": "LE1 6TP"}
+    assert subject["given_name"] == "John"  # untouched
+    assert at(subject["updated_at"]) > at(subject["created_at"])
+    assert changed.headers["ETag"] != etag
+
+    stale = client.patch(
+        location, json={"gender": "male"}, headers=btp.headers(**{"If-Match": etag})
+    )
+    assert stale.status_code == 412
+    assert stale.mimetype == PROBLEM
+    current = client.get(location, headers=btp.headers())
+    assert current.get_json()["gender"] == "non_binary"
+    assert current.headers["ETag"] == changed.headers["ETag"]
+
+
+def test_patch_validates_like_create(client, btp):
+    created = create(client, btp)
+    headers = btp.headers(**{"If-Match": created.headers["ETag"]})
+    location = created.headers["Location"]
+    for patch, field in [
+        ({"given_name": None}, "given_name"),
+        ({"family_name": ""}, "family_name"),
+        ({"date_of_birth": (_today() + timedelta(days=1)).isoformat()}, "date_of_birth"),
+        ({"identifiers": [{"system": "nhs_number", "value": "9434765918"}]}, "identifiers"),
+        ({"address": {"postcode": "NG1"}}, "address"),
+        ({"created_by_agency": "nottscc"}, "created_by_agency"),
+        ({"date_of_birth": "2012-01-01", "estimated_birth_year": 2012}, "estimated_birth_year"),
+    ]:
+        response = client.patch(location, json=patch, headers=headers)
+        assert response.status_code == 422, patch
+        assert list(response.get_json()["errors"]["json"]) == [field]
+    assert client.get(location, headers=btp.headers()).headers["ETag"] == created.headers["ETag"]
+
+
+def test_patch_birth_facts_replace_each_other_and_address_clears(client, btp):
+    created = create(client, btp)
+    year = _today().year - 14
+    response = client.patch(
+        created.headers["Location"],
+        json={"estimated_birth_year": year, "address": None},
+        headers=btp.headers(**{"If-Match": created.headers["ETag"]}),
+    )
+    subject = response.get_json()
+    assert (subject["estimated_birth_year"], subject["date_of_birth"]) == (year, None)
+    assert subject["address"] is None
+    response = client.patch(
+        created.headers["Location"],
+        json={"date_of_birth": "2012-02-29"},
+        headers=btp.headers(**{"If-Match": response.headers["ETag"]}),
+    )
+    subject = response.get_json()
+    assert (subject["estimated_birth_year"], subject["date_of_birth"]) == (None, "2012-02-29")
+
+
+def test_patch_without_changes_keeps_the_version(client, btp):
+    created = create(client, btp)
+    response = client.patch(
+        created.headers["Location"],
+        json={"gender": "male"},
+        headers=btp.headers(**{"If-Match": created.headers["ETag"]}),
+    )
+    assert response.status_code == 200
+    assert response.headers["ETag"] == created.headers["ETag"]
+    assert response.get_json()["updated_at"] == created.get_json()["updated_at"]
+
+
+def test_patch_keeps_search_keys_in_step_with_names(client, btp, db_session):
+    created = create(client, btp, aliases=["Little J"])
+    subject_id = uuid.UUID(created.get_json()["id"])
+    response = client.patch(
+        created.headers["Location"],
+        json={"given_name": "Kwame", "aliases": ["KJ"]},
+        headers=btp.headers(**{"If-Match": created.headers["ETag"]}),
+    )
+    assert response.status_code == 200
+    assert found_names(client, btp, "Kwame") == ["Kwame Smith"]
+    assert found_names(client, btp, "John") == []
+    assert found_names(client, btp, "Little") == []
+    assert found_names(client, btp, "kj") == ["Kwame Smith"]
+    db_session.expire_all()
+    stored = set(
+        db_session.execute(
+            select(SubjectNameKey.key).where(SubjectNameKey.subject_id == subject_id)
+        ).scalars()
+    )
+    assert stored == names.subject_keys("Kwame", "Smith", ["KJ"])
+
+
+def test_patch_is_audited(client, btp, db_session):
+    created = create(client, btp)
+    client.patch(
+        created.headers["Location"],
+        json={"gender": "female"},
+        headers=btp.headers(**{"If-Match": created.headers["ETag"]}),
+    )
+    (event,) = events(db_session, "subject.update")
+    assert event.subject_ids == [created.get_json()["id"]]
+    assert event.request_status == 200
+
+
+# -- visibility ---------------------------------------------------------------------------------
+def test_another_agency_cannot_see_or_change_a_subject(client, btp, council, db_session):
+    created = create(client, btp)
+    location, etag = created.headers["Location"], created.headers["ETag"]
+    missing = client.get(f"/v1/subjects/{uuid.uuid4()}", headers=council.headers())
+
+    read = client.get(location, headers=council.headers())
+    assert read.status_code == 404
+    assert read.get_json() == missing.get_json()
+    assert "ETag" not in read.headers
+
+    patch = client.patch(
+        location, json={"gender": "female"}, headers=council.headers(**{"If-Match": etag})
+    )
+    assert patch.status_code == 404
+    assert patch.get_json() == missing.get_json()
+
+    assert search(client, council) == {"items": [], "next_cursor": None}
+    assert search(client, council, q="John") == {"items": [], "next_cursor": None}
+    assert search(client, council, q="John", date_of_birth="2011-05-04")["items"] == []
+
+    denied = events(db_session, "access.denied")
+    assert [(e.actor_agency, e.outcome, e.resource_id, e.request_status) for e in denied] == [
+        ("nottscc", "denied", created.get_json()["id"], 404),
+        ("nottscc", "denied", created.get_json()["id"], 404),
+    ]
+    assert all(e.subject_ids == [] for e in denied)
+    assert client.get(location, headers=btp.headers()).get_json()["gender"] == "male"
+
+
+def test_a_missing_subject_is_not_audited_as_denied(client, council, db_session):
+    client.get(f"/v1/subjects/{uuid.uuid4()}", headers=council.headers())
+    assert events(db_session, "access.denied") == []
+
+
+def test_the_lead_of_a_referral_about_the_subject_sees_it_but_cannot_change_it(
+    client, btp, council, db_session
+):
+    created = create(client, btp)
+    subject = created.get_json()
+    add_referral(db_session, subject["id"], lead="nottscc")
+
+    read = client.get(created.headers["Location"], headers=council.headers())
+    assert read.status_code == 200
+    assert read.get_json() == subject
+    assert found_names(client, council, "jonh smith") == ["John Smith"]
+
+    patch = client.patch(
+        created.headers["Location"],
+        json={"gender": "female"},
+        headers=council.headers(**{"If-Match": created.headers["ETag"]}),
+    )
+    assert patch.status_code == 403
+    assert patch.mimetype == PROBLEM
+    (read_event,) = events(db_session, "subject.read")
+    assert (read_event.actor_agency, read_event.basis, read_event.purpose) == (
+        "nottscc",
+        "lead",
+        "case_work",
+    )
+    (denied,) = events(db_session, "access.denied")
+    assert (denied.actor_agency, denied.request_status) == ("nottscc", 403)
+
+
+def _share(db_session, referral: Referral, agency: str, **kw: Any) -> Share:
+    share = Share(
+        referral_id=referral.id,
+        agency_code=agency,
+        access="read",
+        purpose="support_service",
+        necessity="The charity supports the child.",
+        article_6="legitimate_interests",
+        consent_status="given",
+        created_by_agency=referral.lead_agency,
+        created_by_client_id="test",
+        **kw,
+    )
+    db_session.add(share)
+    db_session.commit()
+    return share
+
+
+def test_an_active_share_of_a_referral_makes_the_subject_visible(
+    client, btp, council, factory, db_session
+):
+    charity = factory.partner("catch22", kind="charity")
+    created = create(client, btp)
+    referral = add_referral(db_session, created.get_json()["id"], lead="nottscc")
+    assert client.get(created.headers["Location"], headers=charity.headers()).status_code == 404
+
+    share = _share(db_session, referral, "catch22")
+    read = client.get(created.headers["Location"], headers=charity.headers())
+    assert read.status_code == 200
+    (event,) = [e for e in events(db_session, "subject.read") if e.actor_agency == "catch22"]
+    assert (event.basis, event.purpose) == (f"share:{share.id}", "support_service")
+    assert found_names(client, charity, "smith") == ["John Smith"]
+
+    share.revoked_at = utcnow()
+    db_session.commit()
+    assert client.get(created.headers["Location"], headers=charity.headers()).status_code == 404
+    assert found_names(client, charity, "smith") == []
+
+
+def test_an_expired_share_gives_no_sight_of_the_subject(client, btp, council, factory, db_session):
+    charity = factory.partner("catch22", kind="charity")
+    created = create(client, btp)
+    referral = add_referral(db_session, created.get_json()["id"], lead="nottscc")
+    _share(db_session, referral, "catch22", expires_at=utcnow() - timedelta(seconds=1))
+    assert client.get(created.headers["Location"], headers=charity.headers()).status_code == 404
+    assert search(client, charity)["items"] == []
+
+
+# -- search -------------------------------------------------------------------------------------
+def test_search_ignores_case_and_accents(client, btp):
+    create(client, btp, given_name="Zoë", family_name="Adébáyò", aliases=[])
+    create(client, btp, given_name="Zac", family_name="Brown", aliases=[])
+    for q in ["zoe", "ZOE", "Zoë", "zoé", "ADEBAYO", "zoe adebayo"]:
+        assert found_names(client, btp, q) == ["Zoë Adébáyò"], q
+
+
+def test_search_tolerates_one_typo_but_not_two(client, btp):
+    create(client, btp, given_name="John", family_name="Smith", aliases=[])
+    create(client, btp, given_name="Joan", family_name="Baker", aliases=[])
+    assert found_names(client, btp, "Jonh") == ["John Smith"]  # swapped letters
+    assert found_names(client, btp, "Jhn") == ["John Smith"]
+    assert found_names(client, btp, "Smyth") == ["John Smith"]
+    assert found_names(client, btp, "Smiths") == ["John Smith"]
+    assert found_names(client, btp, "Jon") == ["Joan Baker", "John Smith"]
+    assert found_names(client, btp, "Jnoh") == []
+    assert found_names(client, btp, "Smtyh") == []
+
+
+def test_search_finds_aliases_and_needs_every_word(client, btp):
+    create(client, btp, given_name="Tyrese", family_name="Campbell", aliases=["T-Bone", "Little T"])
+    assert found_names(client, btp, "bone") == ["Tyrese Campbell"]
+    assert found_names(client, btp, "tbone") == ["Tyrese Campbell"]
+    assert found_names(client, btp, "little campbell") == ["Tyrese Campbell"]
+    assert found_names(client, btp, "tyrese jones") == []
+
+
+def test_search_handles_apostrophes_and_hyphens(client, btp):
+    create(client, btp, given_name="Siobhan", family_name="O'Brien", aliases=[])
+    create(client, btp, given_name="Amy", family_name="Smith-Jones", aliases=[])
+    for q in ["O'Brien", "OBrien", "o brien", "O\u2019Brien"]:
+        assert found_names(client, btp, q) == ["Siobhan O'Brien"], q
+    for q in ["Smith-Jones", "jones", "smithjones", "amy smith"]:
+        assert found_names(client, btp, q) == ["Amy Smith-Jones"], q
+
+
+def test_date_of_birth_narrows_exactly(client, btp):
+    create(client, btp, date_of_birth="2011-05-04")
+    create(client, btp, date_of_birth="2011-05-05")
+    create(client, btp, given_name="Peter", date_of_birth="2011-05-04")
+    assert found_names(client, btp, "john", date_of_birth="2011-05-04") == ["John Smith"]
+    items = search(client, btp, date_of_birth="2011-05-04")["items"]
+    assert sorted(s["given_name"] for s in items) == ["John", "Peter"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"q": "a"}, "q"),
+        ({"q": " a "}, "q"),
+        ({"q": "x" * 101}, "q"),
+        ({"q": "--"}, "q"),
+        ({"date_of_birth": "yesterday"}, "date_of_birth"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"name": "john"}, "name"),
+    ],
+)
+def test_bad_search_arguments_are_422(client, btp, params, field):
+    response = client.get("/v1/subjects", query_string=params, headers=btp.headers())
+    assert response.status_code == 422
+    assert response.mimetype == PROBLEM
+    assert list(response.get_json()["errors"]["query"]) == [field]
+
+
+def test_search_is_audited_with_every_child_returned(client, btp, db_session):
+    ids = {create(client, btp).get_json()["id"] for _ in range(3)}
+    create(client, btp, given_name="Omar", family_name="Ali", aliases=[])
+    page = search(client, btp, q="john", limit=2)
+    search(client, btp, q="john", cursor=page["next_cursor"], limit=2)
+    first, second = events(db_session, "subject.search")
+    assert set(first.subject_ids) | set(second.subject_ids) == ids
+    assert first.subject_ids == sorted(s["id"] for s in page["items"])
+    assert first.outcome == "allowed"
+
+
+def _walk(client, partner, limit, **params):
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    headers = partner.headers()
+    for _ in range(50):
+        page = search(
+            client,
+            partner,
+            headers=headers,
+            limit=limit,
+            **({"cursor": cursor} if cursor else {}),
+            **params,
+        )
+        assert len(page["items"]) <= limit
+        seen.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen
+    raise AssertionError("the walk did not end")
+
+
+def test_cursor_walk_over_search_results_never_skips_or_repeats(client, btp, council):
+    # Close to "amir", mixed with names that share a search key but are two edits away
+    # ("xamr", "qair") and names that do not match at all, so pages need several batches.
+    matching = ["Amir", "Amira", "Amer", "Amri", "Mir", "Samir", "Emir"]
+    decoys = ["Xamr", "Qair", "Omar", "Xamr", "Qair", "Brian"]
+    expected = []
+    for i in range(max(len(matching), len(decoys))):
+        if i < len(matching):
+            expected.append(
+                create(client, btp, given_name=matching[i], family_name=f"M{i}").get_json()
+            )
+        if i < len(decoys):
+            create(client, btp, given_name=decoys[i], family_name=f"D{i}")
+    create(client, council, given_name="Amir", family_name="Hidden")
+    in_order = [s["id"] for s in sorted(expected, key=lambda s: (at(s["created_at"]), s["id"]))]
+    for limit in (1, 2, 3, 7, 50):
+        walked = [s["id"] for s in _walk(client, btp, limit, q="amir")]
+        assert walked == in_order, limit
+
+
+def test_cursor_walk_over_all_visible_subjects(client, btp, council):
+    ids = [create(client, btp, given_name=f"Child{i}").get_json()["id"] for i in range(5)]
+    create(client, council)
+    walked = [s["id"] for s in _walk(client, btp, 2)]
+    assert sorted(walked) == sorted(ids)
+    assert len(walked) == len(set(walked))
+
+
+def test_subjects_created_during_a_walk_do_not_disturb_it(client, btp):
+    ids = [create(client, btp).get_json()["id"] for _ in range(4)]
+    headers = btp.headers()
+    page = search(client, btp, headers=headers, q="john", limit=2)
+    create(client, btp)
+    rest = search(client, btp, headers=headers, q="john", limit=2, cursor=page["next_cursor"])
+    walked = [s["id"] for s in page["items"] + rest["items"]]
+    assert walked == ids
