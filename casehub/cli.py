@@ -22,7 +22,9 @@ def _create_app() -> object:
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=True, add_version_option=False)
+@click.group(
+    cls=FlaskGroup, create_app=_create_app, add_default_commands=True, add_version_option=False
+)
 def main() -> None:
     """casehub: multi-agency referrals about children at risk of exploitation."""
 
@@ -82,11 +84,15 @@ def clients_group() -> None:
 @clients_group.command("add")
 @click.option("--agency", "agency_code", required=True)
 @click.option("--name", required=True)
-@click.option("--scopes", required=True, help='Space-separated, e.g. "referrals:read referrals:write".')
+@click.option(
+    "--scopes", required=True, help='Space-separated, e.g. "referrals:read referrals:write".'
+)
 @click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print {client_id, client_secret} as JSON.")
 @with_appcontext
-def clients_add(agency_code: str, name: str, scopes: str, jwks_file: Path | None, as_json: bool) -> None:
+def clients_add(
+    agency_code: str, name: str, scopes: str, jwks_file: Path | None, as_json: bool
+) -> None:
     """Add a partner system; its secret is printed once and stored only as a hash."""
     jwks = json.loads(jwks_file.read_text()) if jwks_file else None
     try:
@@ -164,3 +170,17 @@ def openapi_export(file: Path | None) -> None:
     else:
         file.write_text(text)
         click.echo(f"wrote {file}", err=True)
+
+
+@main.command("demo")
+@with_appcontext
+def demo() -> None:
+    """Seed the East Midlands demo partnership and print how to call it."""
+    from casehub import demo as demo_module
+
+    engine = get_db().engine
+    assert engine is not None
+    migrate.upgrade(engine)
+    with session_scope() as session:
+        result = demo_module.seed(session, scrypt_n=current_app.config["CLIENT_SECRET_SCRYPT_N"])
+    click.echo(demo_module.instructions(result, current_app.config["ISSUER"]))

@@ -1,0 +1,199 @@
+"""`casehub demo`: an East Midlands partnership with partner systems, people and referrals."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from casehub import audit
+from casehub.auth.actor import Actor
+from casehub.db import utcnow
+from casehub.models import Agency, Client, User
+from casehub.services import agencies, referrals, shares
+
+CASEWORK = "referrals:read referrals:write referrals:share subjects:read subjects:write"
+_AGENCY_ROWS = [
+    # code, name, kind, area
+    ("casehub", "casehub platform", "other", "East Midlands"),
+    ("btp", "British Transport Police", "police", "East Midlands"),
+    ("notts-police", "Nottinghamshire Police", "police", "Nottinghamshire"),
+    ("nottingham-cs", "Nottingham City Children's Services", "local_authority", "Nottingham"),
+    ("derbyshire-cs", "Derbyshire Children's Services", "local_authority", "Derbyshire"),
+    ("childrens-society", "The Children's Society", "charity", "East Midlands"),
+    ("em-probation", "Probation Service East Midlands", "probation", "East Midlands"),
+]
+AGENCIES: list[dict[str, Any]] = [
+    {"code": c, "name": n, "kind": k, "area": a, "is_platform": c == "casehub"}
+    for c, n, k, a in _AGENCY_ROWS
+]
+USERS = [
+    ("btp", "officer.khan@btp.example", "PC Aisha Khan", "caseworker"),
+    ("btp", "sgt.morris@btp.example", "Sgt Dan Morris", "safeguarding_lead"),
+    ("nottingham-cs", "social.worker@nottingham-cs.example", "Priya Patel", "caseworker"),
+    ("nottingham-cs", "mash.lead@nottingham-cs.example", "Tom Ellis", "safeguarding_lead"),
+    ("childrens-society", "project.worker@childrens-society.example", "Grace Owen", "caseworker"),
+    ("casehub", "auditor@casehub.example", "Partnership Auditor", "auditor"),
+]
+
+
+@dataclass
+class DemoResult:
+    created: bool
+    client_id: str
+    client_secret: str
+
+
+def _actor(client: Client, agency: Agency) -> Actor:
+    return Actor(
+        agency=agency.code,
+        agency_kind=agency.kind,
+        is_platform=agency.is_platform,
+        client_id=client.client_id,
+        scopes=frozenset(client.scopes),
+        purpose="case_work",
+    )
+
+
+def _referrals(session: Session, btp: Actor, notts_cs: Actor, now: datetime) -> None:
+    station = referrals.create_referral(
+        session,
+        actor=btp,
+        now=now,
+        data={
+            "subject": {
+                "given_name": "Jayden",
+                "family_name": "Okafor",
+                "date_of_birth": datetime(2011, 4, 2).date(),
+                "gender": "male",
+                "aliases": ["JJ"],
+            },
+            "categories": ["county_lines", "missing"],
+            "indicators": ["TRV-01", "PHN-01", "TRV-05"],
+            "summary": (
+                "Boy travelling alone in school hours with two phones at Nottingham station."
+            ),
+            "narrative": (
+                "Seen by BTP officers at 10:40 on platform 4. No ticket; would not say where "
+                "he was going."
+            ),
+            "observed_at": now - timedelta(hours=3),
+            "location": {
+                "description": "Platform 4",
+                "postcode": "NG2 3AQ",
+                "transport_hub": "Nottingham station",
+            },
+            "risk_level": "high",
+        },
+    )
+    shares.create_share(
+        session,
+        actor=btp,
+        referral_id=station.id,
+        now=now,
+        data={
+            "agency": "nottingham-cs",
+            "access": "contribute",
+            "purpose": "safeguard_assess",
+            "necessity": "Children's services must assess the risk of criminal exploitation.",
+            "lawful_basis": {
+                "article_6": "public_task",
+                "condition": "dpa2018_sch8_para4_safeguarding",
+                "gateway": "Children Act 2004 s11",
+            },
+            "consent": {
+                "status": "not_sought",
+                "rationale": "Seeking consent could place the child at risk.",
+            },
+            "expires_at": None,
+        },
+    )
+    referrals.create_referral(
+        session,
+        actor=notts_cs,
+        now=now,
+        data={
+            "subject": {
+                "given_name": "Chloé",
+                "family_name": "Brennan",
+                "estimated_birth_year": now.year - 15,
+                "gender": "female",
+            },
+            "categories": ["missing", "cse"],
+            "indicators": ["MIS-01", "REL-04"],
+            "summary": (
+                "Third missing episode from care this month; returned with new phone and clothes."
+            ),
+            "observed_at": now - timedelta(days=1),
+            "risk_level": "immediate",
+            "immediate_action": "Strategy discussion convened; police informed.",
+        },
+    )
+
+
+def seed(session: Session, *, scrypt_n: int = 2**14) -> DemoResult:
+    """Create the demo partnership if absent; always mint a fresh BTP client to call it with."""
+    now = utcnow()
+    created = session.get(Agency, "btp") is None
+    if created:
+        for spec in AGENCIES:
+            agencies.add_agency(session, **spec)
+        for code, email, name, role in USERS:
+            agencies.add_user(session, agency_code=code, email=email, name=name, roles=[role])
+        systems = {}
+        for spec in AGENCIES:
+            scope = (
+                "admin webhooks:manage audit:read audit:read:all"
+                if spec.get("is_platform")
+                else CASEWORK + " audit:read"
+            )
+            client, _ = agencies.add_client(
+                session,
+                agency_code=spec["code"],
+                name=f"{spec['name']} case system",
+                scope=scope,
+                scrypt_n=scrypt_n,
+            )
+            agency = session.get(Agency, spec["code"])
+            assert agency is not None
+            systems[spec["code"]] = _actor(client, agency)
+        _referrals(session, systems["btp"], systems["nottingham-cs"], now)
+    client, secret = agencies.add_client(
+        session,
+        agency_code="btp",
+        name=f"BTP demo integration {uuid.uuid4().hex[:6]}",
+        scope=CASEWORK,
+        scrypt_n=scrypt_n,
+    )
+    audit.write_pending(session, audit.RequestInfo(None, "CLI", "casehub demo", None), status=None)
+    assert secret is not None
+    return DemoResult(created=created, client_id=client.client_id, client_secret=secret)
+
+
+def instructions(result: DemoResult, base_url: str) -> str:
+    users = ", ".join(f"{email} ({role})" for _, email, _, role in USERS)
+    state = "created" if result.created else "already present"
+    return f"""casehub demo {state}: East Midlands partnership
+  agencies: {", ".join(a["code"] for a in AGENCIES)}
+  users:    {users}
+
+A partner system of British Transport Police (secret shown once):
+  client_id:     {result.client_id}
+  client_secret: {result.client_secret}
+
+Get a token and list BTP's referrals:
+  TOKEN=$(curl -s -u '{result.client_id}:{result.client_secret}' \\
+      -d grant_type=client_credentials {base_url}/oauth/token \\
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/v1/referrals
+
+Interactive docs: {base_url}/docs
+"""
+
+
+def user_count(session: Session) -> int:
+    return len(session.execute(select(User.id)).all())
