@@ -10,8 +10,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from casehub.auth import scopes as scope_registry
 from casehub.errors import Unauthorized
 from casehub.models import Agency, Client, RevokedToken, User
+
+INVALID_TOKEN_CHALLENGE = 'Bearer realm="casehub", error="invalid_token"'  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,15 @@ class Actor:
 
 
 def invalid_token(detail: str = "The access token is invalid, expired or revoked.") -> Unauthorized:
-    return Unauthorized(detail, headers={"WWW-Authenticate": 'Bearer realm="casehub", error="invalid_token"'})
+    return Unauthorized(detail, headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE})
 
 
 def load_actor(session: Session, claims: Any, *, purpose: str | None = None) -> Actor:
     """Build the actor for verified claims; refuse revoked tokens and inactive principals.
 
-    One query per request: the client, its agency, the user (if any) and the revocation list.
+    One query per request: the client, its agency, the user (for a user's token) and the
+    revocation list. The token's scope is also narrowed to what the client and the user's
+    roles allow *now*, so taking a scope or a role away takes effect at once.
     """
     user_id: uuid.UUID | None = None
     if claims.get("sub") != claims.get("client_id"):
@@ -46,10 +51,11 @@ def load_actor(session: Session, claims: Any, *, purpose: str | None = None) -> 
         except ValueError as exc:
             raise invalid_token() from exc
     revoked = select(RevokedToken.jti).where(RevokedToken.jti == claims["jti"]).exists()
-    row = session.execute(
+    stmt = (
         select(
             Client.active,
             Client.tokens_not_before,
+            Client.scope,
             Agency.code,
             Agency.kind,
             Agency.active,
@@ -59,22 +65,29 @@ def load_actor(session: Session, claims: Any, *, purpose: str | None = None) -> 
         )
         .join(Agency, Agency.code == Client.agency_code)
         .where(Client.client_id == claims["client_id"])
-    ).one_or_none()
+    )
+    if user_id is not None:
+        stmt = stmt.add_columns(
+            User.id, User.active, User.agency_code, User.roles, User.tokens_not_before
+        ).outerjoin(User, User.id == user_id)
+    row = session.execute(stmt).one_or_none()
     if row is None:
         raise invalid_token()
-    c_active, c_nbf, agency, kind, a_active, platform, a_nbf, is_revoked = row
-    issued = datetime.fromtimestamp(int(claims["iat"]), UTC)
+    c_active, c_nbf, c_scope, agency, kind, a_active, platform, a_nbf, is_revoked = row[:9]
     if not c_active or not a_active or is_revoked or agency != claims.get("agency"):
         raise invalid_token()
     not_before = [t for t in (c_nbf, a_nbf) if t is not None]
+    allowed = frozenset(c_scope.split())
+    roles: tuple[str, ...] = ()
     if user_id is not None:
-        user = session.execute(
-            select(User.active, User.agency_code, User.tokens_not_before).where(User.id == user_id)
-        ).one_or_none()
-        if user is None or not user.active or user.agency_code != agency:
+        found, u_active, u_agency, u_roles, u_nbf = row[9:]
+        if found is None or not u_active or u_agency != agency:
             raise invalid_token()
-        if user.tokens_not_before is not None:
-            not_before.append(user.tokens_not_before)
+        if u_nbf is not None:
+            not_before.append(u_nbf)
+        roles = tuple(u_roles.split())
+        allowed &= scope_registry.for_roles(list(roles))
+    issued = datetime.fromtimestamp(int(claims["iat"]), UTC)
     if any(issued < moment.replace(microsecond=0) for moment in not_before):
         raise invalid_token()
     return Actor(
@@ -83,8 +96,8 @@ def load_actor(session: Session, claims: Any, *, purpose: str | None = None) -> 
         is_platform=platform,
         client_id=claims["client_id"],
         user_id=user_id,
-        roles=tuple(claims.get("roles") or ()),
-        scopes=frozenset(str(claims.get("scope") or "").split()),
+        roles=roles,
+        scopes=frozenset(str(claims.get("scope") or "").split()) & allowed,
         jti=claims["jti"],
         purpose=purpose,
     )
