@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response, current_app
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from flask import Response, current_app, request
 
 from casehub.api.base import Blueprint, public
 from casehub.auth import scopes
+from casehub.auth.assertions import ADVERTISED_ALGORITHMS
 from casehub.auth.keys import ALGORITHM
+from casehub.auth.server import CLIENT_AUTH_METHODS, USER_ASSERTION_MAX_LIFETIME
 
 blp = Blueprint("oauth", __name__, description="OAuth 2 authorization server")
 
@@ -41,6 +44,21 @@ def _server() -> Any:
     return current_app.extensions["casehub.oauth_server"]
 
 
+def _oauth_response(respond: Any) -> Response:
+    """Run an authlib endpoint; parameters belong in the form body, never in the URL (where
+    credentials and tokens would end up in logs), so a query string is refused."""
+    try:
+        if request.args:
+            raise InvalidRequestError("Send OAuth parameters in the form body, not the URL.")
+        return _with_problem_members(respond())
+    except OAuth2Error as error:
+        # Raised before authlib's own handling starts, e.g. `insecure_transport` when a TLS
+        # terminator does not tell the app (X-Forwarded-Proto) that the request came in https.
+        status, body, headers = error()
+        response = Response(json.dumps(body), status=status, headers=headers)
+        return _with_problem_members(response)
+
+
 def _with_problem_members(response: Response) -> Response:
     """Add problem+json members to an RFC 6749 error body; leave successes alone."""
     if response.status_code < 400:
@@ -66,7 +84,7 @@ def _with_problem_members(response: Response) -> Response:
 @public
 def metadata() -> dict[str, Any]:
     issuer = current_app.config["ISSUER"]
-    methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    methods = list(CLIENT_AUTH_METHODS)
     return {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/oauth/token",
@@ -80,7 +98,7 @@ def metadata() -> dict[str, Any]:
         "response_types_supported": [],
         "scopes_supported": list(scopes.SCOPES),
         "token_endpoint_auth_methods_supported": methods,
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "EdDSA"],
+        "token_endpoint_auth_signing_alg_values_supported": ADVERTISED_ALGORITHMS,
         "introspection_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
         "access_token_signing_alg_values_supported": [ALGORITHM],
@@ -127,13 +145,36 @@ _CLIENT_AUTH_FIELDS = {
 }
 
 
+_TOKEN_DESCRIPTION = f"""\
+Grants:
+
+* `client_credentials`: the partner system acting as itself (`sub` = the client id).
+* `urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523 §2.1): the partner system acting for
+  one of its agency's active users. `assertion` is a JWT signed with a key in the client's
+  registered JWKS (ES256, RS256 or Ed25519 — `EdDSA` is accepted as its deprecated name) with
+  `iss` = the client id, `sub` = the user's id or email, `aud` = the token endpoint URL or the
+  issuer, `exp` at most {USER_ASSERTION_MAX_LIFETIME} s ahead and a `jti` that is accepted once.
+  **The client must also authenticate** (below): the assertion alone is not enough, even for a
+  client with a JWKS, which then authenticates with `private_key_jwt` (a second, separate JWT).
+
+Client authentication, one method per request: `client_secret_basic`, `client_secret_post` or
+`private_key_jwt` (RFC 7523 §2.2: `client_assertion_type` =
+`urn:ietf:params:oauth:client-assertion-type:jwt-bearer`, `client_assertion` a JWT with `iss`
+and `sub` = the client id, `aud` = the token endpoint URL or the issuer, `exp` at most one hour
+ahead, a `jti` accepted once). Any failure is `401 invalid_client`.
+
+The scope granted is the requested one (default: all that may be granted) within the client's
+scopes and, for a user, the user's roles' scopes; asking for anything outside that is
+`400 invalid_scope`. The response is `{{access_token, token_type: "Bearer", expires_in, scope}}`;
+the token is an RFC 9068 JWT (`typ: at+jwt`, ES256, `kid` in /.well-known/jwks.json) valid for at
+most 900 s. There are no refresh tokens. OAuth parameters in the URL are refused.
+"""
+
+
 @blp.route("/oauth/token", methods=["POST"])
 @_form_doc(
     "Issue an access token",
-    "`client_credentials` (the partner system as itself) or "
-    "`urn:ietf:params:oauth:grant-type:jwt-bearer` (for one of the agency's users). Clients "
-    "authenticate with client_secret_basic, client_secret_post or private_key_jwt. Tokens are "
-    "RFC 9068 JWTs, valid for at most 900 s; there are no refresh tokens.",
+    _TOKEN_DESCRIPTION,
     {
         "grant_type": {"type": "string", "maxLength": 100},
         "scope": {"type": "string", "maxLength": 1000},
@@ -144,29 +185,40 @@ _CLIENT_AUTH_FIELDS = {
 )
 @public
 def token() -> Response:
-    return _with_problem_members(_server().create_token_response())
+    return _oauth_response(_server().create_token_response)
+
+
+_TOKEN_FIELDS = {
+    "token": {"type": "string", "maxLength": 8000},
+    "token_type_hint": {"type": "string", "enum": ["access_token", "refresh_token"]},
+    **_CLIENT_AUTH_FIELDS,
+}
 
 
 @blp.route("/oauth/introspect", methods=["POST"])
 @_form_doc(
     "Introspect an access token (RFC 7662)",
-    "For authenticated clients, about tokens issued within their own agency; any other token "
-    "is reported as `{\"active\": false}`.",
-    {"token": {"type": "string", "maxLength": 8000}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH_FIELDS},
+    "For authenticated clients (any method of the token endpoint), about tokens issued within "
+    "their own agency: `active: true` with the token's claims. A revoked, expired, malformed "
+    "or other agency's token, or one of a deactivated client, user or agency, is reported as "
+    "`{\"active\": false}`.",
+    _TOKEN_FIELDS,
     ["token"],
 )
 @public
 def introspect() -> Response:
-    return _with_problem_members(_server().create_endpoint_response("introspection"))
+    return _oauth_response(lambda: _server().create_endpoint_response("introspection"))
 
 
 @blp.route("/oauth/revoke", methods=["POST"])
 @_form_doc(
     "Revoke an access token (RFC 7009)",
-    "A client revokes its own tokens; every endpoint refuses the token once this returns.",
-    {"token": {"type": "string", "maxLength": 8000}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH_FIELDS},
+    "An authenticated client revokes one of its own tokens; every endpoint refuses the token "
+    "once this returns. Another client's token, an unknown or an expired one is left alone "
+    "and answered with the same `200 {}` (RFC 7009 §2.2).",
+    _TOKEN_FIELDS,
     ["token"],
 )
 @public
 def revoke() -> Response:
-    return _with_problem_members(_server().create_endpoint_response("revocation"))
+    return _oauth_response(lambda: _server().create_endpoint_response("revocation"))

@@ -21,9 +21,8 @@ def generate_client_id() -> str:
 def hash_secret(secret: str, *, n: int = 2**14) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(secret.encode(), salt=salt, n=n, r=_R, p=_P, dklen=32)
-    return "scrypt${}${}${}${}${}".format(
-        n, _R, _P, base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
-    )
+    salt_b64, digest_b64 = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    return f"scrypt${n}${_R}${_P}${salt_b64}${digest_b64}"
 
 
 def verify_secret(secret: str, stored: str | None) -> bool:
