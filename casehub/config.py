@@ -44,7 +44,9 @@ def _coerce(key: str, raw: str) -> Any:
     return raw
 
 
-def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def load(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Return the casehub settings (un-prefixed keys) from defaults, environment and overrides."""
     env = os.environ if environ is None else environ
     settings = dict(DEFAULTS)

@@ -21,11 +21,11 @@ from typing import Any
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from casehub import audit
 from casehub.auth.actor import Actor, invalid_token, load_actor
-from casehub.auth.scopes import ANY_SCOPE
 from casehub.db import get_session, utcnow
 from casehub.errors import (
     CasehubError,
@@ -133,7 +133,9 @@ def _check_transport() -> None:
     if length is not None and length > limit:
         raise RequestEntityTooLarge()
     has_body = bool(length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    if has_body and not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
+    if has_body and not (
+        request.mimetype == "application/json" or request.mimetype.endswith("+json")
+    ):
         raise UnsupportedMediaType("Send the body as application/json.")
 
 
@@ -236,7 +238,9 @@ def _finish_request(response: Response) -> Response:
         session.rollback()
         audit.discard_pending(session)
         log.exception("commit failed", extra={"request_id": g.request_id})
-        return _finalise(problem(500, detail="The request could not be completed; nothing was saved."))
+        return _finalise(
+            problem(500, detail="The request could not be completed; nothing was saved.")
+        )
     return response
 
 
@@ -263,6 +267,11 @@ def _handle_integrity_error(error: IntegrityError) -> Response:
     return problem(409, detail="The request conflicts with an existing record.")
 
 
+def _handle_stale(error: StaleDataError) -> Response:
+    # Another request changed the record between our read and our write (optimistic lock).
+    return problem(412, detail="The record has changed; fetch it again and retry.")
+
+
 def _handle_operational_error(error: OperationalError) -> Response:
     log.error("database unavailable", extra={"request_id": g.get("request_id")})
     return problem(503, detail="The database is unavailable; try again shortly.")
@@ -282,5 +291,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(CasehubError, _handle_domain_error)
     app.register_error_handler(IntegrityError, _handle_integrity_error)
     app.register_error_handler(OperationalError, _handle_operational_error)
+    app.register_error_handler(StaleDataError, _handle_stale)
     app.register_error_handler(Exception, _handle_unexpected)
-

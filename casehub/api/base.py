@@ -60,7 +60,9 @@ class Api(flask_smorest.Api):
         """Every framework HTTP error (404, 405, webargs 400/422, 413…) as problem+json."""
         data = getattr(error, "data", None) or {}
         headers = {
-            k: v for k, v in error.get_headers() if k.lower() not in ("content-type", "content-length")
+            k: v
+            for k, v in error.get_headers()
+            if k.lower() not in ("content-type", "content-length")
         }
         headers.update(data.get("headers") or {})
         errors = data.get("errors") or data.get("messages")
@@ -93,9 +95,9 @@ class Blueprint(flask_smorest.Blueprint):
             doc = {
                 "security": [{SECURITY_SCHEME: required}],
                 "responses": {
-                    "401": problem_response("No valid access token (`error=\"invalid_token\"`)."),
+                    "401": problem_response('No valid access token (`error="invalid_token"`).'),
                     "403": problem_response(
-                        "The token lacks the scope (`error=\"insufficient_scope\"`), or the record "
+                        'The token lacks the scope (`error="insufficient_scope"`), or the record '
                         "is visible but not the caller's to change."
                     ),
                 },

@@ -10,8 +10,8 @@ from flask.views import MethodView
 from casehub.api.base import Blueprint
 from casehub.auth.scopes import ANY_SCOPE
 from casehub.schemas.common import ListArgsSchema
-from casehub.services.reference import indicator_list
 from casehub.services.pagination import decode_cursor, encode_cursor
+from casehub.services.reference import indicator_list
 
 blp = Blueprint("indicators", __name__, url_prefix="/v1/indicators", description="Reference lists")
 
@@ -27,9 +27,14 @@ class IndicatorSchema(ma.Schema):
     group = ma.fields.String(required=True)
     kind = ma.fields.String(
         required=True,
-        metadata={"enum": ["indicator", "vulnerability"], "description": "A sign, or a vulnerability factor (context)."},
+        metadata={
+            "enum": ["indicator", "vulnerability"],
+            "description": "A sign, or a vulnerability factor (context).",
+        },
     )
-    source = ma.fields.String(required=True, metadata={"description": "Source codes, comma-separated."})
+    source = ma.fields.String(
+        required=True, metadata={"description": "Source codes, comma-separated."}
+    )
     source_refs = ma.fields.List(ma.fields.Nested(SourceRefSchema), required=True)
 
 

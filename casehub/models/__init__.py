@@ -1,23 +1,23 @@
 """ORM models, one aggregate per module; importing this registers every table."""
 
-from casehub.models.audit import AuditEvent
 from casehub.models.agency import Agency, AgencyKind, Client, RevokedToken, UsedAssertion, User
+from casehub.models.audit import AuditEvent
 from casehub.models.idempotency import IdempotencyRecord
 from casehub.models.referral import (
     Note,
+    ReferenceCounter,
     Referral,
     ReferralCategory,
     ReferralHistory,
     ReferralIndicator,
-    ReferenceCounter,
     Share,
 )
 from casehub.models.subject import Subject, SubjectNameKey
 
 __all__ = [
     "Agency",
-    "AuditEvent",
     "AgencyKind",
+    "AuditEvent",
     "Client",
     "IdempotencyRecord",
     "Note",

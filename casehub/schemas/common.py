@@ -48,7 +48,14 @@ def page_of(item: type[ma.Schema]) -> type[ma.Schema]:
     return _page_schemas[name]
 
 
-def Text(max_length: int, *, required: bool = False, allow_none: bool = False, min_length: int = 1, **kw: Any) -> ma.fields.String:
+def Text(
+    max_length: int,
+    *,
+    required: bool = False,
+    allow_none: bool = False,
+    min_length: int = 1,
+    **kw: Any,
+) -> ma.fields.String:
     """A string with a documented maximum length, trimmed of surrounding white space."""
     return TrimmedString(
         required=required,

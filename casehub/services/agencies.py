@@ -32,13 +32,17 @@ def add_agency(
         raise ValidationFailed.field("kind", "Unknown agency kind.")
     if session.get(Agency, code) is not None:
         raise Conflict(f"Agency {code} already exists.")
-    agency = Agency(code=code, name=name, kind=kind, area=area, active=True, is_platform=is_platform)
+    agency = Agency(
+        code=code, name=name, kind=kind, area=area, active=True, is_platform=is_platform
+    )
     session.add(agency)
     session.flush()
     return agency
 
 
-def list_agencies(session: Session, *, limit: int, cursor: str | None) -> tuple[list[Agency], str | None]:
+def list_agencies(
+    session: Session, *, limit: int, cursor: str | None
+) -> tuple[list[Agency], str | None]:
     return keyset_page(session, select(Agency), keys=[Agency.code], limit=limit, cursor=cursor)
 
 
@@ -59,9 +63,13 @@ def add_client(
     wanted = scope_registry.normalise(scope)
     bad = scope_registry.unknown(wanted)
     if bad or not wanted:
-        raise ValidationFailed.field("scopes", "Unknown scope: " + " ".join(bad) if bad else "At least one scope.")
+        raise ValidationFailed.field(
+            "scopes", "Unknown scope: " + " ".join(bad) if bad else "At least one scope."
+        )
     if "audit:read:all" in wanted and not agency.is_platform:
-        raise ValidationFailed.field("scopes", "audit:read:all is for the platform agency's auditors.")
+        raise ValidationFailed.field(
+            "scopes", "audit:read:all is for the platform agency's auditors."
+        )
     secret = generate_secret() if with_secret else None
     if jwks is not None:
         jwks = public_jwks(jwks)
@@ -109,11 +117,15 @@ def add_user(
         raise ValidationFailed.field("agency", "No such agency.")
     bad = [r for r in roles if r not in scope_registry.ROLE_SCOPES]
     if bad or not roles:
-        raise ValidationFailed.field("roles", "Unknown role: " + " ".join(bad) if bad else "At least one role.")
+        raise ValidationFailed.field(
+            "roles", "Unknown role: " + " ".join(bad) if bad else "At least one role."
+        )
     email = email.strip().lower()
     if session.execute(select(User.id).where(User.email == email)).first() is not None:
         raise Conflict("A user with this email already exists.")
-    user = User(agency_code=agency_code, email=email, name=name, roles=" ".join(dict.fromkeys(roles)))
+    user = User(
+        agency_code=agency_code, email=email, name=name, roles=" ".join(dict.fromkeys(roles))
+    )
     session.add(user)
     session.flush()
     return user
