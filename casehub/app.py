@@ -14,6 +14,7 @@ from casehub import web
 from casehub.api import register_blueprints
 from casehub.api.base import SECURITY_SCHEME, Api
 from casehub.api.ops import init_metrics
+from casehub.audit import chain as audit_chain
 from casehub.auth import scopes
 from casehub.auth import server as oauth_server
 from casehub.auth.keys import KeyStore
@@ -79,6 +80,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["casehub.api"] = api
     register_blueprints(api)
     web.init_app(app)
+    audit_chain.init_app(app)
     init_metrics(app)
     return app
 

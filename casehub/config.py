@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_TTL": 24 * 3600,
     "CLIENT_SECRET_SCRYPT_N": 2**14,
     "SQL_ECHO": False,
+    "AUDIT_SEQUENCER": True,  # serving processes chain audit events in a background thread
+    "AUDIT_SEQUENCE_INTERVAL_MS": 500,
+    "AUDIT_CHECKPOINT_KEY_FILE": None,  # None: instance/audit-checkpoint-key.pem (Ed25519)
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}

@@ -1,5 +1,8 @@
 """The audit trail: services record events; the request lifecycle writes them with the response
-status, inside the request's transaction (or, for refused attempts, after its rollback)."""
+status, inside the request's transaction (or, for refused attempts, after its rollback).
+
+Writing an event is one INSERT with no lock: a trigger queues it, and the sequencer
+(casehub.audit.chain) gives it its `seq` and hashes moments later."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from casehub.db import new_id, utcnow
 from casehub.models import AuditEvent
 
 PENDING_KEY = "casehub.audit.pending"
+_INSERT_EVENT = insert(AuditEvent.__table__)
 
 
 @dataclass
@@ -109,7 +113,8 @@ def write_pending(
         }
         for e in events
     ]
-    session.execute(insert(AuditEvent), rows)
+    # A Core insert on the session's connection: no ORM unit of work on the hot path.
+    session.connection().execute(_INSERT_EVENT, rows)
     return len(rows)
 
 
