@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from casehub import audit
 from casehub.auth.actor import Actor
@@ -85,16 +85,25 @@ def reach_referral(
 ) -> ReferralView:
     """The referral and the caller's access to it, or NotFound — audited as a refusal when the
     referral exists but the caller's agency may not see it."""
-    referral = session.execute(
-        _with_children(select(Referral).where(Referral.id == referral_id))
-    ).scalar_one_or_none()
+    # One query for the referral and its lists; a second only when the caller is not the lead.
+    referral = (
+        session.execute(
+            select(Referral)
+            .where(Referral.id == referral_id)
+            .options(joinedload(Referral.category_rows), joinedload(Referral.indicator_rows))
+        )
+        .unique()
+        .scalar_one_or_none()
+    )
     access = None
     if referral is not None:
+        shares = (
+            []
+            if referral.lead_agency == actor.agency
+            else share_grants(session, referral.id, actor.agency)
+        )
         access = policy.referral_access(
-            actor.agency,
-            lead_agency=referral.lead_agency,
-            shares=share_grants(session, referral.id, actor.agency),
-            now=now,
+            actor.agency, lead_agency=referral.lead_agency, shares=shares, now=now
         )
     if referral is None or access is None:
         if referral is not None:
