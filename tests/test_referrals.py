@@ -355,3 +355,35 @@ def test_scope_is_checked_before_the_body(client, factory):
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
     assert 'scope="referrals:write"' in response.headers["WWW-Authenticate"]
+
+
+def _statements_during(engine, call):
+    from sqlalchemy import event
+
+    seen = []
+
+    def count(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        response = call()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return response, len(seen)
+
+
+def test_listing_costs_the_same_number_of_queries_for_2_or_20_referrals(client, btp, engine):
+    headers = btp.headers()
+    for _ in range(2):
+        create(client, btp)
+    small, small_count = _statements_during(
+        engine, lambda: client.get("/v1/referrals", headers=headers)
+    )
+    for _ in range(18):
+        create(client, btp)
+    large, large_count = _statements_during(
+        engine, lambda: client.get("/v1/referrals", headers=headers)
+    )
+    assert len(small.get_json()["items"]) == 2 and len(large.get_json()["items"]) == 20
+    assert large_count == small_count
