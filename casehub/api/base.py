@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from casehub.auth.actor import Actor
 from casehub.errors import problem
+from casehub.services.purposes import REQUEST_PURPOSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +44,27 @@ class Parser(FlaskParser):
         "querystring": ma.RAISE,
         "headers": ma.EXCLUDE,
     }
+
+
+PURPOSE_OF_USE = {
+    "in": "header",
+    "name": "Purpose-Of-Use",
+    "required": False,
+    "schema": {"type": "string", "enum": sorted(REQUEST_PURPOSES)},
+    "description": (
+        "Why the caller consults this data (DPA 2018 s62), recorded in the audit event. "
+        "Default: the purpose of the share that grants access, or case_work for the lead. "
+        "Any other value is 422."
+    ),
+}
+
+
+def _doc(func: F, *, parameters: list[dict[str, Any]] | None = None, **kwargs: Any) -> F:
+    """flask-smorest's `doc`, but header parameters from several decorators add up."""
+    existing = getattr(func, "_apidoc", {}).get("manual_doc", {}).get("parameters", [])
+    names = {p["name"] for p in parameters or []}
+    merged = [p for p in existing if p["name"] not in names] + list(parameters or [])
+    return flask_smorest.Blueprint.doc(parameters=merged, **kwargs)(func)  # type: ignore[no-any-return]
 
 
 def problem_response(description: str) -> dict[str, Any]:
@@ -94,6 +116,7 @@ class Blueprint(flask_smorest.Blueprint):
             required = [scope] if scope else []
             doc = {
                 "security": [{SECURITY_SCHEME: required}],
+                "parameters": [PURPOSE_OF_USE],
                 "responses": {
                     "401": problem_response('No valid access token (`error="invalid_token"`).'),
                     "403": problem_response(
@@ -102,7 +125,7 @@ class Blueprint(flask_smorest.Blueprint):
                     ),
                 },
             }
-            return flask_smorest.Blueprint.doc(**doc)(func)  # type: ignore[no-any-return]
+            return _doc(func, **doc)
 
         return decorator
 
@@ -110,7 +133,8 @@ class Blueprint(flask_smorest.Blueprint):
     def idempotent(func: F) -> F:
         """Mark a creating POST as honouring `Idempotency-Key` (see web.py)."""
         func._casehub_idempotent = True  # type: ignore[attr-defined]
-        return flask_smorest.Blueprint.doc(  # type: ignore[no-any-return]
+        return _doc(
+            func,
             parameters=[
                 {
                     "in": "header",
@@ -123,8 +147,8 @@ class Blueprint(flask_smorest.Blueprint):
                         "Only successful (2xx) responses are kept."
                     ),
                 }
-            ]
-        )(func)
+            ],
+        )
 
     @staticmethod
     def replay_without(*fields: str) -> Callable[[F], F]:
@@ -138,7 +162,8 @@ class Blueprint(flask_smorest.Blueprint):
 
     @staticmethod
     def etag_required(func: F) -> F:
-        return flask_smorest.Blueprint.doc(  # type: ignore[no-any-return]
+        return _doc(
+            func,
             parameters=[
                 {
                     "in": "header",
@@ -152,7 +177,7 @@ class Blueprint(flask_smorest.Blueprint):
                 "412": problem_response("If-Match does not match the current ETag."),
                 "428": problem_response("If-Match is missing."),
             },
-        )(func)
+        )
 
 
 def current_actor() -> Actor:
