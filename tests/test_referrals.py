@@ -387,3 +387,14 @@ def test_listing_costs_the_same_number_of_queries_for_2_or_20_referrals(client, 
     )
     assert len(small.get_json()["items"]) == 2 and len(large.get_json()["items"]) == 20
     assert large_count == small_count
+
+
+def test_purpose_of_use_must_be_a_known_purpose(client, btp):
+    rid = create(client, btp).get_json()["id"]
+    bad = client.get(f"/v1/referrals/{rid}", headers=btp.headers(**{"Purpose-Of-Use": "curiosity"}))
+    assert bad.status_code == 422
+    assert "Purpose-Of-Use" in bad.get_json()["errors"]["headers"]
+    good = client.get(
+        f"/v1/referrals/{rid}", headers=btp.headers(**{"Purpose-Of-Use": "strategy_discussion"})
+    )
+    assert good.status_code == 200
