@@ -21,7 +21,7 @@ ADMIN_ROUTES = [
     ("delete", "/v1/admin/clients/chc_000000000000000000000000", None),
     ("get", "/v1/admin/users", None),
     ("post", "/v1/admin/users", {"email": "a@example.org", "name": "A", "roles": ["auditor"]}),
-    ("patch", f"/v1/admin/users/{uuid.uuid4()}", {"name": "B"}),
+    ("patch", "/v1/admin/users/958bb11a-c877-4506-ad6f-78b38fd815f1", {"name": "B"}),
 ]
 
 
