@@ -9,10 +9,8 @@ import hmac
 import json
 import time
 import uuid
-import warnings
 from typing import Any
 
-import httpx
 import pytest
 from authlib.oauth2.rfc6750.errors import InvalidTokenError
 from hypothesis import HealthCheck, given, settings
@@ -22,31 +20,18 @@ from joserfc.jwk import ECKey
 from sqlalchemy import select
 
 from casehub.models import Agency, AuditEvent, Client, RevokedToken
+from tests.oauth_support import (
+    BEARER_INVALID,
+    RESOURCE,
+    OAuthError,
+    audit_events,
+    b64,
+    basic,
+    http,
+    segments,
+)
 
-with warnings.catch_warnings():
-    # authlib 1.9 prefers the `httpx2` package and warns when it falls back to httpx.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from authlib.integrations.httpx_client import OAuth2Client, OAuthError
-
-RESOURCE = "/v1/agencies"
-BEARER_INVALID = 'Bearer realm="casehub", error="invalid_token"'
-
-
-def basic(client_id: str, secret: str) -> str:
-    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def segments(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    header, payload, _ = token.split(".")
-    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    return (
-        json.loads(base64.urlsafe_b64decode(pad(header))),
-        json.loads(base64.urlsafe_b64decode(pad(payload))),
-    )
+__all__ = ["http"]  # the fixture, imported for pytest
 
 
 def service_key(app) -> ECKey:
@@ -98,35 +83,9 @@ def assert_invalid_token(response) -> None:
     assert response.get_json()["status"] == 401
 
 
-def audit_events(db_session, action: str) -> list[AuditEvent]:
-    return list(
-        db_session.execute(
-            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.pos)
-        ).scalars()
-    )
-
-
 @pytest.fixture
 def btp(factory):
     return factory.partner("btp", "referrals:read referrals:write subjects:read")
-
-
-@pytest.fixture
-def http(app, db_session):
-    """authlib's real OAuth 2 client, talking to the app in-process over WSGI."""
-    transports: list[OAuth2Client] = []
-
-    def make(**kwargs: Any) -> OAuth2Client:
-        # localhost: authlib refuses plain http elsewhere (in production the issuer is https).
-        client = OAuth2Client(
-            transport=httpx.WSGITransport(app=app), base_url="http://localhost", **kwargs
-        )
-        transports.append(client)
-        return client
-
-    yield make
-    for client in transports:
-        client.close()
 
 
 # -- issuing ------------------------------------------------------------------------------------
@@ -333,7 +292,7 @@ def _bad_token(app, btp, case: str) -> tuple[str | None, str]:
     if case == "garbage":
         return "Bearer not-a-jwt", ""
     if case == "tampered payload":
-        header, payload, signature = real.split(".")
+        header, _, signature = real.split(".")
         _, original = segments(real)
         original["scope"] = "referrals:read admin"
         return f"Bearer {header}.{b64(json.dumps(original).encode())}.{signature}", ""
@@ -585,7 +544,9 @@ def test_authlib_client_full_cycle(http, btp, method):
         token_endpoint_auth_method=method,
         revocation_endpoint_auth_method=method,
     )
-    token = oauth.fetch_token("/oauth/token", grant_type="client_credentials", scope="referrals:read")
+    token = oauth.fetch_token(
+        "/oauth/token", grant_type="client_credentials", scope="referrals:read"
+    )
     assert token["scope"] == "referrals:read"
     assert oauth.get(RESOURCE).status_code == 200
 
