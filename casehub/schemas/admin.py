@@ -34,7 +34,10 @@ class _AtLeastOneField(StrictSchema):
 class AgencyCreateSchema(StrictSchema):
     code = ma.fields.String(
         required=True,
-        validate=validate.Regexp(AGENCY_CODE_PATTERN, error="Must match {regex}."),
+        validate=[
+            validate.Length(min=2, max=40),
+            validate.Regexp(AGENCY_CODE_PATTERN, error="Must match {regex}."),
+        ],
         metadata={"pattern": AGENCY_CODE_PATTERN, "description": "Permanent; cannot be changed."},
     )
     name = Text(200, required=True)
