@@ -47,8 +47,11 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
 
 
-def endpoint_policy(app: Flask, endpoint: str | None, method: str) -> tuple[str, str | None]:
-    """('public', None), ('scope', scope) or ('undeclared', None) for one endpoint and method."""
+def endpoint_policy(
+    app: Flask, endpoint: str | None, method: str
+) -> tuple[str, tuple[str, ...] | None]:
+    """('public', None), ('scope', accepted scopes) or ('undeclared', None) for one endpoint and
+    method. An empty tuple of accepted scopes means any valid token."""
     if endpoint is None or endpoint in PUBLIC_ENDPOINTS:
         return ("public", None)  # no route matched: routing answers 404/405 itself
     view = app.view_functions.get(endpoint)
@@ -63,10 +66,10 @@ def endpoint_policy(app: Flask, endpoint: str | None, method: str) -> tuple[str,
             return ("public", None)  # MethodView answers 405 itself
     if getattr(target, "_casehub_public", False) or getattr(view, "_casehub_public", False):
         return ("public", None)
-    scope = getattr(target, "_casehub_scope", None)
-    if scope is None:
+    accepted = getattr(target, "_casehub_scope", None)
+    if accepted is None:
         return ("undeclared", None)
-    return ("scope", scope)
+    return ("scope", tuple(accepted))
 
 
 def _view_attr(name: str) -> Any:
@@ -84,7 +87,7 @@ def _start_request() -> None:
 
 def _authorize() -> Response | None:
     app = current_app
-    kind, scope = endpoint_policy(app, request.endpoint, request.method)
+    kind, accepted = endpoint_policy(app, request.endpoint, request.method)
     if kind == "public":
         return None
     g.purpose = None
@@ -98,12 +101,13 @@ def _authorize() -> Response | None:
     if kind == "undeclared":
         # Deny by default: a route nobody declared a scope for serves nobody.
         raise Forbidden("This operation is not available.")
-    if scope and not actor.has_scope(scope):
+    if accepted and not any(actor.has_scope(scope) for scope in accepted):
+        wanted = " ".join(accepted)
         raise InsufficientScope(
-            f"This operation needs the scope {scope}.",
+            f"This operation needs the scope {' or '.join(accepted)}.",
             headers={
                 "WWW-Authenticate": (
-                    f'Bearer realm="casehub", error="insufficient_scope", scope="{scope}"'
+                    f'Bearer realm="casehub", error="insufficient_scope", scope="{wanted}"'
                 )
             },
         )

@@ -105,17 +105,17 @@ class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
 
     @staticmethod
-    def requires(scope: str) -> Callable[[F], F]:
-        """Declare (and document) the scope a view needs; enforced for every request in web.py.
+    def requires(scope: str, *alternatives: str) -> Callable[[F], F]:
+        """Declare (and document) the scope a view needs; web.py enforces it on every request.
 
-        `scopes.ANY_SCOPE` means any valid token will do.
+        Several scopes mean any one of them will do. `scopes.ANY_SCOPE` means any valid token.
         """
+        accepted = tuple(s for s in (scope, *alternatives) if s)
 
         def decorator(func: F) -> F:
-            func._casehub_scope = scope  # type: ignore[attr-defined]
-            required = [scope] if scope else []
+            func._casehub_scope = accepted  # type: ignore[attr-defined]
             doc = {
-                "security": [{SECURITY_SCHEME: required}],
+                "security": [{SECURITY_SCHEME: [s]} for s in accepted] or [{SECURITY_SCHEME: []}],
                 "parameters": [PURPOSE_OF_USE],
                 "responses": {
                     "401": problem_response('No valid access token (`error="invalid_token"`).'),
