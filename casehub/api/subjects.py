@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import g, url_for
+from flask import url_for
 from flask.views import MethodView
 
-from casehub.api.base import Blueprint, problem_response
+from casehub.api.base import Blueprint, current_actor, problem_response
 from casehub.api.etag import etag_for, expected_version
 from casehub.db import get_session, utcnow
 from casehub.models import Subject
@@ -61,7 +61,7 @@ class Subjects(MethodView):
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         items, next_cursor = subjects.search_subjects(
             get_session(),
-            actor=g.actor,
+            actor=current_actor(),
             now=utcnow(),
             limit=args["limit"],
             cursor=args.get("cursor"),
@@ -83,7 +83,9 @@ class Subjects(MethodView):
     )
     @blp.doc(summary="Record a subject", description="The caller's agency becomes its recorder.")
     def post(self, data: dict[str, Any]) -> tuple[Subject, int, dict[str, str]]:
-        subject = subjects.create_subject(get_session(), actor=g.actor, data=data, now=utcnow())
+        subject = subjects.create_subject(
+            get_session(), actor=current_actor(), data=data, now=utcnow()
+        )
         location = url_for("subjects.SubjectById", subject_id=subject.id)
         return subject, 201, {**_headers(subject), "Location": location}
 
@@ -95,7 +97,7 @@ class SubjectById(MethodView):
     @blp.doc(summary="Read a subject", responses={"404": NOT_FOUND})
     def get(self, subject_id: uuid.UUID) -> tuple[Subject, dict[str, str]]:
         subject = subjects.get_subject(
-            get_session(), actor=g.actor, subject_id=subject_id, now=utcnow()
+            get_session(), actor=current_actor(), subject_id=subject_id, now=utcnow()
         )
         return subject, _headers(subject)
 
@@ -115,7 +117,7 @@ class SubjectById(MethodView):
         version = expected_version(subject_id)
         subject = subjects.update_subject(
             get_session(),
-            actor=g.actor,
+            actor=current_actor(),
             subject_id=subject_id,
             data=data,
             expected_version=version,
