@@ -184,3 +184,81 @@ def demo() -> None:
     with session_scope() as session:
         result = demo_module.seed(session, scrypt_n=current_app.config["CLIENT_SECRET_SCRYPT_N"])
     click.echo(demo_module.instructions(result, current_app.config["ISSUER"]))
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail: sequencing, verification and signed checkpoints."""
+
+
+def _record_operator_action(action: str, status: int) -> None:
+    """Operators' audit commands are audited too (no actor: the command line)."""
+    from casehub import audit
+
+    with session_scope() as session:
+        audit.record(session, None, action, resource_type="audit_chain", purpose="audit")
+        audit.write_pending(session, None, status=status)
+
+
+@audit_group.command("sequence")
+@click.option("--once", is_flag=True, help="Chain everything pending now, then exit.")
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between passes.")
+@with_appcontext
+def audit_sequence(once: bool, interval: float) -> None:
+    """Chain committed events (serving processes do this themselves unless
+    CASEHUB_AUDIT_SEQUENCER=0)."""
+    from casehub.audit import chain
+
+    engine = get_db().engine
+    assert engine is not None
+    if once:
+        click.echo(f"chained {chain.sequence_all(engine)} events")
+        return
+    chain.BackgroundSequencer(engine, interval=interval).run()
+
+
+@audit_group.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@with_appcontext
+def audit_verify(as_json: bool) -> None:
+    """Recompute the hash chain and check every checkpoint; exit 0 only when all hold."""
+    from casehub.audit import checkpoints, verify
+
+    engine = get_db().engine
+    assert engine is not None
+    result = verify.verify(engine, key=checkpoints.app_key(current_app))
+    _record_operator_action("audit.verify", 200 if result.ok else 409)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    elif result.ok:
+        click.echo(
+            f"ok: {result.events} events, head seq {result.head_seq}, "
+            f"{result.checkpoints} checkpoints, {result.pending} pending ({result.seconds:.2f}s)"
+        )
+    else:
+        click.echo(f"BROKEN at seq {result.first_bad_seq}: {result.problem}", err=True)
+    sys.exit(0 if result.ok else 1)
+
+
+@audit_group.command("checkpoint")
+@with_appcontext
+def audit_checkpoint() -> None:
+    """Chain what is pending, verify since the last checkpoint, and sign the head (Ed25519)."""
+    from casehub.audit import chain, checkpoints, verify
+
+    engine = get_db().engine
+    assert engine is not None
+    try:
+        key = checkpoints.app_key(current_app, create=True)
+    except checkpoints.CheckpointKeyError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    assert key is not None
+    chain.sequence_all(engine)
+    with engine.begin() as connection:
+        signed, result = verify.make_checkpoint(connection, key)
+    _record_operator_action("audit.checkpoint", 201 if signed else 409)
+    if signed is None:
+        click.echo(f"not signed: broken at seq {result.first_bad_seq}: {result.problem}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(signed.as_dict()))

@@ -7,6 +7,7 @@ from casehub.api.base import Api
 
 def register_blueprints(api: Api) -> None:
     from casehub.api import admin, agencies, indicators, oauth, ops, referrals, shares, subjects
+    from casehub.api import audit as trail
 
-    for module in (oauth, ops, agencies, indicators, subjects, referrals, shares, admin):
+    for module in (oauth, ops, agencies, indicators, subjects, referrals, shares, admin, trail):
         api.register_blueprint(module.blp)

@@ -161,7 +161,7 @@ class BackgroundSequencer:
                 return
             self._stop.clear()
             self._thread = threading.Thread(
-                target=self._run, name="casehub-audit-sequencer", daemon=True
+                target=self.run, name="casehub-audit-sequencer", daemon=True
             )
             self._thread.start()
             self.pid = os.getpid()
@@ -172,7 +172,8 @@ class BackgroundSequencer:
             self._thread.join(timeout)
         self.pid = None
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Sequencing passes until stopped (the thread's body; `casehub audit sequence`)."""
         failures = 0
         while not self._stop.is_set():
             try:

@@ -153,9 +153,12 @@ def signature_holds(checkpoint: Checkpoint, key: CheckpointKey | None) -> bool:
     )
 
 
-def sign_head(connection: Connection, key: CheckpointKey) -> Checkpoint:
-    """Sign the chain's current head and store the checkpoint (in the caller's transaction)."""
-    seq, head_hash = chain_head(connection)
+def sign_head(
+    connection: Connection, key: CheckpointKey, head: tuple[int, str] | None = None
+) -> Checkpoint:
+    """Sign `head` (default: the chain's current head) and store the checkpoint, in the
+    caller's transaction."""
+    seq, head_hash = head or chain_head(connection)
     # Stored with microseconds on every backend, so the signed time reads back identically.
     signed_at = utcnow()
     signature = key.sign(message(seq, head_hash, signed_at))

@@ -17,7 +17,13 @@ from sqlalchemy import Connection, Engine, select
 
 from casehub.audit import canonical
 from casehub.audit.chain import EVENT_COLUMNS, chain_head, pending_count
-from casehub.audit.checkpoints import Checkpoint, CheckpointKey, load_checkpoints, signature_holds
+from casehub.audit.checkpoints import (
+    Checkpoint,
+    CheckpointKey,
+    load_checkpoints,
+    sign_head,
+    signature_holds,
+)
 from casehub.models.audit import AuditChain, AuditEvent
 
 CHUNK = 10_000
@@ -89,6 +95,8 @@ def verify(
         elif checkpoint.seq > start_seq:
             signed.setdefault(checkpoint.seq, []).append(checkpoint)
 
+    if head_seq < start_seq or (head_seq == start_seq and head_hash != start_hash):
+        result.fail(head_seq if head_seq == start_seq else head_seq + 1, "the chain lost its head")
     rows = (_pg_records if fast else _records)(bind, start_seq, head_seq)
     seq, last = start_seq, start_hash.encode()
     for stored_hash, record in rows:
@@ -120,6 +128,21 @@ def verify(
     result.settle()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def make_checkpoint(
+    connection: Connection, key: CheckpointKey
+) -> tuple[Checkpoint | None, VerifyResult]:
+    """Verify the chain from the newest valid checkpoint to the head, then sign that head.
+
+    Nothing is signed (None) when verification fails: a checkpoint vouches for the chain.
+    """
+    trusted = [c for c in load_checkpoints(connection) if signature_holds(c, key)]
+    newest = max(trusted, key=lambda c: (c.seq, c.id), default=None)
+    result = verify(connection, key=key, after=(newest.seq, newest.hash) if newest else None)
+    if not result.ok:
+        return None, result
+    return sign_head(connection, key, (result.head_seq, result.head_hash)), result
 
 
 class _connection:
