@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Response, jsonify, url_for
+from flask import url_for
 from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor, problem_response
@@ -30,11 +30,8 @@ blp = Blueprint("referrals", __name__, url_prefix="/v1/referrals", description="
 NOT_FOUND = {"404": problem_response("No such referral, or not visible to the caller's agency.")}
 
 
-def with_etag(referral: Referral, status: int = 200) -> Response:
-    response = jsonify(ReferralSchema().dump(referral))
-    response.status_code = status
-    response.headers["ETag"] = etag_for(referral.id, referral.version)
-    return response
+def etag_header(referral: Referral) -> dict[str, str]:
+    return {"ETag": etag_for(referral.id, referral.version)}
 
 
 @blp.route("")
@@ -75,13 +72,12 @@ class Referrals(MethodView):
         description="The caller's agency leads it. Send "
         "`subject_id` of a subject the agency can see, or an inline `subject`.",
     )
-    def post(self, data: dict[str, Any]) -> Response:
+    def post(self, data: dict[str, Any]) -> Any:
         referral = referrals.create_referral(
             get_session(), actor=current_actor(), data=data, now=utcnow()
         )
-        response = with_etag(referral, 201)
-        response.headers["Location"] = url_for("referrals.ReferralById", referral_id=referral.id)
-        return response
+        location = url_for("referrals.ReferralById", referral_id=referral.id)
+        return referral, 201, {**etag_header(referral), "Location": location}
 
 
 @blp.route("/<uuid:referral_id>")
@@ -89,18 +85,18 @@ class ReferralById(MethodView):
     @blp.requires("referrals:read")
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
     @blp.doc(summary="Read a referral", responses=NOT_FOUND)
-    def get(self, referral_id: uuid.UUID) -> Response:
+    def get(self, referral_id: uuid.UUID) -> Any:
         view = referrals.get_referral(
             get_session(), actor=current_actor(), referral_id=referral_id, now=utcnow()
         )
-        return with_etag(view.referral)
+        return view.referral, etag_header(view.referral)
 
     @blp.requires("referrals:write")
     @blp.etag_required
     @blp.arguments(ReferralUpdateSchema)
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
     @blp.doc(summary="Change a referral (lead agency)", responses=NOT_FOUND)
-    def patch(self, changes: dict[str, Any], referral_id: uuid.UUID) -> Response:
+    def patch(self, changes: dict[str, Any], referral_id: uuid.UUID) -> Any:
         version = expected_version(referral_id)
         referral = referrals.update_referral(
             get_session(),
@@ -110,7 +106,7 @@ class ReferralById(MethodView):
             changes=changes,
             now=utcnow(),
         )
-        return with_etag(referral)
+        return referral, etag_header(referral)
 
 
 @blp.route("/<uuid:referral_id>/transitions")
@@ -126,7 +122,7 @@ class Transitions(MethodView):
         "required for no_further_action, closed and reopening. Any other move is 409.",
         responses={**NOT_FOUND, "409": problem_response("Not an allowed move.")},
     )
-    def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Response:
+    def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Any:
         version = expected_version(referral_id)
         referral = referrals.transition_referral(
             get_session(),
@@ -137,7 +133,7 @@ class Transitions(MethodView):
             reason=data.get("reason"),
             now=utcnow(),
         )
-        return with_etag(referral)
+        return referral, etag_header(referral)
 
 
 @blp.route("/<uuid:referral_id>/history")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Response, url_for
+from flask import url_for
 from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor, problem_response
 from casehub.api.etag import expected_version
-from casehub.api.referrals import NOT_FOUND, with_etag
+from casehub.api.referrals import NOT_FOUND, etag_header
 from casehub.db import get_session, utcnow
 from casehub.schemas.common import ListArgsSchema, page_of
 from casehub.schemas.referral import ReferralSchema
@@ -118,7 +118,7 @@ class Transfer(MethodView):
         "Recorded in history.",
         responses={**NOT_FOUND, **CONFLICT},
     )
-    def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Response:
+    def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Any:
         version = expected_version(referral_id)
         referral = shares.transfer_lead(
             get_session(),
@@ -128,4 +128,4 @@ class Transfer(MethodView):
             data=data,
             now=utcnow(),
         )
-        return with_etag(referral)
+        return referral, etag_header(referral)
