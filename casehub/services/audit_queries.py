@@ -330,20 +330,21 @@ def export_lines(
     filters: Mapping[str, Any],
     fmt: str,
     upto: int,
-    chunk: int = EXPORT_CHUNK,
+    chunk: int | None = None,
 ) -> Iterator[str]:
     """The export body, chunk by chunk, in constant memory.
 
     Each chunk is a short keyset query in its own transaction on `session` (which the
     request has already committed), so a long export never holds a lock or a snapshot.
     """
+    size = chunk or EXPORT_CHUNK
     stmt = filtered(reach, filters).where(AuditChain.seq <= upto).order_by(AuditChain.seq)
     if fmt == "csv":
         yield _csv_rows([CSV_COLUMNS])
     last = 0
     while True:
         with session.begin():
-            rows = list(session.execute(stmt.where(AuditChain.seq > last).limit(chunk)))
+            rows = list(session.execute(stmt.where(AuditChain.seq > last).limit(size)))
         if not rows:
             return
         last = rows[-1].seq
@@ -354,7 +355,7 @@ def export_lines(
                 json.dumps(event_dict(row), ensure_ascii=False, separators=(",", ":")) + "\n"
                 for row in rows
             )
-        if len(rows) < chunk:
+        if len(rows) < size:
             return
 
 
