@@ -278,7 +278,7 @@ def _bad_client_assertion(partner: KeyedClient, case: str) -> tuple[str, dict[st
     [
         ("wrong aud", "aud is not valid"),
         ("unregistered key", "No registered key"),
-        ("unregistered key with a registered kid", "signature is not valid"),
+        ("unregistered key with a registered kid", "signature or header is not valid"),
         ("iss is not sub", "iss and sub must be the client id"),
         ("expired", "has expired"),
         ("exp more than an hour ahead", "at most 3600 s ahead"),

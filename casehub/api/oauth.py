@@ -100,7 +100,9 @@ def metadata() -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": ADVERTISED_ALGORITHMS,
         "introspection_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": ADVERTISED_ALGORITHMS,
         "revocation_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": ADVERTISED_ALGORITHMS,
         "access_token_signing_alg_values_supported": [ALGORITHM],
     }
 

@@ -150,7 +150,7 @@ def verify(
     try:
         token = jwt.decode(assertion, key, registry=_REGISTRY)
     except (JoseError, ValueError, TypeError) as exc:
-        raise RejectedAssertion("The assertion's signature is not valid.") from exc
+        raise RejectedAssertion("The assertion's signature or header is not valid.") from exc
     claims = dict(token.claims)
     moment = int(time.time()) if now is None else now
     registry = jwt.JWTClaimsRegistry(

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from casehub import audit
 from casehub.auth import assertions
 from casehub.auth import scopes as scope_registry
-from casehub.auth.actor import load_actor
+from casehub.auth.actor import Actor, load_actor
 from casehub.auth.keys import ALGORITHM, KeyStore
 from casehub.auth.secrets import verify_secret
 from casehub.auth.tokens import AccessTokenValidator
@@ -350,11 +350,15 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
 
 # -- introspection and revocation ---------------------------------------------------------
 class IssuedToken:
-    """A verified access token as authlib's introspection and revocation endpoints see it."""
+    """A verified access token as authlib's introspection and revocation endpoints see it.
 
-    def __init__(self, claims: Any, *, revoked: bool) -> None:
+    `actor` is what the token may do right now (None: revoked, or its client, user or agency
+    is no longer active).
+    """
+
+    def __init__(self, claims: Any, actor: Actor | None) -> None:
         self.claims = claims
-        self.revoked = revoked
+        self.actor = actor
 
     def check_client(self, client: OAuthClient) -> bool:
         return bool(self.claims["client_id"] == client.get_client_id())
@@ -363,7 +367,7 @@ class IssuedToken:
         return bool(self.claims["exp"] <= time.time())
 
     def is_revoked(self) -> bool:
-        return self.revoked
+        return self.actor is None
 
 
 class _TokenLookup:
@@ -376,10 +380,9 @@ class _TokenLookup:
         except InvalidTokenError:
             return None
         try:
-            load_actor(get_session(), claims)
+            return IssuedToken(claims, load_actor(get_session(), claims))
         except Unauthorized:
-            return IssuedToken(claims, revoked=True)
-        return IssuedToken(claims, revoked=False)
+            return IssuedToken(claims, None)
 
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):
@@ -390,8 +393,16 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
         return bool(token.claims.get("agency") == client.row.agency_code)
 
     def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
-        names = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "agency", "roles")
+        actor = token.actor
+        if actor is None:  # authlib asks only about live tokens; stay safe if that changes
+            return {"active": False}
+        names = ("client_id", "sub", "aud", "iss", "exp", "iat", "jti", "agency", "roles")
         payload = {name: token.claims[name] for name in names if name in token.claims}
+        # What a resource call with the token would be allowed now: a scope taken from the
+        # client, or a role from the user, since the token was issued no longer counts.
+        payload["scope"] = " ".join(
+            s for s in str(token.claims["scope"]).split() if actor.has_scope(s)
+        )
         payload["active"] = True
         payload["token_type"] = "Bearer"  # noqa: S105 - the RFC 6750 token type, not a secret
         return payload
@@ -452,7 +463,7 @@ class CasehubAuthorizationServer(AuthorizationServer):
                 raise InvalidClientError(description="Use one client authentication method.")
             try:
                 client: OAuthClient = super().authenticate_client(request, methods, endpoint)
-            except (UnicodeError, ValueError) as exc:  # undecodable Basic credentials
+            except UnicodeError as exc:  # Basic credentials that are not UTF-8
                 raise InvalidClientError(description="Malformed client credentials.") from exc
         except InvalidClientError as error:
             error.status_code = 401
