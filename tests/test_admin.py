@@ -53,9 +53,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def events(db_session, action: str) -> list[AuditEvent]:
     db_session.expire_all()
-    return list(
-        db_session.execute(select(AuditEvent).where(AuditEvent.action == action)).scalars()
-    )
+    return list(db_session.execute(select(AuditEvent).where(AuditEvent.action == action)).scalars())
 
 
 def assert_refused(response) -> None:
@@ -89,14 +87,21 @@ def test_every_admin_route_refuses_a_missing_token(client, db_session, method, p
 def test_platform_admin_adds_and_changes_an_agency(platform, client, db_session):
     created = client.post(
         "/v1/admin/agencies",
-        json={"code": "notts-cs", "name": "Nottingham Children's Services",
-              "kind": "local_authority", "area": "Nottingham"},
+        json={
+            "code": "notts-cs",
+            "name": "Nottingham Children's Services",
+            "kind": "local_authority",
+            "area": "Nottingham",
+        },
         headers=platform.headers(),
     )
     assert created.status_code == 201, created.get_json()
     assert created.get_json() == {
-        "code": "notts-cs", "name": "Nottingham Children's Services",
-        "kind": "local_authority", "area": "Nottingham", "active": True,
+        "code": "notts-cs",
+        "name": "Nottingham Children's Services",
+        "kind": "local_authority",
+        "area": "Nottingham",
+        "active": True,
     }
 
     changed = client.patch(
@@ -106,12 +111,20 @@ def test_platform_admin_adds_and_changes_an_agency(platform, client, db_session)
     )
     assert changed.status_code == 200, changed.get_json()
     assert changed.get_json() == {
-        "code": "notts-cs", "name": "Nottingham City Children's Services",
-        "kind": "other", "area": None, "active": True,
+        "code": "notts-cs",
+        "name": "Nottingham City Children's Services",
+        "kind": "other",
+        "area": None,
+        "active": True,
     }
     listed = client.get("/v1/agencies", headers=platform.headers()).get_json()["items"]
-    assert {"code": "notts-cs", "name": "Nottingham City Children's Services", "kind": "other",
-            "area": None, "active": True} in listed
+    assert {
+        "code": "notts-cs",
+        "name": "Nottingham City Children's Services",
+        "kind": "other",
+        "area": None,
+        "active": True,
+    } in listed
     assert [e.resource_id for e in events(db_session, "admin.agency.create")] == ["notts-cs"]
     assert [e.resource_id for e in events(db_session, "admin.agency.update")] == ["notts-cs"]
 
@@ -150,7 +163,8 @@ def test_other_agencies_admins_cannot_administer_agencies(btp, client, db_sessio
     assert [(a["code"], a["name"]) for a in listed] == [("btp", "Btp")]
     denied = events(db_session, "admin.agency.create") + events(db_session, "admin.agency.update")
     assert sorted((e.outcome, e.resource_id) for e in denied) == [
-        ("denied", "btp"), ("denied", "rogue")
+        ("denied", "btp"),
+        ("denied", "rogue"),
     ]
 
 
@@ -183,9 +197,7 @@ def test_deactivating_an_agency_refuses_its_tokens_at_once(platform, factory, cl
     old_token = nca.token()
     assert client.get("/v1/agencies", headers=bearer(old_token)).status_code == 200
 
-    off = client.patch(
-        "/v1/admin/agencies/nca", json={"active": False}, headers=platform.headers()
-    )
+    off = client.patch("/v1/admin/agencies/nca", json={"active": False}, headers=platform.headers())
     assert off.status_code == 200
     assert off.get_json()["active"] is False
     assert_refused(client.get("/v1/agencies", headers=bearer(old_token)))
@@ -244,12 +256,20 @@ def test_a_new_clients_secret_is_shown_once_and_gets_tokens(btp, client, db_sess
     assert [i["client_id"] for i in items] == [btp.client_id, body["client_id"]]
     for item in items:
         assert set(item) == {
-            "client_id", "agency", "name", "scopes", "jwks", "active", "created_at"
+            "client_id",
+            "agency",
+            "name",
+            "scopes",
+            "jwks",
+            "active",
+            "created_at",
         }
 
     [event] = events(db_session, "admin.client.create")
     assert (event.resource_type, event.resource_id, event.outcome) == (
-        "client", body["client_id"], "allowed"
+        "client",
+        body["client_id"],
+        "allowed",
     )
     assert len(events(db_session, "admin.client.list")) == 1
 
@@ -293,8 +313,10 @@ def test_only_the_platform_may_grant_audit_read_all(btp, platform, client):
         ({"scopes": ["admin"]}, {"name"}),
         ({"name": "X", "scopes": ["admin"], "client_secret": "mine"}, {"client_secret"}),
         ({"name": "X", "scopes": ["admin"], "jwks": {"keys": []}}, {"jwks"}),
-        ({"name": "X", "scopes": ["admin"], "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}},
-         {"jwks"}),
+        (
+            {"name": "X", "scopes": ["admin"], "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}},
+            {"jwks"},
+        ),
     ],
 )
 def test_client_fields_are_validated(btp, client, body, fields):
@@ -332,7 +354,8 @@ def test_a_client_registers_public_keys_only(btp, client):
 
 def test_deleting_a_client_refuses_its_tokens_at_once(btp, client, db_session):
     created = client.post(
-        "/v1/admin/clients", json={"name": "Old RMS", "scopes": ["referrals:read"]},
+        "/v1/admin/clients",
+        json={"name": "Old RMS", "scopes": ["referrals:read"]},
         headers=btp.headers(),
     ).get_json()
     token = token_for(client, created["client_id"], created["client_secret"]).get_json()
@@ -346,9 +369,12 @@ def test_deleting_a_client_refuses_its_tokens_at_once(btp, client, db_session):
     assert again.status_code == 401
     assert again.get_json()["error"] == "invalid_client"
 
-    assert client.delete(
-        f"/v1/admin/clients/{created['client_id']}", headers=btp.headers()
-    ).status_code == 204
+    assert (
+        client.delete(
+            f"/v1/admin/clients/{created['client_id']}", headers=btp.headers()
+        ).status_code
+        == 204
+    )
     inactive = client.get("/v1/admin/clients?active=false", headers=btp.headers()).get_json()
     assert [(c["client_id"], c["active"]) for c in inactive["items"]] == [
         (created["client_id"], False)
@@ -364,24 +390,32 @@ def test_another_agencys_clients_are_invisible(btp, factory, client, db_session)
 
     response = client.delete(f"/v1/admin/clients/{other.client_id}", headers=btp.headers())
     assert response.status_code == 404
-    assert response.get_json()["detail"] == client.delete(
-        "/v1/admin/clients/chc_nosuchclient", headers=btp.headers()
-    ).get_json()["detail"]
+    assert (
+        response.get_json()["detail"]
+        == client.delete("/v1/admin/clients/chc_nosuchclient", headers=btp.headers()).get_json()[
+            "detail"
+        ]
+    )
     assert client.get("/v1/agencies", headers=bearer(other_token)).status_code == 200
     listed = client.get("/v1/admin/clients", headers=btp.headers()).get_json()["items"]
     assert [c["client_id"] for c in listed] == [btp.client_id]
     denied = events(db_session, "admin.client.deactivate")
     assert {(e.outcome, e.resource_id) for e in denied} == {
-        ("denied", other.client_id), ("denied", "chc_nosuchclient")
+        ("denied", other.client_id),
+        ("denied", "chc_nosuchclient"),
     }
 
 
 def test_client_listing_pages_through_every_client_once(btp, client):
     for n in range(4):
-        assert client.post(
-            "/v1/admin/clients", json={"name": f"System {n}", "scopes": ["referrals:read"]},
-            headers=btp.headers(),
-        ).status_code == 201
+        assert (
+            client.post(
+                "/v1/admin/clients",
+                json={"name": f"System {n}", "scopes": ["referrals:read"]},
+                headers=btp.headers(),
+            ).status_code
+            == 201
+        )
     headers = btp.headers()
     seen: list[str] = []
     cursor = None
@@ -448,7 +482,8 @@ def test_admin_adds_lists_and_changes_users(btp, client, db_session):
     assert [u["id"] for u in inactive["items"]] == [user_id]
 
     assert [e.resource_id for e in events(db_session, "admin.user.create")] == [
-        user_id, second["id"]
+        user_id,
+        second["id"],
     ]
     assert len(events(db_session, "admin.user.update")) == 2
 
@@ -467,9 +502,7 @@ def test_creating_a_user_is_idempotent(btp, client, db_session):
     replay = client.post("/v1/admin/users", json=body, headers=headers)
     assert (first.status_code, replay.status_code) == (201, 201)
     assert replay.get_json() == first.get_json()
-    other_body = client.post(
-        "/v1/admin/users", json={**body, "name": "Kim Lee"}, headers=headers
-    )
+    other_body = client.post("/v1/admin/users", json={**body, "name": "Kim Lee"}, headers=headers)
     assert other_body.status_code == 422
     assert db_session.execute(select(User.email)).scalars().all() == ["kim@btp.example"]
 
@@ -520,8 +553,12 @@ def test_another_agencys_users_are_invisible(btp, factory, client, db_session):
         f"/v1/admin/users/{uuid.uuid4()}", json={"active": False}, headers=btp.headers()
     )
     assert missing.get_json() == response.get_json()
-    assert client.patch("/v1/admin/users/not-a-uuid", json={"name": "X"},
-                        headers=btp.headers()).status_code == 404
+    assert (
+        client.patch(
+            "/v1/admin/users/not-a-uuid", json={"name": "X"}, headers=btp.headers()
+        ).status_code
+        == 404
+    )
     assert client.get("/v1/admin/users", headers=btp.headers()).get_json()["items"] == []
     db_session.expire_all()
     assert db_session.get(User, uuid.UUID(theirs)).active is True
@@ -564,14 +601,12 @@ def test_taking_a_role_away_refuses_the_users_earlier_tokens(btp, client, db_ses
     user_id = _add_user(client, btp, roles=["safeguarding_lead"]).get_json()["id"]
     claims = _user_claims(btp, user_id)
     for harmless in ({"name": "S. Jones"}, {"roles": ["safeguarding_lead", "auditor"]}):
-        changed = client.patch(f"/v1/admin/users/{user_id}", json=harmless,
-                               headers=btp.headers())
+        changed = client.patch(f"/v1/admin/users/{user_id}", json=harmless, headers=btp.headers())
         assert changed.status_code == 200
         db_session.expire_all()
         assert load_actor(db_session, claims).user_id == uuid.UUID(user_id)
 
-    client.patch(f"/v1/admin/users/{user_id}", json={"roles": ["auditor"]},
-                 headers=btp.headers())
+    client.patch(f"/v1/admin/users/{user_id}", json={"roles": ["auditor"]}, headers=btp.headers())
     db_session.expire_all()
     with pytest.raises(Unauthorized):
         load_actor(db_session, claims)
@@ -599,3 +634,26 @@ def test_admin_audit_events_never_carry_secrets(btp, client, db_session):
         assert secret not in repr(
             {c.key: getattr(row, c.key) for c in AuditEvent.__table__.columns}
         )
+
+
+def test_weak_rsa_keys_are_refused_at_registration(client, factory):
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def b64(value: int) -> str:
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    numbers = (
+        rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_numbers()
+    )
+    weak = {"kty": "RSA", "n": b64(numbers.n), "e": b64(numbers.e)}
+    admin = factory.partner("btp", scopes="admin")
+    response = client.post(
+        "/v1/admin/clients",
+        json={"name": "Weak key system", "scopes": ["referrals:read"], "jwks": {"keys": [weak]}},
+        headers=admin.headers(),
+    )
+    assert response.status_code == 422
+    assert "2048" in response.get_json()["errors"]["json"]["jwks"][0]

@@ -86,7 +86,7 @@ def _select_key(jwks: Mapping[str, Any] | None, header: Mapping[str, Any], alg: 
     for raw in (jwks or {}).get("keys", []):
         if not isinstance(raw, dict) or raw.get("kty") != key_class.key_type:
             continue
-        if key_class is RSAKey and _rsa_bits(raw) < MIN_RSA_BITS:
+        if key_class is RSAKey and rsa_bits(raw) < MIN_RSA_BITS:
             weak = True  # not even imported: joserfc warns about weak keys on import
             continue
         if raw.get("use") not in (None, "sig"):
@@ -113,7 +113,7 @@ def _select_key(jwks: Mapping[str, Any] | None, header: Mapping[str, Any], alg: 
     return candidates[0]
 
 
-def _rsa_bits(jwk: Mapping[str, Any]) -> int:
+def rsa_bits(jwk: Mapping[str, Any]) -> int:
     """The modulus size of an RSA JWK, read without importing the key."""
     modulus = jwk.get("n")
     if not isinstance(modulus, str):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from casehub.auth import scopes as scope_registry
+from casehub.auth.assertions import MIN_RSA_BITS, rsa_bits
 from casehub.auth.secrets import generate_client_id, generate_secret, hash_secret
 from casehub.errors import Conflict, ValidationFailed
 from casehub.models import Agency, AgencyKind, Client, User
@@ -92,9 +95,6 @@ PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 
 def public_jwks(jwks: dict[str, Any]) -> dict[str, Any]:
     """Validate a client's JWKS: public keys only, each importable, at most 10."""
-    from joserfc.errors import JoseError
-    from joserfc.jwk import KeySet
-
     keys = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(keys, list) or not 1 <= len(keys) <= 10:
         raise ValidationFailed.field("jwks", "A JWK Set with 1 to 10 keys.")
@@ -103,6 +103,8 @@ def public_jwks(jwks: dict[str, Any]) -> dict[str, Any]:
             raise ValidationFailed.field("jwks", "Public keys only.")
         if key.get("kty") not in ("EC", "RSA", "OKP"):
             raise ValidationFailed.field("jwks", "Keys must be EC, RSA or OKP.")
+        if key["kty"] == "RSA" and rsa_bits(key) < MIN_RSA_BITS:
+            raise ValidationFailed.field("jwks", f"RSA keys need at least {MIN_RSA_BITS} bits.")
     try:
         KeySet.import_key_set({"keys": keys})
     except (JoseError, ValueError, TypeError) as exc:
