@@ -16,7 +16,21 @@ from casehub import audit
 from casehub.audit.chain import sequence_pending
 from casehub.models.audit import AuditEvent, AuditPending
 from tests.helpers import referral_body
-from tests.test_sharing import share_body
+
+
+def share_body(agency: str) -> dict:
+    return {
+        "agency": agency,
+        "access": "read",
+        "purpose": "safeguard_assess",
+        "necessity": "The charity supports the child and needs the context.",
+        "lawful_basis": {
+            "article_6": "legitimate_interests",
+            "condition": "dpa2018_sch1_para18_safeguarding",
+            "gateway": "Children Act 2004 s11",
+        },
+        "consent": {"status": "not_sought", "rationale": "Seeking consent would put him at risk."},
+    }
 
 
 def chain_now(db_session) -> int:
