@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+import flask
 import swagger_ui_bundle
 from flask import Flask, Response, current_app, g, request, send_from_directory
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from casehub import migrate
 from casehub.api.base import Blueprint, public
-from casehub.db import get_db
+from casehub.db import get_session
 from casehub.errors import problem
 
 blp = Blueprint("ops", __name__, description="Operations")
@@ -38,13 +48,13 @@ def healthz() -> dict[str, str]:
 )
 @public
 def readyz() -> Any:
-    engine = get_db().engine
-    assert engine is not None
+    # The request's own session: readiness then means "a request can get a connection from
+    # the pool and use it", and tests that bind sessions to one connection see their database.
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-            current = migrate.current_revision(connection)
-    except Exception:
+        connection = get_session().connection()
+        connection.execute(text("SELECT 1"))
+        current = migrate.current_revision(connection)
+    except SQLAlchemyError:
         return problem(503, detail="The database is not reachable.")
     head = migrate.head_revision()
     if current != head:
@@ -61,14 +71,23 @@ def readyz() -> Any:
 )
 def metrics() -> Response:
     registry: CollectorRegistry = current_app.extensions["casehub.metrics"]["registry"]
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if shared:
+        # Under gunicorn each worker counts its own requests into files in this folder (see
+        # deploy/gunicorn.conf.py); a scrape lands on one worker and must report them all.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=shared)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0])
 
 
-@blp.route("/docs/assets/<path:filename>")
-@blp.doc(hide=True)
 @public
 def docs_assets(filename: str) -> Response:
     return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=3600)
+
+
+# Flask's own add_url_rule, not flask-smorest's: the Swagger UI files are served for /docs but
+# are not part of the API, so they stay out of the OpenAPI document.
+flask.Blueprint.add_url_rule(blp, "/docs/assets/<path:filename>", view_func=docs_assets)
 
 
 def init_metrics(app: Flask) -> None:
@@ -88,15 +107,14 @@ def init_metrics(app: Flask) -> None:
     )
     app.extensions["casehub.metrics"] = {"registry": registry}
 
-    @app.before_request
-    def _timer() -> None:
-        g.metrics_started = time.perf_counter()
-
     @app.after_request
     def _observe(response: Response) -> Response:
+        # Route templates, never concrete paths: bounded label sets and no ids in metrics.
         route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         requests.labels(route, request.method, str(response.status_code)).inc()
-        started = g.get("metrics_started")
+        # web.py's first before_request sets g.started, so refused requests (401/403) are
+        # timed too; a timer registered here would be skipped when authorisation aborts.
+        started = g.get("started")
         if started is not None:
             latency.labels(route, request.method).observe(time.perf_counter() - started)
         return response

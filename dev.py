@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Set up and run casehub from a fresh checkout with nothing but Python 3.11+ (stdlib only).
+
+    python3 dev.py demo   # .venv, install, migrate, demo data, serve on http://127.0.0.1:5000
+    python3 dev.py test   # .venv, install with test extras, ruff, then the whole test suite
+
+Extra arguments after `test` go to pytest (e.g. `python3 dev.py test tests/test_ops.py -x`).
+CASEHUB_TEST_DATABASE_URL picks PostgreSQL for the tests; without it they run on SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"  # casehub needs a POSIX system (gunicorn, fcntl)
+PYTHON = BIN / "python"
+MINIMUM = (3, 11)
+
+
+def say(message: str) -> None:
+    print(f"dev.py: {message}", flush=True)
+
+
+def run(command: Sequence[str | Path], **kwargs: object) -> int:
+    # Every command is built in this file from fixed parts; nothing comes from a shell.
+    argv = [str(part) for part in command]
+    return subprocess.call(argv, cwd=ROOT, **kwargs)  # type: ignore[arg-type]  # noqa: S603
+
+
+def check(command: Sequence[str | Path]) -> None:
+    status = run(command)
+    if status != 0:
+        say(f"`{' '.join(str(p) for p in command)}` failed with exit status {status}")
+        sys.exit(status)
+
+
+def ensure_venv() -> None:
+    if sys.version_info < MINIMUM:
+        sys.exit(f"dev.py: casehub needs Python {'.'.join(map(str, MINIMUM))} or newer")
+    if not PYTHON.exists():
+        say(f"creating {VENV.relative_to(ROOT)}")
+        try:
+            venv.EnvBuilder(with_pip=True).create(VENV)
+        except (OSError, subprocess.CalledProcessError) as error:
+            sys.exit(
+                f"dev.py: could not create {VENV} ({error}). On Debian and Ubuntu the venv "
+                "module lives in a separate package: apt install python3-venv"
+            )
+
+
+def ensure_installed(extra: str | None) -> None:
+    """pip install -e the project, skipped when pyproject.toml has not changed since last time."""
+    target = f".[{extra}]" if extra else "."
+    fingerprint = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / f".casehub-installed-{extra or 'base'}"
+    if stamp.exists() and stamp.read_text().strip() == fingerprint:
+        return
+    say(f"installing casehub ({target}) into {VENV.relative_to(ROOT)}")
+    check([PYTHON, "-m", "pip", "install", "-qq", "--disable-pip-version-check", "-e", target])
+    stamp.write_text(fingerprint + "\n")
+
+
+def casehub(*args: str) -> list[str | Path]:
+    return [BIN / "casehub", *args]
+
+
+def demo() -> int:
+    ensure_venv()
+    ensure_installed(None)
+    check(casehub("db", "upgrade"))
+    check(casehub("demo"))
+    say("serving on http://127.0.0.1:5000 (Ctrl-C stops it)")
+    config = ROOT / "deploy" / "gunicorn.conf.py"
+    server = subprocess.Popen([str(BIN / "gunicorn"), "-c", str(config), "wsgi:app"], cwd=ROOT)  # noqa: S603
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached gunicorn too: let it stop its workers rather than killing it.
+        server.wait()
+        return 0
+
+
+def xdist_workers() -> list[str]:
+    """Two pytest-xdist workers on machines with two or more cores, else run in-process."""
+    workers = os.environ.get("CASEHUB_TEST_WORKERS")
+    if workers is None:
+        workers = "2" if (os.cpu_count() or 1) >= 2 else "0"
+    return [] if workers in ("0", "1") else ["-n", workers]
+
+
+def test(pytest_args: list[str]) -> int:
+    ensure_venv()
+    ensure_installed("test")
+    database = os.environ.get("CASEHUB_TEST_DATABASE_URL")
+    say(f"ruff check, then pytest on {'PostgreSQL' if database else 'SQLite'}")
+    lint = run([PYTHON, "-m", "ruff", "check", "."])
+    status = run([PYTHON, "-m", "pytest", *xdist_workers(), *pytest_args])
+    if lint != 0:
+        # Reported, not fatal: the exit status is pytest's.
+        say("ruff found problems (listed above the test run)")
+    return status
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    if argv[0] == "demo":
+        return demo()
+    return test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
