@@ -17,9 +17,11 @@ lower-case hex SHA-256 of the record's UTF-8 bytes. The first event's `prev_hash
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 GENESIS_HASH = "0" * 64
 NULL = "\\N"
@@ -49,27 +51,45 @@ EVENT_FIELDS: tuple[str, ...] = (
 _ESCAPES = str.maketrans(
     {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
 )
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_NEEDS_ESCAPE = re.compile(r"[\\\b\f\n\r\t\v]")
 # The same rendering in PostgreSQL, for verification that lets the database build the record.
 PG_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+
+def _text(value: str) -> str:
+    return value.translate(_ESCAPES) if _NEEDS_ESCAPE.search(value) else value
+
+
+def _time(value: datetime) -> str:
+    """UTC as YYYY-MM-DDTHH:MM:SS.ffffffZ (always six fractional digits)."""
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+# Dispatch on the exact type: the sequencer renders every field of every event.
+_RENDER: dict[type, Callable[[Any], str]] = {
+    str: _text,
+    uuid.UUID: str,
+    int: str,
+    datetime: _time,
+}
 
 
 def field_text(value: object) -> str:
     if value is None:
         return NULL
-    if isinstance(value, str):
-        return value.translate(_ESCAPES)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime(TIME_FORMAT)
-    if isinstance(value, int | uuid.UUID):
-        return str(value)
-    raise TypeError(f"no canonical form for {type(value).__name__}")
+    render = _RENDER.get(type(value))
+    if render is None:
+        if isinstance(value, bool) or not isinstance(value, str | int | uuid.UUID | datetime):
+            raise TypeError(f"no canonical form for {type(value).__name__}")
+        render = _RENDER[next(t for t in _RENDER if isinstance(value, t))]
+    return render(value)
 
 
 def record(seq: int, prev_hash: str, values: Sequence[object]) -> bytes:
     """The canonical record of one event; `values` follow EVENT_FIELDS."""
     fields = [str(seq), prev_hash]
-    fields.extend(field_text(value) for value in values)
+    fields.extend(NULL if value is None else field_text(value) for value in values)
     return "\t".join(fields).encode()
 
 

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, Engine, Text, cast, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Text, cast, func, insert, select, text
 
 from casehub.audit import canonical
 from casehub.db import get_db, utcnow
@@ -40,6 +40,15 @@ EVENT_COLUMNS = tuple(
 _SUBJECTS_AT = canonical.EVENT_FIELDS.index("subject_ids")
 _INSERT_CHAIN = insert(AuditChain.__table__)
 _INSERT_SUBJECTS = insert(AuditEventSubject.__table__)
+_PG_COPY_CHAIN = (
+    "COPY audit_chain (seq, event_pos, prev_hash, hash, sequenced_at) FROM STDIN"
+)
+_PG_COPY_SUBJECTS = "COPY audit_event_subjects (subject_id, seq) FROM STDIN"
+# One bound parameter for the whole batch, whatever its size.
+_PG_DEQUEUE = text("DELETE FROM audit_pending WHERE pos = ANY(:done)")
+_SQLITE_DEQUEUE = text(
+    "DELETE FROM audit_pending WHERE pos IN (SELECT value FROM json_each(:done))"
+)
 
 
 def chain_head(connection: Connection) -> tuple[int, str]:
@@ -89,31 +98,48 @@ def sequence_pending(connection: Connection, *, limit: int = BATCH, wait: bool =
         return 0
     seq, prev_hash = chain_head(connection)
     now = utcnow()
-    chain_rows: list[dict[str, Any]] = []
-    subject_rows: list[dict[str, Any]] = []
+    chain_rows: list[tuple[int, int, str, str, Any]] = []
+    subject_rows: list[tuple[str, int]] = []
     for row in rows:
         seq += 1
         values = row[1:]
         digest = canonical.digest(canonical.record(seq, prev_hash, values))
-        chain_rows.append(
-            {
-                "seq": seq,
-                "event_pos": row.pos,
-                "prev_hash": prev_hash,
-                "hash": digest,
-                "sequenced_at": now,
-            }
-        )
-        subject_rows.extend(
-            {"subject_id": sid, "seq": seq} for sid in subject_index_ids(values[_SUBJECTS_AT])
-        )
+        chain_rows.append((seq, row.pos, prev_hash, digest, now))
+        subject_rows.extend((sid, seq) for sid in subject_index_ids(values[_SUBJECTS_AT]))
         prev_hash = digest
-    connection.execute(_INSERT_CHAIN, chain_rows)
-    if subject_rows:
-        connection.execute(_INSERT_SUBJECTS, subject_rows)
+    _append(connection, chain_rows, subject_rows)
     # Exactly the rows chained: a lower `pos` committed since the SELECT stays queued.
-    connection.execute(delete(AuditPending).where(AuditPending.pos.in_([r.pos for r in rows])))
+    done = [row.pos for row in rows]
+    if connection.dialect.name == "postgresql":
+        connection.execute(_PG_DEQUEUE, {"done": done})
+    else:
+        connection.execute(_SQLITE_DEQUEUE, {"done": json.dumps(done)})
     return len(rows)
+
+
+def _append(
+    connection: Connection,
+    chain_rows: list[tuple[int, int, str, str, Any]],
+    subject_rows: list[tuple[str, int]],
+) -> None:
+    if connection.dialect.name != "postgresql":
+        keys = ("seq", "event_pos", "prev_hash", "hash", "sequenced_at")
+        connection.execute(_INSERT_CHAIN, [dict(zip(keys, r, strict=True)) for r in chain_rows])
+        if subject_rows:
+            connection.execute(
+                _INSERT_SUBJECTS, [{"subject_id": sid, "seq": seq} for sid, seq in subject_rows]
+            )
+        return
+    # COPY is an order of magnitude cheaper than row-by-row INSERTs for a batch.
+    driver: Any = connection.connection.driver_connection
+    with driver.cursor() as cursor:
+        with cursor.copy(_PG_COPY_CHAIN) as copy:
+            for chain_row in chain_rows:
+                copy.write_row(chain_row)
+        if subject_rows:
+            with cursor.copy(_PG_COPY_SUBJECTS) as copy:
+                for subject_row in subject_rows:
+                    copy.write_row(subject_row)
 
 
 def sequence_once(engine: Engine, *, limit: int = BATCH, wait: bool = True) -> int:

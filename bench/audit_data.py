@@ -1,0 +1,127 @@
+"""A scratch PostgreSQL database holding N chained audit events, for the audit benchmarks.
+
+Events are loaded with COPY (the enqueue trigger off, the queue filled in one statement), then
+chained by the real sequencer, whose rate is printed. The database is kept between runs and
+reused when it already holds N chained events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from casehub import migrate
+from casehub.audit.chain import sequence_all
+from casehub.db import make_engine
+
+SERVER = os.environ.get("BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+ACTIONS = ["referral.read", "referral.list", "subject.read", "share.create", "access.denied"]
+AGENCIES = ["btp", "notts-police", "notts-cs", "tcs", "derby-cs", "em-probation"]
+COLUMNS = (
+    "id, occurred_at, actor_agency, actor_client_id, actor_user_id, action, outcome, "
+    "resource_type, resource_id, referral_id, subject_ids, basis, purpose, request_id, "
+    "request_method, request_path, request_status, request_ip"
+)
+
+
+def database_url(name: str) -> str:
+    return make_url(SERVER).set(database=name).render_as_string(hide_password=False)
+
+
+def _libpq(url: str) -> str:
+    parsed = make_url(url)
+    return (
+        f"host={parsed.host or '127.0.0.1'} port={parsed.port or 5432} "
+        f"user={parsed.username or 'postgres'} dbname={parsed.database}"
+        + (f" password={parsed.password}" if parsed.password else "")
+    )
+
+
+def _rows(count: int, start: datetime) -> io.StringIO:
+    rng = random.Random(count)
+    subjects = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(5000)]
+    referrals = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(3000)]
+    out = io.StringIO()
+    for i in range(count):
+        action = ACTIONS[i % len(ACTIONS)]
+        agency = AGENCIES[i % len(AGENCIES)]
+        referral = referrals[i % len(referrals)]
+        subject = subjects[i % len(subjects)]
+        outcome = "denied" if action == "access.denied" else "allowed"
+        when = (start + timedelta(milliseconds=i)).isoformat()
+        out.write(
+            f"{uuid.uuid4()}\t{when}\t{agency}\tchc_{agency}\t\\N\t{action}\t{outcome}\t"
+            f"referral\t{referral}\t{referral}\t[\"{subject}\"]\tlead\tcase_work\t"
+            f"{uuid.uuid4().hex}\tGET\t/v1/referrals/{referral}\t200\t127.0.0.1\n"
+        )
+    out.seek(0)
+    return out
+
+
+def chained_count(url: str) -> int:
+    with psycopg.connect(_libpq(url)) as conn:
+        row = conn.execute("SELECT count(*) FROM audit_chain").fetchone()
+        return int(row[0]) if row else 0
+
+
+def prepare(count: int, name: str = "casehub_bench_audit", *, fresh: bool = False) -> str:
+    """The URL of a database with exactly `count` chained events (built if needed)."""
+    url = database_url(name)
+    admin = _libpq(database_url("postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if exists and not fresh:
+        try:
+            if chained_count(url) == count:
+                print(f"reusing {name}: {count:,} chained events")
+                return url
+        except psycopg.Error:
+            pass
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    started = time.perf_counter()
+    with psycopg.connect(_libpq(url)) as conn:
+        conn.execute("SET session_replication_role = replica")  # skip the per-row enqueue
+        with conn.cursor() as cur:
+            batch = 200_000
+            base = datetime.now(UTC) - timedelta(days=30)
+            for offset in range(0, count, batch):
+                data = _rows(min(batch, count - offset), base + timedelta(seconds=offset))
+                with cur.copy(f"COPY audit_events ({COLUMNS}) FROM STDIN") as copy:
+                    while chunk := data.read(1 << 20):
+                        copy.write(chunk)
+        conn.execute("SET session_replication_role = origin")
+        conn.execute("INSERT INTO audit_pending (pos) SELECT pos FROM audit_events")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE audit_events")
+        conn.execute("VACUUM ANALYZE audit_pending")
+    print(f"loaded {count:,} events in {time.perf_counter() - started:.1f}s")
+    started = time.perf_counter()
+    chained = sequence_all(engine, limit=20_000)
+    elapsed = time.perf_counter() - started
+    rate = chained / elapsed
+    print(f"sequencer chained {chained:,} events in {elapsed:.1f}s: {rate:,.0f} events/s")
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    engine.dispose()
+    return url
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args()
+    prepare(args.events, fresh=args.fresh)
