@@ -58,7 +58,7 @@ def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
                 yield path, method, operation
 
 
-def route_policies(app: Flask) -> dict[tuple[str, str], tuple[str, str | None]]:
+def route_policies(app: Flask) -> dict[tuple[str, str], tuple[str, tuple[str, ...] | None]]:
     """{(openapi path, method): endpoint_policy} for every route the app serves."""
     policies = {}
     for rule in app.url_map.iter_rules():
