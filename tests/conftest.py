@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from casehub import create_app, migrate
-from casehub.db import get_db, make_engine
+from casehub.db import get_db
 from casehub.services import agencies as agency_service
 
 ALL_SCOPES = (
@@ -145,8 +145,12 @@ class Factory:
 
     def agency(self, code: str, kind: str = "police", *, platform: bool = False, **kw: Any) -> str:
         agency_service.add_agency(
-            self.session, code=code, name=kw.get("name", code.title()), kind=kind,
-            area=kw.get("area"), is_platform=platform,
+            self.session,
+            code=code,
+            name=kw.get("name", code.title()),
+            kind=kind,
+            area=kw.get("area"),
+            is_platform=platform,
         )
         self.session.commit()
         return code
@@ -160,7 +164,9 @@ class Factory:
             self.session, agency_code=agency, name=f"{agency} system", scope=scopes, scrypt_n=2**10
         )
         self.session.commit()
-        return Partner(agency=agency, client_id=client.client_id, client_secret=secret, http=self.http)
+        return Partner(
+            agency=agency, client_id=client.client_id, client_secret=secret, http=self.http
+        )
 
 
 @pytest.fixture
