@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from casehub.auth.keys import RECHECK_SECONDS, RETIRE_MARGIN, KeyStore
+from casehub.auth.keys import RECHECK_SECONDS, RETIRE_MARGIN, KeyStore, KeysUnavailable
 from casehub.cli import main
 from tests.oauth_support import RESOURCE, segments
 
@@ -87,8 +87,9 @@ def test_the_key_file_is_private(key_file, clock):
 
 
 def test_production_never_invents_keys(key_file):
-    with pytest.raises(FileNotFoundError):
-        KeyStore(key_file, token_ttl=TTL, create=False)
+    store = KeyStore(key_file, token_ttl=TTL, create=False)
+    with pytest.raises(KeysUnavailable, match="casehub keys rotate"):
+        store.signing_keys()
     assert not key_file.exists()
 
 
@@ -220,3 +221,35 @@ def test_rotation_over_http(app, client, factory, app_keys):
     refused = client.get(RESOURCE, headers={"Authorization": f"Bearer {old_token}"})
     assert refused.status_code == 401
     assert client.get(RESOURCE, headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+
+
+def test_production_starts_without_a_key_file_but_is_not_ready_until_one_is_made(
+    tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from casehub import create_app, migrate
+    from casehub.cli import main
+    from casehub.db import get_db
+
+    keys = tmp_path / "keys.json"
+    settings = {
+        "ENV": "production",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.db'}",
+        "SIGNING_KEYS_FILE": str(keys),
+        "ISSUER": "https://casehub.example",
+    }
+    app = create_app(settings)
+    engine = get_db(app).engine
+    migrate.upgrade(engine)
+    assert not keys.exists()
+    not_ready = app.test_client().get("/readyz")
+    assert not_ready.status_code == 503
+    assert "signing key" in not_ready.get_json()["detail"]
+    for name, value in settings.items():
+        monkeypatch.setenv(f"CASEHUB_{name}", value)
+    rotated = CliRunner().invoke(main, ["keys", "rotate"])
+    assert rotated.exit_code == 0, rotated.output
+    assert keys.exists()
+    assert app.test_client().get("/readyz").status_code == 200
+    engine.dispose()

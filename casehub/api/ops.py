@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from casehub import migrate
 from casehub.api.base import Blueprint, public
+from casehub.auth.keys import KeysUnavailable
 from casehub.db import get_session
 from casehub.errors import problem
 
@@ -59,6 +60,10 @@ def readyz() -> Any:
     head = migrate.head_revision()
     if current != head:
         return problem(503, detail="The database schema is not at the newest migration.")
+    try:
+        current_app.extensions["casehub.keys"].published()
+    except KeysUnavailable:
+        return problem(503, detail="No token-signing key is configured.")
     return {"status": "ready", "schema": current}
 
 

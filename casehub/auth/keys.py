@@ -27,6 +27,10 @@ RECHECK_SECONDS = 1.0
 _FileIdentity = tuple[int, int, int]  # inode, mtime_ns, size: os.replace gives a new inode
 
 
+class KeysUnavailable(RuntimeError):
+    """The signing key file is missing or holds no active key."""
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """One consistent reading of the key file; replaced whole, never mutated."""
@@ -61,9 +65,9 @@ class KeyStore:
         self.clock = clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
-        if not path.exists():
-            if not create:
-                raise FileNotFoundError(f"signing key file {path} does not exist")
+        # In production the file is never generated implicitly: `casehub keys rotate` creates it,
+        # and until then the service is not ready (see /readyz) rather than unable to start.
+        if create and not path.exists():
             self.rotate()
 
     # -- reading ---------------------------------------------------------------------------
@@ -79,7 +83,12 @@ class KeyStore:
             return snapshot
         with self._lock:
             snapshot = self._snapshot
-            stat = self.path.stat()
+            try:
+                stat = self.path.stat()
+            except FileNotFoundError as exc:
+                raise KeysUnavailable(
+                    f"signing key file {self.path} does not exist; run `casehub keys rotate`"
+                ) from exc
             identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             if snapshot is not None and snapshot.identity == identity and now < snapshot.stale_at:
                 snapshot = _Snapshot(
@@ -99,7 +108,7 @@ class KeyStore:
         entries = _read(self.path)
         active = [e for e in entries if e.get("retired_at") is None]
         if not active:
-            raise RuntimeError(f"{self.path} holds no active signing key")
+            raise KeysUnavailable(f"{self.path} holds no active signing key")
         live = [e for e in entries if e.get("retired_at") is None or self._until(e) > now]
         verifying: dict[str, ECKey] = {}
         public = []
