@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from casehub import config as config_module
 from casehub import web
@@ -78,6 +79,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         },
     )
     app.extensions["casehub.api"] = api
+    if settings["TRUSTED_PROXIES"]:
+        # The audit trail records the caller's address, and OAuth checks the scheme: both must
+        # come from the proxies' X-Forwarded-* headers, trusting only as many hops as we have.
+        hops = settings["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
     register_blueprints(api)
     web.init_app(app)
     audit_chain.init_app(app)

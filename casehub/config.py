@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_TTL": 24 * 3600,
     "CLIENT_SECRET_SCRYPT_N": 2**14,
     "SQL_ECHO": False,
+    # How many reverse proxies in front of casehub set X-Forwarded-For/-Proto/-Host (0: none).
+    "TRUSTED_PROXIES": 0,
     "AUDIT_SEQUENCER": True,  # serving processes chain audit events in a background thread
     "AUDIT_SEQUENCE_INTERVAL_MS": 500,
     "AUDIT_CHECKPOINT_KEY_FILE": None,  # None: instance/audit-checkpoint-key.pem (Ed25519)

@@ -118,11 +118,14 @@ def test_metrics_count_requests_by_route_and_time_them(client: FlaskClient, fact
     assert "swagger-ui.css" not in text
     # A refused request is counted with its status and timed as well.
     assert 'method="GET",route="/v1/agencies",status="401"' in text
-    assert _sample(
-        text,
-        "casehub_http_request_duration_seconds_count",
-        'method="GET",route="/v1/agencies"',
-    ) >= 1
+    assert (
+        _sample(
+            text,
+            "casehub_http_request_duration_seconds_count",
+            'method="GET",route="/v1/agencies"',
+        )
+        >= 1
+    )
     assert "# TYPE casehub_http_request_duration_seconds histogram" in text
     bucket = 'le="0.005",method="GET",route="/healthz"'
     assert f"casehub_http_request_duration_seconds_bucket{{{bucket}}}" in text
@@ -341,3 +344,48 @@ def test_gunicorn_config_serves_and_sums_metrics_over_workers(
     assert '"GET /v1/agencies HTTP/1.1" 401' in log
     # No control socket (gunicorn 27 would create $HOME/.gunicorn/gunicorn.ctl by default).
     assert list(Path(gunicorn_server["home"]).iterdir()) == []
+
+
+def test_behind_a_trusted_proxy_the_audit_trail_records_the_callers_address(tmp_path):
+    from sqlalchemy import select
+
+    from casehub import create_app, migrate
+    from casehub.db import get_db, session_scope
+    from casehub.models import AuditEvent
+    from casehub.services import agencies
+
+    app = create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'proxy.db'}",
+            "SIGNING_KEYS_FILE": str(tmp_path / "keys.json"),
+            "TRUSTED_PROXIES": 1,
+            "CLIENT_SECRET_SCRYPT_N": 1024,
+        }
+    )
+    migrate.upgrade(get_db(app).engine)
+    with app.app_context(), session_scope() as session:
+        agencies.add_agency(session, code="btp", name="BTP", kind="police")
+        client, secret = agencies.add_client(
+            session, agency_code="btp", name="sys", scope="referrals:read", scrypt_n=1024
+        )
+        client_id = client.client_id
+    http = app.test_client()
+    forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    token = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, secret),
+        headers=forwarded,
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+    ).get_json()["access_token"]
+    http.get(
+        "/v1/referrals",
+        headers={"Authorization": f"Bearer {token}", **forwarded},
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+    )
+    with app.app_context(), session_scope() as session:
+        listed = session.execute(
+            select(AuditEvent.request_ip).where(AuditEvent.action == "referral.list")
+        ).scalar_one()
+    assert listed == "203.0.113.9"
+    get_db(app).engine.dispose()
