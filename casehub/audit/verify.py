@@ -1,19 +1,24 @@
 """Verification: recompute the hash chain from the stored events and check every checkpoint.
 
-The chain is streamed in `seq` order without building ORM objects. On PostgreSQL the database
-renders each canonical record itself (COPY text format is the canonical escaping), so Python
-only hashes bytes; elsewhere rows are read in keyset chunks and rendered in Python.
+The chain is streamed without building ORM objects, and every link is checked whatever order
+the rows arrive in. On PostgreSQL the database renders each canonical record itself (COPY text
+format is the canonical escaping) and streams them in insertion order, the cheapest join, so
+Python only hashes bytes; elsewhere rows are read in seq-keyset chunks and rendered in Python.
 """
 
 from __future__ import annotations
 
 import hashlib
+import select
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+import psycopg
+from psycopg import pq
+from sqlalchemy import Connection, Engine
+from sqlalchemy import select as sql_select
 
 from casehub.audit import canonical
 from casehub.audit.chain import EVENT_COLUMNS, chain_head, pending_count
@@ -41,15 +46,12 @@ class VerifyResult:
     first_bad_seq: int | None = None
     problem: str | None = None
     seconds: float = 0.0
-    _found: list[tuple[int, str]] = field(default_factory=list, repr=False)
 
     def fail(self, seq: int, problem: str) -> None:
-        self._found.append((seq, problem))
-
-    def settle(self) -> None:
-        if self._found:
+        """Keep the earliest break: the first bad seq is what an investigator needs."""
+        if self.first_bad_seq is None or seq < self.first_bad_seq:
             self.ok = False
-            self.first_bad_seq, self.problem = min(self._found, key=lambda item: item[0])
+            self.first_bad_seq, self.problem = seq, problem
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,34 +100,42 @@ def verify(
     if head_seq < start_seq or (head_seq == start_seq and head_hash != start_hash):
         result.fail(head_seq if head_seq == start_seq else head_seq + 1, "the chain lost its head")
     rows = (_pg_records if fast else _records)(bind, start_seq, head_seq)
-    seq, last = start_seq, start_hash.encode()
+    # Rows may come in any order (PostgreSQL streams them in insertion order, which is cheaper
+    # to join and almost always seq order): each link is checked when both its ends are seen.
+    hash_of: dict[int, bytes] = {start_seq: start_hash.encode()}  # until seq + 1 arrives
+    prev_of: dict[int, bytes] = {}  # until seq - 1 arrives
+    sha256 = hashlib.sha256
     for stored_hash, record in rows:
-        seq += 1
-        prefix = b"%d\t%s\t" % (seq, last)
-        if not record.startswith(prefix):
-            found_seq = int(record.split(b"\t", 1)[0])
-            if found_seq != seq:
-                result.fail(seq, f"seq {seq} is missing")
-            else:
-                result.fail(seq, f"seq {seq} does not link to seq {seq - 1}")
-            break
-        if hashlib.sha256(record).hexdigest().encode() != stored_hash:
+        seq_text, prev_hash, _ = record.split(b"\t", 2)
+        seq = int(seq_text)
+        if sha256(record).hexdigest().encode() != stored_hash:
             result.fail(seq, f"the event at seq {seq} does not match its hash")
-            break
+        before = hash_of.pop(seq - 1, None)
+        if before is None:
+            prev_of[seq] = prev_hash
+        elif before != prev_hash:
+            result.fail(seq, f"seq {seq} does not link to seq {seq - 1}")
+        after = prev_of.pop(seq + 1, None)
+        if after is None:
+            hash_of[seq] = stored_hash
+        elif after != stored_hash:
+            result.fail(seq + 1, f"seq {seq + 1} does not link to seq {seq}")
         for checkpoint in signed.pop(seq, ()):
             if checkpoint.hash.encode() != stored_hash:
                 result.fail(seq, f"checkpoint {checkpoint.id} does not match seq {seq}")
         result.events += 1
-        last = stored_hash
-    else:
-        for checkpoint_seq, beyond in signed.items():
-            for checkpoint in beyond:
-                result.fail(
-                    checkpoint_seq,
-                    f"checkpoint {checkpoint.id} signs seq {checkpoint_seq}, past the chain's end",
-                )
+    for seq in prev_of:
+        result.fail(seq - 1, f"seq {seq - 1} is missing")
+    for seq in hash_of:
+        if seq < head_seq:
+            result.fail(seq + 1, f"seq {seq + 1} is missing")
+    for checkpoint_seq, unmatched in signed.items():
+        for checkpoint in unmatched:
+            where = "past the chain's end" if checkpoint_seq > head_seq else "which is missing"
+            result.fail(
+                checkpoint_seq, f"checkpoint {checkpoint.id} signs seq {checkpoint_seq}, {where}"
+            )
     rows.close()
-    result.settle()
     result.seconds = time.perf_counter() - started
     return result
 
@@ -168,7 +178,7 @@ def _records(bind: Engine | Connection, start: int, end: int) -> Records:
     last = start
     while last < end:
         stmt = (
-            select(AuditChain.seq, AuditChain.prev_hash, AuditChain.hash, *EVENT_COLUMNS)
+            sql_select(AuditChain.seq, AuditChain.prev_hash, AuditChain.hash, *EVENT_COLUMNS)
             .join(AuditEvent, AuditEvent.pos == AuditChain.event_pos)
             .where(AuditChain.seq > last, AuditChain.seq <= end)
             .order_by(AuditChain.seq)
@@ -191,12 +201,12 @@ def _pg_column(name: str) -> str:
     return f"e.{name}"
 
 
-# Built from the constant field list only; the seq bounds are bound parameters.
+# Built from the constant field list only; the seq bounds are formatted as integers.
 PG_COPY_SQL = (
     "COPY (SELECT c.hash, c.seq, c.prev_hash, "  # noqa: S608
     + ", ".join(_pg_column(name) for name in canonical.EVENT_FIELDS)
     + " FROM audit_chain c JOIN audit_events e ON e.pos = c.event_pos"
-    " WHERE c.seq > %s AND c.seq <= %s ORDER BY c.seq) TO STDOUT"
+    " WHERE c.seq > {start:d} AND c.seq <= {end:d} ORDER BY e.pos) TO STDOUT"
 )
 
 
@@ -204,22 +214,55 @@ def _pg_records(bind: Engine | Connection, start: int, end: int) -> Records:
     """(hash, canonical record) per chained event, rendered by PostgreSQL through COPY.
 
     A COPY text line is `hash<TAB>record<LF>`, and COPY's text escaping is the canonical one.
+    Rows are taken straight from libpq (psycopg's own COPY iterator costs a few microseconds
+    a row, which is most of the budget), waiting on the socket without holding the GIL.
     """
     with _connection(bind) as connection:
-        # Stopping early cancels the COPY, which aborts the transaction: inside a borrowed
-        # connection's transaction, confine that to a savepoint.
+        # An interrupted COPY aborts the transaction: inside a borrowed connection's
+        # transaction, confine that to a savepoint.
         nested = connection.begin_nested() if isinstance(bind, Connection) else None
         driver: Any = connection.connection.driver_connection
         # A pooled connection may carry another client encoding; the record is UTF-8.
         driver.execute("SET LOCAL client_encoding TO 'UTF8'")
+        pgconn = driver.pgconn
+        pgconn.send_query(PG_COPY_SQL.format(start=int(start), end=int(end)).encode())
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            _drain(pgconn, interrupted=False)
+            raise psycopg.OperationalError("the audit chain could not be read")
+        finished = False
         try:
-            with driver.cursor() as cursor, cursor.copy(PG_COPY_SQL, (start, end)) as copy:
-                for chunk in copy:  # libpq hands COPY data over one row at a time
-                    line = bytes(chunk)
+            get_copy_data, fileno = pgconn.get_copy_data, pgconn.socket
+            while True:
+                size, data = get_copy_data(1)
+                if size > 0:
+                    line = bytes(data)
                     yield line[:64], line[65:-1]
-        except BaseException:
+                elif size == 0:  # nothing buffered: wait for the server
+                    select.select([fileno], [], [])
+                    pgconn.consume_input()
+                else:
+                    break
+            finished = size == -1
+        finally:
+            if not finished:
+                driver.cancel()
+            failed = _drain(pgconn, interrupted=not finished) or not finished
             if nested is not None:
-                nested.rollback()
-            raise
-        if nested is not None:
-            nested.commit()
+                (nested.rollback if failed else nested.commit)()
+        if failed:
+            raise psycopg.OperationalError("the audit chain could not be read")
+
+
+def _drain(pgconn: Any, *, interrupted: bool) -> bool:
+    """Collect the results that end a COPY; True if any of them is an error."""
+    if interrupted:
+        try:
+            while pgconn.get_copy_data(0)[0] > 0:
+                pass  # rows still in flight after the cancel
+        except psycopg.OperationalError:
+            pass  # the COPY already ended
+    failed = False
+    while (result := pgconn.get_result()) is not None:
+        failed = failed or result.status != pq.ExecStatus.COMMAND_OK
+    return failed
