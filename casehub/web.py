@@ -100,8 +100,10 @@ def _authorize() -> Response | None:
     g.actor = actor
     if kind == "undeclared":
         # Deny by default: a route nobody declared a scope for serves nobody.
+        _audit_refusal(actor)
         raise Forbidden("This operation is not available.")
     if accepted and not any(actor.has_scope(scope) for scope in accepted):
+        _audit_refusal(actor)
         wanted = " ".join(accepted)
         raise InsufficientScope(
             f"This operation needs the scope {' or '.join(accepted)}.",
@@ -123,6 +125,36 @@ def _authorize() -> Response | None:
     if request.method == "POST" and _view_attr("_casehub_idempotent"):
         return _idempotency_replay(actor)
     return None
+
+
+RESOURCE_ARGS = (
+    ("referral_id", "referral"),
+    ("subject_id", "subject"),
+    ("client_id", "client"),
+    ("user_id", "user"),
+    ("code", "agency"),
+)
+
+
+def _audit_refusal(actor: Actor) -> None:
+    """A refused attempt is audited even when no service ran: name the record it aimed at."""
+    args = request.view_args or {}
+    resource_type, resource_id = None, None
+    for name, kind in RESOURCE_ARGS:
+        if name in args:
+            resource_type, resource_id = kind, args[name]
+            break
+    referral_id = args.get("referral_id")
+    audit.record(
+        get_session(),
+        actor,
+        "access.denied",
+        outcome="denied",
+        resource_type=resource_type,
+        resource_id=resource_id,
+        referral_id=referral_id if isinstance(referral_id, uuid.UUID) else None,
+        subject_ids=[args["subject_id"]] if isinstance(args.get("subject_id"), uuid.UUID) else [],
+    )
 
 
 def _with_purpose(actor: Actor, purpose: str) -> Actor:

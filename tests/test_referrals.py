@@ -398,3 +398,27 @@ def test_purpose_of_use_must_be_a_known_purpose(client, btp):
         f"/v1/referrals/{rid}", headers=btp.headers(**{"Purpose-Of-Use": "strategy_discussion"})
     )
     assert good.status_code == 200
+
+
+def test_a_scope_refusal_is_audited_as_denied(client, factory, db_session):
+    from sqlalchemy import select
+
+    from casehub.models import AuditEvent
+
+    btp = factory.partner("btp")
+    rid = create(client, btp).get_json()["id"]
+    reader = factory.partner("btp", scopes="referrals:read")
+    refused = client.patch(f"/v1/referrals/{rid}", json={"summary": "x"}, headers=reader.headers())
+    assert refused.status_code == 403
+    events = (
+        db_session.execute(
+            select(AuditEvent).where(
+                AuditEvent.outcome == "denied", AuditEvent.action == "access.denied"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    assert [
+        (e.actor_client_id, e.resource_type, str(e.referral_id), e.request_status) for e in events
+    ] == [(reader.client_id, "referral", rid, 403)]
