@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--max-requests", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     url = fresh_database()
     port = free_port()
@@ -147,30 +148,39 @@ def main() -> None:
         "connections": args.connections,
         "max_requests": args.max_requests,
     }
-    with gunicorn("wsgi:app", env, port, workers=args.workers, threads=args.threads) as server:
+    bare_port = free_port()
+    with (
+        gunicorn("wsgi:app", env, port, workers=args.workers, threads=args.threads) as server,
+        gunicorn(
+            "bench.audit_bare_app:app", env, bare_port, workers=args.workers, threads=args.threads
+        ),
+    ):
         referral_id = raise_referral(port, token(server, client_id, secret))
         headers = {"Authorization": f"Bearer {token(server, client_id, secret)}"}
         path = f"/v1/referrals/{referral_id}"
-        load(port, path, headers, **{**loads, "seconds": 2})  # warm up
-        audited = load(port, path, headers, **loads)
+        load(port, path, headers, **{**loads, "seconds": 2})  # warm up both
+        load(bare_port, path, {}, **{**loads, "seconds": 2})
+        # Alternate, so a noisy neighbour on the machine weighs on both sides alike.
+        rounds = []
+        for _ in range(args.rounds):
+            audited = load(port, path, headers, **loads)
+            bare = load(bare_port, path, {}, **loads)
+            rounds.append((audited, bare))
         time.sleep(2)  # let the sequencer drain before counting
     with psycopg.connect(_libpq(url)) as conn:
         reads, chained = conn.execute(
             "SELECT (SELECT count(*) FROM audit_events WHERE action = 'referral.read'),"
             " (SELECT count(*) FROM audit_chain)"
         ).fetchone() or (0, 0)
-    port = free_port()
-    with gunicorn("bench.audit_bare_app:app", env, port, workers=args.workers,
-                  threads=args.threads):
-        path = f"/v1/referrals/{referral_id}"
-        load(port, path, {}, **{**loads, "seconds": 2})
-        bare = load(port, path, {}, **loads)
-    ratio = audited / bare
     print(f"gunicorn: {args.workers} workers x {args.threads} threads; "
-          f"{args.connections} connections for {args.seconds:.0f}s each")
-    print(f"audited GET /v1/referrals/{{id}}: {audited:,.0f} req/s "
-          f"({reads:,} referral.read events written, {chained:,} events chained)")
-    print(f"bare flask-smorest + SQLAlchemy read: {bare:,.0f} req/s")
+          f"{args.connections} connections for {args.seconds:.0f}s per run")
+    for number, (audited, bare) in enumerate(rounds, 1):
+        print(f"round {number}: audited GET /v1/referrals/{{id}} {audited:,.0f} req/s, "
+              f"bare read {bare:,.0f} req/s, ratio {audited / bare:.2f}")
+    audited, bare = max(r[0] for r in rounds), max(r[1] for r in rounds)
+    ratio = audited / bare
+    print(f"best: audited {audited:,.0f} req/s ({reads:,} referral.read events written, "
+          f"{chained:,} chained); bare {bare:,.0f} req/s")
     verdict = "meets" if ratio >= FLOOR else "MISSES"
     print(f"ratio {ratio:.2f} — {verdict} the {FLOOR} floor")
 
