@@ -4,8 +4,7 @@ referral's lead agency."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Response, current_app, stream_with_context
 from flask.views import MethodView
@@ -23,16 +22,9 @@ from casehub.schemas.audit import (
 from casehub.schemas.common import ListArgsSchema, page_of
 from casehub.services import audit_queries
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 blp = Blueprint("audit", __name__, url_prefix="/v1", description="Audit trail")
 
 EXPORT_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv"}
-
-
-def requires_audit_scope(func: F) -> F:
-    """`audit:read` or `audit:read:all`: either will do; web.py enforces it like every scope."""
-    return Blueprint.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)(func)
 
 
 VISIBILITY = (
@@ -44,7 +36,7 @@ VISIBILITY = (
 
 @blp.route("/audit/events")
 class AuditEvents(MethodView):
-    @requires_audit_scope
+    @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(AuditEventQueryArgsSchema, location="query")
     @blp.response(200, page_of(AuditEventSchema))
     @blp.doc(summary="List audit events", description=VISIBILITY)
@@ -59,7 +51,7 @@ class AuditEvents(MethodView):
 
 @blp.route("/audit/events/export")
 class AuditExport(MethodView):
-    @requires_audit_scope
+    @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(AuditExportArgsSchema, location="query")
     @blp.doc(
         summary="Export audit events",
@@ -92,7 +84,7 @@ class AuditExport(MethodView):
 
 @blp.route("/audit/subjects/<uuid:subject_id>/accesses")
 class SubjectAccesses(MethodView):
-    @requires_audit_scope
+    @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(AccessSchema))
     @blp.doc(
@@ -113,7 +105,7 @@ class SubjectAccesses(MethodView):
 
 @blp.route("/audit/verify")
 class Verify(MethodView):
-    @requires_audit_scope
+    @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.response(200, VerifySchema)
     @blp.doc(
         summary="Verify the audit chain",
