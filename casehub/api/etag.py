@@ -6,17 +6,21 @@ import uuid
 
 from flask import request
 
-from casehub.errors import PreconditionFailed, PreconditionRequired
+from casehub.errors import PreconditionRequired
 
 
 def etag_for(record_id: uuid.UUID, version: int) -> str:
     return f'"{record_id.hex[:12]}-{version}"'
 
 
-def expected_version(record_id: uuid.UUID) -> int:
-    """The version the caller's If-Match names: 428 when missing, 412 when it is not ours.
+STALE = -1  # no record ever has this version, so the service answers 412 after its 404 check
 
-    The service compares it with the current version (412 when stale)."""
+
+def expected_version(record_id: uuid.UUID) -> int:
+    """The version the caller's If-Match names; 428 when it is missing.
+
+    An ETag that is not one of this record's is not refused here: the service looks the record
+    up first (404 when invisible) and only then compares versions (412 when stale)."""
     header = request.headers.get("If-Match")
     if not header:
         raise PreconditionRequired("Send If-Match with the record's current ETag.")
@@ -25,8 +29,8 @@ def expected_version(record_id: uuid.UUID) -> int:
         value = value[2:]
     prefix = f'"{record_id.hex[:12]}-'
     if not (value.startswith(prefix) and value.endswith('"')):
-        raise PreconditionFailed("If-Match does not match the record's current ETag.")
+        return STALE
     try:
         return int(value[len(prefix) : -1])
-    except ValueError as exc:
-        raise PreconditionFailed("If-Match does not match the record's current ETag.") from exc
+    except ValueError:
+        return STALE

@@ -1,0 +1,329 @@
+"""Every route writes exactly the audit events it should: walked from the URL map, so a new
+route without an entry here fails. Allowed work, scope refusals and invisible records each."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from casehub.models import AuditEvent
+from casehub.web import endpoint_policy
+from tests.conftest import ALL_SCOPES
+from tests.helpers import referral_body, subject_body
+from tests.test_sharing import share_body
+
+EVERYTHING = ALL_SCOPES + " audit:read"
+
+
+@dataclass
+class World:
+    lead: Any
+    other: Any
+    platform: Any
+    referral: dict[str, Any]
+    etag: str
+    subject_etag: str
+    share_id: str
+    user_id: str
+
+
+@pytest.fixture
+def world(client, factory, db_session):
+    lead = factory.partner("btp", EVERYTHING, kind="police")
+    other = factory.partner("notts-cs", EVERYTHING, kind="local_authority")
+    platform = factory.partner("platform", "admin", kind="other")
+    from casehub.models import Agency
+
+    db_session.get(Agency, "platform").is_platform = True
+    db_session.commit()
+    created = client.post("/v1/referrals", json=referral_body(), headers=lead.headers())
+    referral = created.get_json()
+    share = client.post(
+        f"/v1/referrals/{referral['id']}/shares",
+        json=share_body("notts-cs"),
+        headers=lead.headers(),
+    ).get_json()
+    subject = client.get(f"/v1/subjects/{referral['subject_id']}", headers=lead.headers())
+    user = client.post(
+        "/v1/admin/users",
+        json={"email": "pc.khan@btp.example", "name": "PC Khan", "roles": ["caseworker"]},
+        headers=lead.headers(),
+    ).get_json()
+    return World(
+        lead,
+        other,
+        platform,
+        referral,
+        created.headers["ETag"],
+        subject.headers["ETag"],
+        share["id"],
+        user["id"],
+    )
+
+
+# (method, rule) → how to call it as an allowed caller, and the events that call must write.
+Call = Callable[[World], tuple[Any, str, dict[str, Any]]]  # partner, path, request kwargs
+
+
+def _r(w: World) -> str:
+    return w.referral["id"]
+
+
+ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
+    ("GET", "/metrics"): (lambda w: (w.platform, "/metrics", {}), []),
+    ("GET", "/v1/agencies"): (lambda w: (w.lead, "/v1/agencies", {}), []),
+    ("GET", "/v1/indicators"): (lambda w: (w.lead, "/v1/indicators", {}), []),
+    ("POST", "/v1/admin/agencies"): (
+        lambda w: (
+            w.platform,
+            "/v1/admin/agencies",
+            {"json": {"code": "derby-cs", "name": "Derby", "kind": "local_authority"}},
+        ),
+        ["admin.agency.create"],
+    ),
+    ("PATCH", "/v1/admin/agencies/<string:code>"): (
+        lambda w: (w.platform, "/v1/admin/agencies/btp", {"json": {"area": "East Midlands"}}),
+        ["admin.agency.update"],
+    ),
+    ("GET", "/v1/admin/clients"): (
+        lambda w: (w.lead, "/v1/admin/clients", {}),
+        ["admin.client.list"],
+    ),
+    ("POST", "/v1/admin/clients"): (
+        lambda w: (
+            w.lead,
+            "/v1/admin/clients",
+            {"json": {"name": "New system", "scopes": ["referrals:read"]}},
+        ),
+        ["admin.client.create"],
+    ),
+    ("DELETE", "/v1/admin/clients/<string:client_id>"): (
+        lambda w: (w.lead, f"/v1/admin/clients/{w.other.client_id}", {}),
+        # another agency's client: refused, and the refusal is audited
+        ["admin.client.deactivate:denied"],
+    ),
+    ("GET", "/v1/admin/users"): (lambda w: (w.lead, "/v1/admin/users", {}), ["admin.user.list"]),
+    ("POST", "/v1/admin/users"): (
+        lambda w: (
+            w.lead,
+            "/v1/admin/users",
+            {"json": {"email": "sgt@btp.example", "name": "Sgt", "roles": ["auditor"]}},
+        ),
+        ["admin.user.create"],
+    ),
+    ("PATCH", "/v1/admin/users/<uuid:user_id>"): (
+        lambda w: (w.lead, f"/v1/admin/users/{w.user_id}", {"json": {"name": "PC A Khan"}}),
+        ["admin.user.update"],
+    ),
+    ("GET", "/v1/audit/events"): (lambda w: (w.lead, "/v1/audit/events", {}), ["audit.list"]),
+    ("GET", "/v1/audit/events/export"): (
+        lambda w: (w.lead, "/v1/audit/events/export?format=ndjson", {}),
+        ["audit.export"],
+    ),
+    ("GET", "/v1/audit/subjects/<uuid:subject_id>/accesses"): (
+        lambda w: (w.lead, f"/v1/audit/subjects/{w.referral['subject_id']}/accesses", {}),
+        ["audit.subject_accesses"],
+    ),
+    ("GET", "/v1/audit/verify"): (lambda w: (w.lead, "/v1/audit/verify", {}), ["audit.verify"]),
+    ("GET", "/v1/referrals"): (lambda w: (w.lead, "/v1/referrals", {}), ["referral.list"]),
+    ("POST", "/v1/referrals"): (
+        lambda w: (w.lead, "/v1/referrals", {"json": referral_body()}),
+        ["referral.create", "subject.create"],
+    ),
+    ("GET", "/v1/referrals/<uuid:referral_id>"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}", {}),
+        ["referral.read"],
+    ),
+    ("PATCH", "/v1/referrals/<uuid:referral_id>"): (
+        lambda w: (
+            w.lead,
+            f"/v1/referrals/{_r(w)}",
+            {"json": {"risk_level": "medium"}, "headers": {"If-Match": w.etag}},
+        ),
+        ["referral.update"],
+    ),
+    ("GET", "/v1/referrals/<uuid:referral_id>/accesses"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/accesses", {}),
+        ["referral.accesses"],
+    ),
+    ("GET", "/v1/referrals/<uuid:referral_id>/history"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/history", {}),
+        ["referral.history"],
+    ),
+    ("GET", "/v1/referrals/<uuid:referral_id>/notes"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/notes", {}),
+        ["note.list"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/notes"): (
+        lambda w: (
+            w.lead,
+            f"/v1/referrals/{_r(w)}/notes",
+            {"json": {"body": "Seen again", "visibility": "shared"}},
+        ),
+        ["note.create"],
+    ),
+    ("GET", "/v1/referrals/<uuid:referral_id>/shares"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/shares", {}),
+        ["share.list"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/shares"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/shares", {"json": share_body("platform")}),
+        ["share.create"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/shares/<uuid:share_id>/acknowledge"): (
+        lambda w: (w.other, f"/v1/referrals/{_r(w)}/shares/{w.share_id}/acknowledge", {}),
+        ["share.acknowledge"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/shares/<uuid:share_id>/revoke"): (
+        lambda w: (
+            w.lead,
+            f"/v1/referrals/{_r(w)}/shares/{w.share_id}/revoke",
+            {"json": {"reason": "Done"}},
+        ),
+        ["share.revoke"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/transfer"): (
+        lambda w: (
+            w.lead,
+            f"/v1/referrals/{_r(w)}/transfer",
+            {
+                "json": {
+                    "agency": "notts-cs",
+                    "reason": "s47",
+                    "lawful_basis": {"article_6": "public_task"},
+                },
+                "headers": {"If-Match": w.etag},
+            },
+        ),
+        ["referral.transfer"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/transitions"): (
+        lambda w: (
+            w.lead,
+            f"/v1/referrals/{_r(w)}/transitions",
+            {"json": {"to": "acknowledged"}, "headers": {"If-Match": w.etag}},
+        ),
+        ["referral.transition"],
+    ),
+    ("GET", "/v1/subjects"): (lambda w: (w.lead, "/v1/subjects?q=okafor", {}), ["subject.search"]),
+    ("POST", "/v1/subjects"): (
+        lambda w: (w.lead, "/v1/subjects", {"json": subject_body()}),
+        ["subject.create"],
+    ),
+    ("GET", "/v1/subjects/<uuid:subject_id>"): (
+        lambda w: (w.lead, f"/v1/subjects/{w.referral['subject_id']}", {}),
+        ["subject.read"],
+    ),
+    ("PATCH", "/v1/subjects/<uuid:subject_id>"): (
+        lambda w: (
+            w.lead,
+            f"/v1/subjects/{w.referral['subject_id']}",
+            {"json": {"aliases": ["JJ"]}, "headers": {"If-Match": w.subject_etag}},
+        ),
+        ["subject.update"],
+    ),
+}
+
+
+def _scoped_routes(app) -> list[tuple[str, str]]:
+    found = []
+    for rule in app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            if endpoint_policy(app, rule.endpoint, method)[0] != "public":
+                found.append((method, rule.rule))
+    return sorted(found)
+
+
+def test_every_scoped_route_has_an_audit_expectation(app):
+    assert sorted(ROUTES) == _scoped_routes(app)
+
+
+def _events_during(db_session, call: Callable[[], Any]) -> tuple[Any, list[str]]:
+    before = db_session.execute(select(func.coalesce(func.max(AuditEvent.pos), 0))).scalar_one()
+    response = call()
+    rows = db_session.execute(
+        select(AuditEvent.action, AuditEvent.outcome, AuditEvent.request_status)
+        .where(AuditEvent.pos > before)
+        .order_by(AuditEvent.action)
+    ).all()
+    for _, _, status in rows:
+        assert status == response.status_code
+    return response, sorted(a if o == "allowed" else f"{a}:{o}" for a, o, _ in rows)
+
+
+def _open(client, partner, path, kwargs, scope=None):
+    method_kwargs = dict(kwargs)
+    headers = {**partner.headers(scope), **method_kwargs.pop("headers", {})}
+    return lambda method: client.open(path, method=method, headers=headers, **method_kwargs)
+
+
+@pytest.mark.parametrize(("method", "rule"), sorted(ROUTES))
+def test_allowed_work_writes_exactly_its_events(client, db_session, world, method, rule):
+    call, expected = ROUTES[(method, rule)]
+    partner, path, kwargs = call(world)
+    opener = _open(client, partner, path, kwargs)
+    response, events = _events_during(db_session, lambda: opener(method))
+    refused = [e for e in expected if e.endswith(":denied")]
+    if refused:
+        assert response.status_code in (403, 404)
+    else:
+        assert response.status_code < 400, response.get_data(as_text=True)[:300]
+    assert events == sorted(expected)
+
+
+@pytest.mark.parametrize(("method", "rule"), sorted(ROUTES))
+def test_a_scope_refusal_writes_one_denied_event(client, app, db_session, world, method, rule):
+    needed = _needed_scopes(app, method, rule)
+    if not needed:
+        pytest.skip("any valid token may call this route")
+    call, _ = ROUTES[(method, rule)]
+    _, path, kwargs = call(world)
+    # The scope is checked before anything else, so the lead's own system will do.
+    without = " ".join(s for s in EVERYTHING.split() if s not in needed)
+    opener = _open(client, world.lead, path, kwargs, scope=without)
+    response, events = _events_during(db_session, lambda: opener(method))
+    assert response.status_code == 403
+    assert events == ["access.denied:denied"]
+
+
+def _needed_scopes(app, method: str, rule: str) -> tuple[str, ...]:
+    for candidate in app.url_map.iter_rules():
+        if candidate.rule == rule and method in (candidate.methods or ()):
+            return endpoint_policy(app, candidate.endpoint, method)[1] or ()
+    raise AssertionError(rule)
+
+
+CASE_ROUTES = [
+    (m, r) for (m, r) in sorted(ROUTES) if "<uuid:referral_id>" in r or "<uuid:subject_id>" in r
+]
+
+
+@pytest.mark.parametrize(("method", "rule"), CASE_ROUTES)
+def test_an_invisible_record_is_404_and_audited_as_denied(
+    client, db_session, factory, world, method, rule
+):
+    stranger = factory.partner("leics-police", EVERYTHING, kind="police")
+    call, _ = ROUTES[(method, rule)]
+    _, path, kwargs = call(world)
+    if rule.startswith("/v1/audit/"):
+        pytest.skip("audit feeds are filtered by the auditor's reach, not refused")
+    opener = _open(client, stranger, path, kwargs)
+    response, events = _events_during(db_session, lambda: opener(method))
+    assert response.status_code == 404
+    assert events == ["access.denied:denied"]
+    missing = _open(
+        client,
+        stranger,
+        path.replace(world.referral["id"], str(uuid.uuid4())).replace(
+            world.referral["subject_id"], str(uuid.uuid4())
+        ),
+        kwargs,
+    )
+    response, events = _events_during(db_session, lambda: missing(method))
+    assert response.status_code == 404
+    assert events == []  # nothing existed, so nothing was refused
