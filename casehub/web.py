@@ -31,6 +31,7 @@ from casehub.errors import (
     CasehubError,
     Forbidden,
     InsufficientScope,
+    NotFound,
     UnsupportedMediaType,
     ValidationFailed,
     problem,
@@ -83,6 +84,10 @@ def _start_request() -> None:
     g.started = time.perf_counter()
     supplied = request.headers.get("X-Request-Id", "")
     g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    if "\x00" in request.path:
+        # No record has NUL in its id (PostgreSQL cannot even compare one): such a path names
+        # nothing, like one that routes nowhere.
+        raise NotFound("No such resource.")
 
 
 def _authorize() -> Response | None:
@@ -197,6 +202,11 @@ def _idempotency_replay(actor: Actor) -> Response | None:
             "Idempotency-Key must be 1 to 255 characters.",
             errors={"headers": {"Idempotency-Key": ["Length must be between 1 and 255."]}},
         )
+    if not key.isprintable():  # control characters (NUL) cannot be stored in PostgreSQL
+        raise ValidationFailed(
+            "Idempotency-Key must be printable characters.",
+            errors={"headers": {"Idempotency-Key": ["Must not contain control characters."]}},
+        )
     fingerprint = _request_fingerprint()
     session = get_session()
     record = session.get(IdempotencyRecord, (actor.client_id, key))
@@ -265,11 +275,19 @@ def _finish_request(response: Response) -> Response:
             session.rollback()
             if audit.write_pending(session, info, status=response.status_code, only_denied=True):
                 session.commit()
-    except IntegrityError:
+    except IntegrityError as error:
         session.rollback()
         audit.discard_pending(session)
-        log.warning("conflict at commit", extra={"request_id": g.request_id})
-        return _finalise(problem(409, detail="The request conflicts with the current state."))
+        if "idempotency_records" not in str(error.orig):
+            # The work itself was flushed (and checked) by the service; what fails at commit is
+            # the audit trail, which is a server fault: nothing is saved.
+            log.error("commit refused", extra={"request_id": g.request_id})
+            return _finalise(
+                problem(500, detail="The request could not be recorded; nothing was saved.")
+            )
+        # Two requests with one Idempotency-Key at once: the other one won.
+        log.warning("idempotency race", extra={"request_id": g.request_id})
+        return _finalise(problem(409, detail="A request with this Idempotency-Key is in progress."))
     except Exception:
         session.rollback()
         audit.discard_pending(session)

@@ -250,13 +250,16 @@ def _counts(engine: Engine) -> tuple[int, int]:
         )
 
 
-def _break_audit_inserts(engine: Engine) -> None:
+def _break_audit_inserts(engine: Engine, how: str = "disk") -> None:
+    """Make every audit insert fail: like a full disk, or as a constraint violation (which the
+    driver reports as an IntegrityError — still a server fault, not a conflict)."""
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
+            errcode = " USING ERRCODE = 'check_violation'" if how == "constraint" else ""
             connection.execute(
                 text(
                     "CREATE FUNCTION audit_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN RAISE EXCEPTION 'could not extend file'; END $$"
+                    f"BEGIN RAISE EXCEPTION 'could not extend file'{errcode}; END $$"
                 )
             )
             connection.execute(
@@ -266,10 +269,11 @@ def _break_audit_inserts(engine: Engine) -> None:
                 )
             )
         else:
+            failure = "RAISE(ABORT, 'constraint')" if how == "constraint" else "audit_disk_full()"
             connection.execute(
                 text(
                     "CREATE TRIGGER audit_disk_full BEFORE INSERT ON audit_events "
-                    "BEGIN SELECT audit_disk_full(); END"
+                    f"BEGIN SELECT {failure}; END"
                 )
             )
 
@@ -282,14 +286,15 @@ def _mend_audit_inserts(engine: Engine) -> None:
             connection.execute(text("DROP TRIGGER audit_disk_full"))
 
 
-def test_when_the_event_cannot_be_written_the_work_does_not_happen(scratch_app):
+@pytest.mark.parametrize("how", ["disk", "constraint"])
+def test_when_the_event_cannot_be_written_the_work_does_not_happen(scratch_app, how):
     engine = scratch_app.extensions["casehub.db"].engine
     headers = _bearer(scratch_app, "partnership", platform=True)
     http = scratch_app.test_client()
     body = {"code": "derby-cs", "name": "Derby Children's Services", "kind": "local_authority"}
     before = _counts(engine)
 
-    _break_audit_inserts(engine)
+    _break_audit_inserts(engine, how)
     response = http.post("/v1/admin/agencies", json=body, headers=headers)
     assert response.status_code == 500
     assert response.mimetype == "application/problem+json"
