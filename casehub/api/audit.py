@@ -91,6 +91,7 @@ class SubjectAccesses(MethodView):
         summary="Who saw this child's data",
         description="Every event whose response carried the child's data: who, when, how it "
         "went and on what basis (a share's id, or the lead). " + VISIBILITY,
+        responses={"404": problem_response("subject_id is not a UUID.")},
     )
     def get(self, args: dict[str, Any], subject_id: uuid.UUID) -> dict[str, Any]:
         items, next_cursor = audit_queries.subject_accesses(

@@ -76,7 +76,13 @@ class Api(flask_smorest.Api):
     DEFAULT_ERROR_RESPONSE_NAME = "DEFAULT_ERROR"
 
     def _register_responses(self) -> None:
-        super()._register_responses()
+        """The error responses flask-smorest documents itself (422 of `arguments`, `default`)
+        say problem+json, which is what handle_http_exception sends."""
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = PROBLEM
+        try:
+            super()._register_responses()
+        finally:
+            del self.DEFAULT_RESPONSE_CONTENT_TYPE  # successes stay application/json
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Every framework HTTP error (404, 405, webargs 400/422, 413…) as problem+json."""
@@ -101,8 +107,26 @@ class Api(flask_smorest.Api):
         return problem(status, detail=detail, title=error.name, errors=errors, headers=headers)
 
 
+BODY_REFUSALS = {
+    "400": problem_response("The body is not valid JSON."),
+    "413": problem_response("The body is larger than 1 MiB."),
+    "415": problem_response("The body is not sent as application/json."),
+}
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
+
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable[[F], F]:
+        """flask-smorest's `arguments`; a JSON body also documents how web.py refuses one."""
+        decorator = super().arguments(schema, location=location, **kwargs)
+        if location != "json":
+            return decorator  # type: ignore[no-any-return]
+
+        def with_refusals(func: F) -> F:
+            return _doc(decorator(func), responses=BODY_REFUSALS)
+
+        return with_refusals
 
     @staticmethod
     def requires(scope: str, *alternatives: str) -> Callable[[F], F]:
@@ -125,6 +149,16 @@ class Blueprint(flask_smorest.Blueprint):
                     ),
                 },
             }
+            apidoc = getattr(func, "_apidoc", {})
+            documented = {
+                str(code)
+                for part in (apidoc.get("arguments", {}), apidoc.get("manual_doc", {}))
+                for code in part.get("responses", {})
+            }
+            if "422" not in documented:  # arguments document their own 422
+                doc["responses"]["422"] = problem_response(
+                    "A Purpose-Of-Use that is not a known purpose."
+                )
             return _doc(func, **doc)
 
         return decorator
