@@ -141,7 +141,12 @@ def grant_scope(requested: str | None, *ceilings: frozenset[str]) -> str:
     wanted = scope_registry.normalise(requested)
     outside = [s for s in wanted if s not in allowed]
     if outside:
-        raise InvalidScopeError(description="Scope not allowed: " + " ".join(outside))
+        # Only registered scope names are echoed: authlib turns a description holding characters
+        # RFC 6749 §5.2 excludes (e.g. non-ASCII) into a 500, and made-up text is no help.
+        known = [s for s in outside if s in scope_registry.SCOPES]
+        raise InvalidScopeError(
+            description="Scope not allowed: " + " ".join(known) if known else "Unknown scope."
+        )
     return " ".join(wanted)
 
 
