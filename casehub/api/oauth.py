@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import (
+    InvalidRequestError,
+    OAuth2Error,
+    UnsupportedTokenTypeError,
+)
 from flask import Response, current_app, request
 
 from casehub.api.base import Blueprint, public
@@ -50,6 +54,16 @@ def _oauth_response(respond: Any) -> Response:
     try:
         if request.args:
             raise InvalidRequestError("Send OAuth parameters in the form body, not the URL.")
+        for name, value in request.form.items(multi=True):
+            limit = _FORM_LIMITS.get(name)
+            if limit is not None and len(value) > limit:
+                raise InvalidRequestError(f"{name} is longer than {limit} characters.")
+            if "\x00" in name or "\x00" in value:  # PostgreSQL cannot even compare NUL
+                raise InvalidRequestError("Parameters must not contain NUL characters.")
+        if request.form.get("token_type_hint") == "":
+            # authlib reads an empty hint as none, though it is no documented value: refuse it
+            # as authlib refuses any other unknown hint.
+            raise UnsupportedTokenTypeError()
         return _with_problem_members(respond())
     except OAuth2Error as error:
         # Raised before authlib's own handling starts, e.g. `insecure_transport` when a TLS
@@ -173,18 +187,16 @@ most 900 s. There are no refresh tokens. OAuth parameters in the URL are refused
 """
 
 
+_GRANT_FIELDS = {
+    "grant_type": {"type": "string", "maxLength": 100},
+    "scope": {"type": "string", "maxLength": 1000},
+    "assertion": {"type": "string", "maxLength": 8000},
+    **_CLIENT_AUTH_FIELDS,
+}
+
+
 @blp.route("/oauth/token", methods=["POST"])
-@_form_doc(
-    "Issue an access token",
-    _TOKEN_DESCRIPTION,
-    {
-        "grant_type": {"type": "string", "maxLength": 100},
-        "scope": {"type": "string", "maxLength": 1000},
-        "assertion": {"type": "string", "maxLength": 8000},
-        **_CLIENT_AUTH_FIELDS,
-    },
-    ["grant_type"],
-)
+@_form_doc("Issue an access token", _TOKEN_DESCRIPTION, _GRANT_FIELDS, ["grant_type"])
 @public
 def token() -> Response:
     return _oauth_response(_server().create_token_response)
@@ -194,6 +206,14 @@ _TOKEN_FIELDS = {
     "token": {"type": "string", "maxLength": 8000},
     "token_type_hint": {"type": "string", "enum": ["access_token", "refresh_token"]},
     **_CLIENT_AUTH_FIELDS,
+}
+
+# Every documented maximum holds, here as in the JSON API: a longer parameter is malformed.
+_FORM_LIMITS = {
+    name: field["maxLength"]
+    for fields in (_GRANT_FIELDS, _TOKEN_FIELDS)
+    for name, field in fields.items()
+    if "maxLength" in field
 }
 
 
