@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import marshmallow as ma
@@ -10,11 +11,35 @@ from marshmallow import validate
 MAX_LIMIT = 200
 
 
+NUL_MESSAGE = "Must not contain NUL characters."
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a parsed JSON value or query argument holds a NUL character anywhere."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(item) for item in value)
+    return False
+
+
 class StrictSchema(ma.Schema):
     """Unknown fields are refused (422), so a typo never silently drops data."""
 
     class Meta:
         unknown = ma.RAISE
+
+    @ma.pre_load
+    def _refuse_nul(self, data: Any, **_: Any) -> Any:
+        """No text here has a use for NUL, and PostgreSQL cannot store one (it would be a 500
+        at the database): 422 naming the field instead."""
+        if isinstance(data, Mapping):
+            refused = {name: [NUL_MESSAGE] for name in data if contains_nul(data[name])}
+            if refused:
+                raise ma.ValidationError(refused)
+        return data
 
 
 class ListArgsSchema(StrictSchema):
