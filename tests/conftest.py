@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +173,23 @@ class Factory:
 @pytest.fixture
 def factory(db_session: Session, client: FlaskClient) -> Factory:
     return Factory(db_session, client)
+
+
+# -- figures: one summary line per suite for the CI log (security-notes D.6) -----------------
+_FIGURES: dict[str, Counter[str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A test adds to its suite's figures with `record_property("figures", (suite, counts))`;
+    under xdist the reports carry them to the controller, which adds them up."""
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == "figures":
+            suite, counts = value
+            _FIGURES.setdefault(suite, Counter()).update(counts)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for suite, counts in _FIGURES.items():
+        terminalreporter.write_line(f"{suite}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
