@@ -86,11 +86,21 @@ def Text(
         required=required,
         allow_none=allow_none,
         validate=validate.Length(min=min_length, max=max_length),
+        max_length=max_length,
         **kw,
     )
 
 
 class TrimmedString(ma.fields.String):
+    def __init__(self, *args: Any, max_length: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_length = max_length
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         result = super()._deserialize(value, attr, data, **kwargs)
-        return result.strip() if isinstance(result, str) else result
+        if not isinstance(result, str):
+            return result
+        if self.max_length is not None and len(result) > self.max_length:
+            # The documented maxLength holds for the value as sent, white space included.
+            raise ma.ValidationError(f"Longer than maximum length {self.max_length}.")
+        return result.strip()
