@@ -82,12 +82,51 @@ class ValidationFailed(CasehubError):
         return cls(f"{field}: {message}", errors={location: {field: [message]}})
 
 
+class MethodNotAllowed(CasehubError):
+    status, slug, title = 405, "method-not-allowed", "Method Not Allowed"
+
+
+class ContentTooLarge(CasehubError):
+    status, slug, title = 413, "content-too-large", "Content Too Large"
+
+
+class TooManyRequests(CasehubError):
+    status, slug, title = 429, "too-many-requests", "Too Many Requests"
+
+
+class InternalError(CasehubError):
+    status, slug, title = 500, "internal-error", "Internal Server Error"
+
+
 class PreconditionRequired(CasehubError):
     status, slug, title = 428, "precondition-required", "Precondition Required"
 
 
 class ServiceUnavailable(CasehubError):
     status, slug, title = 503, "unavailable", "Service Unavailable"
+
+
+# One problem type per status for errors raised by the framework (routing, body parsing), so a
+# client sees the same `type` and `title` for a 422 whichever layer found the fault.
+BY_STATUS: dict[int, type[CasehubError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PreconditionFailed,
+        ContentTooLarge,
+        UnsupportedMediaType,
+        ValidationFailed,
+        PreconditionRequired,
+        TooManyRequests,
+        InternalError,
+        ServiceUnavailable,
+    )
+}
 
 
 def problem(
@@ -100,6 +139,9 @@ def problem(
     headers: Mapping[str, str] | None = None,
 ) -> Response:
     """Render one problem+json response; the only place error bodies are built."""
+    known = BY_STATUS.get(status)
+    if type_ == "about:blank" and known is not None:
+        type_, title = f"urn:casehub:problem:{known.slug}", known.title
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body: dict[str, Any] = {
         "type": type_,

@@ -422,3 +422,18 @@ def test_a_scope_refusal_is_audited_as_denied(client, factory, db_session):
     assert [
         (e.actor_client_id, e.resource_type, str(e.referral_id), e.request_status) for e in events
     ] == [(reader.client_id, "referral", rid, 403)]
+
+
+def test_a_422_has_one_problem_type_whichever_layer_found_the_fault(client, btp):
+    from_schema = client.post(
+        "/v1/referrals", json=referral_body(categories=[]), headers=btp.headers()
+    )
+    from_rule = client.post(
+        "/v1/referrals", json=referral_body(risk_level="immediate"), headers=btp.headers()
+    )
+    assert from_schema.status_code == from_rule.status_code == 422
+    schema_problem, rule_problem = from_schema.get_json(), from_rule.get_json()
+    assert schema_problem["type"] == rule_problem["type"] == "urn:casehub:problem:validation-failed"
+    assert schema_problem["title"] == rule_problem["title"]
+    unknown_route = client.get("/v1/nowhere")
+    assert unknown_route.get_json()["type"] == "urn:casehub:problem:not-found"

@@ -104,7 +104,7 @@ class Api(flask_smorest.Api):
                 413: "The request body is larger than 1 MiB.",
                 422: "The request has invalid fields.",
             }.get(status, error.name)
-        return problem(status, detail=detail, title=error.name, errors=errors, headers=headers)
+        return problem(status, detail=detail, errors=errors, headers=headers)
 
 
 BODY_REFUSALS = {
