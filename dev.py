@@ -104,8 +104,9 @@ def test(pytest_args: list[str]) -> int:
     lint = run([PYTHON, "-m", "ruff", "check", "."])
     status = run([PYTHON, "-m", "pytest", *xdist_workers(), *pytest_args])
     if lint != 0:
-        # Reported, not fatal: the exit status is pytest's.
-        say("ruff found problems (listed above the test run)")
+        # The tests still run, so one command shows everything, but lint failures fail the build.
+        say("ruff found problems (listed above the test run): failing")
+        return status or lint
     return status
 
 
