@@ -121,19 +121,36 @@ def reach_referral(
     return ReferralView(referral, access)
 
 
+def record_on(
+    session: Session,
+    actor: Actor,
+    action: str,
+    view: ReferralView,
+    *,
+    outcome: str = "allowed",
+    resource_type: str = "referral",
+    resource_id: object | None = None,
+) -> None:
+    """One audit event about work on a referral the caller reaches through `view`: on the
+    basis and for the purpose of that access. A refusal carried no child's data."""
+    referral = view.referral
+    audit.record(
+        session,
+        actor,
+        action,
+        outcome=outcome,
+        resource_type=resource_type,
+        resource_id=referral.id if resource_id is None else resource_id,
+        referral_id=referral.id,
+        subject_ids=[] if outcome == "denied" else [referral.subject_id],
+        basis=view.access.basis,
+        purpose=view.access.purpose_for(actor),
+    )
+
+
 def require_lead(session: Session, view: ReferralView, actor: Actor, action: str) -> None:
     if not view.access.is_lead:
-        audit.record(
-            session,
-            actor,
-            action,
-            outcome="denied",
-            resource_type="referral",
-            resource_id=view.referral.id,
-            referral_id=view.referral.id,
-            basis=view.access.basis,
-            purpose=view.access.purpose_for(actor),
-        )
+        record_on(session, actor, action, view, outcome="denied")
         raise Forbidden("Only the lead agency may do this.")
 
 
@@ -286,17 +303,7 @@ def get_referral(
     view = reach_referral(
         session, actor=actor, referral_id=referral_id, now=now, action="referral.read"
     )
-    audit.record(
-        session,
-        actor,
-        "referral.read",
-        resource_type="referral",
-        resource_id=referral_id,
-        referral_id=referral_id,
-        subject_ids=[view.referral.subject_id],
-        basis=view.access.basis,
-        purpose=view.access.purpose_for(actor),
-    )
+    record_on(session, actor, "referral.read", view)
     return view
 
 
@@ -388,17 +395,7 @@ def update_referral(
         _set_indicators(referral, changes["indicators"])
     referral.updated_at = now
     session.flush()
-    audit.record(
-        session,
-        actor,
-        "referral.update",
-        resource_type="referral",
-        resource_id=referral.id,
-        referral_id=referral.id,
-        subject_ids=[referral.subject_id],
-        basis="lead",
-        purpose=view.access.purpose_for(actor),
-    )
+    record_on(session, actor, "referral.update", view)
     return referral
 
 
@@ -434,17 +431,7 @@ def transition_referral(
         )
     )
     session.flush()
-    audit.record(
-        session,
-        actor,
-        "referral.transition",
-        resource_type="referral",
-        resource_id=referral.id,
-        referral_id=referral.id,
-        subject_ids=[referral.subject_id],
-        basis="lead",
-        purpose=view.access.purpose_for(actor),
-    )
+    record_on(session, actor, "referral.transition", view)
     return referral
 
 
@@ -467,17 +454,7 @@ def referral_history(
         limit=limit,
         cursor=cursor,
     )
-    audit.record(
-        session,
-        actor,
-        "referral.history",
-        resource_type="referral",
-        resource_id=referral_id,
-        referral_id=referral_id,
-        subject_ids=[view.referral.subject_id],
-        basis=view.access.basis,
-        purpose=view.access.purpose_for(actor),
-    )
+    record_on(session, actor, "referral.history", view)
     return page
 
 
@@ -495,17 +472,7 @@ def add_note(
         session, actor=actor, referral_id=referral_id, now=now, action="note.create"
     )
     if not view.access.can_contribute:
-        audit.record(
-            session,
-            actor,
-            "note.create",
-            outcome="denied",
-            resource_type="referral",
-            resource_id=referral_id,
-            referral_id=referral_id,
-            basis=view.access.basis,
-            purpose=view.access.purpose_for(actor),
-        )
+        record_on(session, actor, "note.create", view, outcome="denied")
         raise Forbidden("Only the lead agency or a contribute share may add notes.")
     note = Note(
         referral_id=referral_id,
@@ -518,17 +485,7 @@ def add_note(
     )
     session.add(note)
     session.flush()
-    audit.record(
-        session,
-        actor,
-        "note.create",
-        resource_type="note",
-        resource_id=note.id,
-        referral_id=referral_id,
-        subject_ids=[view.referral.subject_id],
-        basis=view.access.basis,
-        purpose=view.access.purpose_for(actor),
-    )
+    record_on(session, actor, "note.create", view, resource_type="note", resource_id=note.id)
     return note
 
 
@@ -549,15 +506,5 @@ def list_notes(
         (Note.visibility == "shared") | (Note.author_agency == actor.agency),
     )
     page = keyset_page(session, stmt, keys=[Note.created_at, Note.id], limit=limit, cursor=cursor)
-    audit.record(
-        session,
-        actor,
-        "note.list",
-        resource_type="referral",
-        resource_id=referral_id,
-        referral_id=referral_id,
-        subject_ids=[view.referral.subject_id],
-        basis=view.access.basis,
-        purpose=view.access.purpose_for(actor),
-    )
+    record_on(session, actor, "note.list", view)
     return page

@@ -10,12 +10,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from casehub.models import Agency, Referral, ReferralHistory, Share
 from casehub.services.pagination import keyset_page
-from casehub.services.referrals import ReferralView, _check_version, reach_referral, require_lead
+from casehub.services.referrals import (
+    ReferralView,
+    _check_version,
+    reach_referral,
+    record_on,
+    require_lead,
+)
 
 ARTICLE_6 = (
     "public_task",
@@ -98,28 +103,6 @@ def _recipient(session: Session, actor: Actor, agency_code: str) -> Agency:
     return agency
 
 
-def _audit(
-    session: Session,
-    actor: Actor,
-    action: str,
-    view: ReferralView,
-    share: Share | None,
-    *,
-    basis: str | None = None,
-) -> None:
-    audit.record(
-        session,
-        actor,
-        action,
-        resource_type="share" if share is not None else "referral",
-        resource_id=share.id if share is not None else view.referral.id,
-        referral_id=view.referral.id,
-        subject_ids=[view.referral.subject_id],
-        basis=basis or view.access.basis,
-        purpose=view.access.purpose_for(actor),
-    )
-
-
 def create_share(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, data: dict[str, Any], now: datetime
 ) -> Share:
@@ -152,7 +135,7 @@ def create_share(
     )
     session.add(share)
     session.flush()
-    _audit(session, actor, "share.create", view, share)
+    record_on(session, actor, "share.create", view, resource_type="share", resource_id=share.id)
     return share
 
 
@@ -173,7 +156,7 @@ def list_shares(
     if not view.access.is_lead:
         stmt = stmt.where(Share.agency_code == actor.agency)
     page = keyset_page(session, stmt, keys=[Share.created_at, Share.id], limit=limit, cursor=cursor)
-    _audit(session, actor, "share.list", view, None)
+    record_on(session, actor, "share.list", view)
     return page
 
 
@@ -200,7 +183,9 @@ def acknowledge_share(
     if share.acknowledged_at is None:
         share.acknowledged_at = now
         session.flush()
-    _audit(session, actor, "share.acknowledge", view, share)
+    record_on(
+        session, actor, "share.acknowledge", view, resource_type="share", resource_id=share.id
+    )
     return share
 
 
@@ -228,7 +213,7 @@ def revoke_share(
     share.ended_at = now
     share.revoked_reason = reason
     session.flush()
-    _audit(session, actor, "share.revoke", view, share)
+    record_on(session, actor, "share.revoke", view, resource_type="share", resource_id=share.id)
     return share
 
 
@@ -289,5 +274,5 @@ def transfer_lead(
         )
     )
     session.flush()
-    _audit(session, actor, "referral.transfer", view, None, basis="lead")
+    record_on(session, actor, "referral.transfer", view)
     return referral
