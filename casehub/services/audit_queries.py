@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from casehub import audit
 from casehub.audit import verify as chain_verify
+from casehub.audit.canonical import EVENT_FIELDS
 from casehub.audit.chain import chain_head
 from casehub.audit.checkpoints import CheckpointKey
 from casehub.auth.actor import Actor
@@ -61,29 +62,7 @@ ROW_COLUMNS = (
 
 _NDJSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
-CSV_COLUMNS = (
-    "seq",
-    "id",
-    "occurred_at",
-    "actor_agency",
-    "actor_client_id",
-    "actor_user_id",
-    "action",
-    "outcome",
-    "resource_type",
-    "resource_id",
-    "referral_id",
-    "subject_ids",
-    "basis",
-    "purpose",
-    "request_id",
-    "request_method",
-    "request_path",
-    "request_status",
-    "request_ip",
-    "prev_hash",
-    "hash",
-)
+CSV_COLUMNS = ("seq", *EVENT_FIELDS, "prev_hash", "hash")
 
 
 @dataclass(frozen=True)
