@@ -74,9 +74,7 @@ class AuditExport(MethodView):
         fmt = args.pop("format")
         session = get_session()
         reach, upto = audit_queries.start_export(session, actor=current_actor())
-        body = audit_queries.export_lines(
-            session, reach=reach, filters=args, fmt=fmt, upto=upto
-        )
+        body = audit_queries.export_lines(session, reach=reach, filters=args, fmt=fmt, upto=upto)
         response = Response(stream_with_context(body), mimetype=EXPORT_TYPES[fmt])
         response.headers["Content-Disposition"] = f'attachment; filename="audit-events.{fmt}"'
         return response

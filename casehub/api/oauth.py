@@ -140,9 +140,7 @@ def _form_doc(summary: str, description: str, fields: dict[str, Any], required: 
         requestBody={
             "required": True,
             "content": {
-                FORM: {
-                    "schema": {"type": "object", "properties": fields, "required": required}
-                }
+                FORM: {"schema": {"type": "object", "properties": fields, "required": required}}
             },
         },
         responses={
@@ -223,7 +221,7 @@ _FORM_LIMITS = {
     "For authenticated clients (any method of the token endpoint), about tokens issued within "
     "their own agency: `active: true` with the token's claims. A revoked, expired, malformed "
     "or other agency's token, or one of a deactivated client, user or agency, is reported as "
-    "`{\"active\": false}`.",
+    '`{"active": false}`.',
     _TOKEN_FIELDS,
     ["token"],
 )

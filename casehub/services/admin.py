@@ -164,12 +164,8 @@ def deactivate_client(session: Session, *, actor: Actor, client_id: str) -> None
 
 
 # -- users (own agency) ------------------------------------------------------------------------
-def create_user(
-    session: Session, *, actor: Actor, email: str, name: str, roles: list[str]
-) -> User:
-    user = agencies.add_user(
-        session, agency_code=actor.agency, email=email, name=name, roles=roles
-    )
+def create_user(session: Session, *, actor: Actor, email: str, name: str, roles: list[str]) -> User:
+    user = agencies.add_user(session, agency_code=actor.agency, email=email, name=name, roles=roles)
     audit.record(session, actor, "admin.user.create", resource_type="user", resource_id=user.id)
     return user
 
@@ -198,7 +194,11 @@ def update_user(
     ).scalar_one_or_none()
     if user is None:
         audit.record(
-            session, actor, "admin.user.update", outcome="denied", resource_type="user",
+            session,
+            actor,
+            "admin.user.update",
+            outcome="denied",
+            resource_type="user",
             resource_id=user_id,
         )
         raise NotFound("No such user.")

@@ -105,9 +105,27 @@ def event_dict(row: Row[Any] | tuple[Any, ...]) -> dict[str, Any]:
     # Unpacked by position: exports build a million of these, and attribute access by name
     # on a Row costs more than the rest of the function.
     (
-        seq, prev_hash, hash_, event_id, occurred_at, agency, client_id, user_id, action,
-        outcome, resource_type, resource_id, referral_id, subject_ids, basis, purpose,
-        request_id, method, path, status, ip,
+        seq,
+        prev_hash,
+        hash_,
+        event_id,
+        occurred_at,
+        agency,
+        client_id,
+        user_id,
+        action,
+        outcome,
+        resource_type,
+        resource_id,
+        referral_id,
+        subject_ids,
+        basis,
+        purpose,
+        request_id,
+        method,
+        path,
+        status,
+        ip,
     ) = row
     return {
         "id": str(event_id),
@@ -152,8 +170,10 @@ def access_dict(row: Row[Any]) -> dict[str, Any]:
 
 # -- queries -----------------------------------------------------------------------------------
 def _chained() -> Select[Any]:
-    return select(*ROW_COLUMNS).select_from(AuditChain).join(
-        AuditEvent, AuditEvent.pos == AuditChain.event_pos
+    return (
+        select(*ROW_COLUMNS)
+        .select_from(AuditChain)
+        .join(AuditEvent, AuditEvent.pos == AuditChain.event_pos)
     )
 
 
@@ -245,7 +265,11 @@ def subject_accesses(
         session, filtered(reach, {"subject_id": subject_id}), limit=limit, cursor=cursor
     )
     _record_read(
-        session, actor, reach, "audit.subject_accesses", resource_type="subject",
+        session,
+        actor,
+        reach,
+        "audit.subject_accesses",
+        resource_type="subject",
         resource_id=subject_id,
     )
     wanted = str(subject_id)
@@ -263,9 +287,7 @@ def referral_accesses(
     now: datetime,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The lead agency's feed of who, in any agency, used this referral; others get 404."""
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action=FEED_ACTION
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     if not view.access.is_lead:
         audit.record(
             session,
@@ -279,9 +301,7 @@ def referral_accesses(
             purpose=view.access.purpose_for(actor),
         )
         raise NotFound("No such referral.")
-    stmt = _chained().where(
-        AuditEvent.referral_id == referral_id, AuditEvent.action != FEED_ACTION
-    )
+    stmt = _chained().where(AuditEvent.referral_id == referral_id, AuditEvent.action != FEED_ACTION)
     rows, next_cursor = _page(session, stmt, limit=limit, cursor=cursor)
     audit.record(
         session,

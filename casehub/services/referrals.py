@@ -81,7 +81,7 @@ def share_grants(session: Session, referral_id: uuid.UUID, agency: str) -> list[
 
 
 def reach_referral(
-    session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime, action: str
+    session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralView:
     """The referral and the caller's access to it, or NotFound — audited as a refusal when the
     referral exists but the caller's agency may not see it."""
@@ -300,9 +300,7 @@ def create_referral(
 def get_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralView:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="referral.read"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     record_on(session, actor, "referral.read", view)
     return view
 
@@ -369,9 +367,7 @@ def update_referral(
     changes: dict[str, Any],
     now: datetime,
 ) -> Referral:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="referral.update"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     require_lead(session, view, actor, "referral.update")
     referral = view.referral
     _check_version(referral, expected_version)
@@ -409,9 +405,7 @@ def transition_referral(
     reason: str | None,
     now: datetime,
 ) -> Referral:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="referral.transition"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     require_lead(session, view, actor, "referral.transition")
     referral = view.referral
     _check_version(referral, expected_version)
@@ -444,9 +438,7 @@ def referral_history(
     cursor: str | None,
     now: datetime,
 ) -> tuple[list[ReferralHistory], str | None]:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="referral.history"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     page = keyset_page(
         session,
         select(ReferralHistory).where(ReferralHistory.referral_id == referral_id),
@@ -468,9 +460,7 @@ def add_note(
     visibility: str,
     now: datetime,
 ) -> Note:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="note.create"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     if not view.access.can_contribute:
         record_on(session, actor, "note.create", view, outcome="denied")
         raise Forbidden("Only the lead agency or a contribute share may add notes.")
@@ -498,9 +488,7 @@ def list_notes(
     cursor: str | None,
     now: datetime,
 ) -> tuple[list[Note], str | None]:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="note.list"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     stmt = select(Note).where(
         Note.referral_id == referral_id,
         (Note.visibility == "shared") | (Note.author_agency == actor.agency),

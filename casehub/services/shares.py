@@ -106,9 +106,7 @@ def _recipient(session: Session, actor: Actor, agency_code: str) -> Agency:
 def create_share(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, data: dict[str, Any], now: datetime
 ) -> Share:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="share.create"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     require_lead(session, view, actor, "share.create")
     if data.get("expires_at") is not None and data["expires_at"] <= now:
         raise ValidationFailed.field("expires_at", "Must be in the future.")
@@ -149,9 +147,7 @@ def list_shares(
     now: datetime,
 ) -> tuple[list[Share], str | None]:
     """The lead sees every share of the referral; a recipient sees its own."""
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="share.list"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     stmt = select(Share).where(Share.referral_id == referral_id)
     if not view.access.is_lead:
         stmt = stmt.where(Share.agency_code == actor.agency)
@@ -170,9 +166,7 @@ def _share_of(session: Session, view: ReferralView, share_id: uuid.UUID) -> Shar
 def acknowledge_share(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, share_id: uuid.UUID, now: datetime
 ) -> Share:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="share.acknowledge"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     share = _share_of(session, view, share_id)
     if share.agency_code != actor.agency:
         if view.access.is_lead:
@@ -198,9 +192,7 @@ def revoke_share(
     reason: str,
     now: datetime,
 ) -> Share:
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="share.revoke"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     if not view.access.is_lead:
         share = session.get(Share, share_id)
         if share is None or share.referral_id != referral_id or share.agency_code != actor.agency:
@@ -227,9 +219,7 @@ def transfer_lead(
     now: datetime,
 ) -> Referral:
     """Move the lead to another agency; the old lead keeps a contribute share."""
-    view = reach_referral(
-        session, actor=actor, referral_id=referral_id, now=now, action="referral.transfer"
-    )
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     require_lead(session, view, actor, "referral.transfer")
     referral = view.referral
     _check_version(referral, expected_version)
