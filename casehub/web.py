@@ -32,6 +32,7 @@ from casehub.errors import (
     Forbidden,
     InsufficientScope,
     NotFound,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
     problem,
@@ -99,9 +100,11 @@ def _authorize() -> Response | None:
     protector = app.extensions["casehub.protector"]
     try:
         claims = protector.acquire_token(None)
-    except OAuth2Error as exc:
+        actor = load_actor(get_session(), claims)
+    except (OAuth2Error, Unauthorized) as exc:
+        # Nobody we can name: the event says what was aimed at, never the token presented.
+        _audit_refusal(None, action="auth.failure")
         raise invalid_token() from exc
-    actor = load_actor(get_session(), claims)
     g.actor = actor
     if kind == "undeclared":
         # Deny by default: a route nobody declared a scope for serves nobody.
@@ -141,7 +144,7 @@ RESOURCE_ARGS = (
 )
 
 
-def _audit_refusal(actor: Actor) -> None:
+def _audit_refusal(actor: Actor | None, *, action: str = "access.denied") -> None:
     """A refused attempt is audited even when no service ran: name the record it aimed at."""
     args = request.view_args or {}
     resource_type, resource_id = None, None
@@ -153,7 +156,7 @@ def _audit_refusal(actor: Actor) -> None:
     audit.record(
         get_session(),
         actor,
-        "access.denied",
+        action,
         outcome="denied",
         resource_type=resource_type,
         resource_id=resource_id,

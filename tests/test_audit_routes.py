@@ -327,3 +327,27 @@ def test_an_invisible_record_is_404_and_audited_as_denied(
     response, events = _events_during(db_session, lambda: missing(method))
     assert response.status_code == 404
     assert events == []  # nothing existed, so nothing was refused
+
+
+def test_a_request_without_a_valid_token_is_audited_as_an_auth_failure(client, db_session, world):
+    path = f"/v1/referrals/{world.referral['id']}"
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response, events = _events_during(db_session, lambda h=headers: client.get(path, headers=h))
+        assert response.status_code == 401
+        assert events == ["auth.failure:denied"]
+    row = (
+        db_session.execute(
+            select(AuditEvent)
+            .where(AuditEvent.action == "auth.failure")
+            .order_by(AuditEvent.pos.desc())
+        )
+        .scalars()
+        .first()
+    )
+    assert (row.actor_agency, row.actor_client_id, row.resource_type, str(row.referral_id)) == (
+        None,
+        None,
+        "referral",
+        world.referral["id"],
+    )
+    assert "not-a-token" not in repr(row.__dict__)
