@@ -79,13 +79,11 @@ def demo() -> int:
     check(casehub("demo"))
     say("serving on http://127.0.0.1:5000 (Ctrl-C stops it)")
     config = ROOT / "deploy" / "gunicorn.conf.py"
-    server = subprocess.Popen([str(BIN / "gunicorn"), "-c", str(config), "wsgi:app"], cwd=ROOT)  # noqa: S603
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached gunicorn too: let it stop its workers rather than killing it.
-        server.wait()
-        return 0
+    # Become gunicorn: Ctrl-C, SIGTERM from a supervisor or `timeout` then reach the server
+    # itself, which stops its workers, and no orphaned server is left behind.
+    os.chdir(ROOT)
+    gunicorn = str(BIN / "gunicorn")
+    os.execv(gunicorn, [gunicorn, "-c", str(config), "wsgi:app"])  # noqa: S606
 
 
 def xdist_workers() -> list[str]:
