@@ -324,6 +324,8 @@ class UserAssertionGrant(JWTBearerGrant):
         raise NotImplementedError
 
     def resolve_client_public_key(self, client: Any) -> Any:
+        # Unused: the grant verifies the assertion against the client's registered JWKS itself
+        # (casehub.auth.assertions), with the same algorithm allowlist as private_key_jwt.
         raise NotImplementedError
 
     def has_granted_permission(self, client: Any, user: Any) -> bool:
