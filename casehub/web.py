@@ -49,6 +49,15 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
 
 
+def _view_target(app: Flask, endpoint: str | None, method: str) -> Any:
+    """The function that serves `method` at `endpoint`: the view, or its MethodView method."""
+    view = app.view_functions.get(endpoint or "")
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return view
+    return getattr(view_class, "get" if method == "HEAD" else method.lower(), None)
+
+
 def endpoint_policy(
     app: Flask, endpoint: str | None, method: str
 ) -> tuple[str, tuple[str, ...] | None]:
@@ -56,29 +65,18 @@ def endpoint_policy(
     method. An empty tuple of accepted scopes means any valid token."""
     if endpoint is None or endpoint in PUBLIC_ENDPOINTS:
         return ("public", None)  # no route matched: routing answers 404/405 itself
-    view = app.view_functions.get(endpoint)
-    if view is None:
+    if endpoint not in app.view_functions:
         return ("undeclared", None)
-    target: Any = view
-    view_class = getattr(view, "view_class", None)
-    if view_class is not None:
-        name = "get" if method == "HEAD" else method.lower()
-        target = getattr(view_class, name, None)
-        if target is None:
-            return ("public", None)  # MethodView answers 405 itself
+    target = _view_target(app, endpoint, method)
+    if target is None:
+        return ("public", None)  # MethodView answers 405 itself
+    view = app.view_functions[endpoint]
     if getattr(target, "_casehub_public", False) or getattr(view, "_casehub_public", False):
         return ("public", None)
     accepted = getattr(target, "_casehub_scope", None)
     if accepted is None:
         return ("undeclared", None)
     return ("scope", tuple(accepted))
-
-
-def _view_attr(name: str) -> Any:
-    view = current_app.view_functions.get(request.endpoint or "")
-    view_class = getattr(view, "view_class", None)
-    target = getattr(view_class, request.method.lower(), None) if view_class else view
-    return getattr(target, name, None)
 
 
 def _start_request() -> None:
@@ -96,7 +94,6 @@ def _authorize() -> Response | None:
     kind, accepted = endpoint_policy(app, request.endpoint, request.method)
     if kind == "public":
         return None
-    g.purpose = None
     protector = app.extensions["casehub.protector"]
     try:
         claims = protector.acquire_token(None)
@@ -129,8 +126,9 @@ def _authorize() -> Response | None:
                 "Purpose-Of-Use must be a share purpose code, case_work, audit or statistics.",
                 errors={"headers": {"Purpose-Of-Use": ["Unknown purpose of use."]}},
             )
-        g.actor = actor = _with_purpose(actor, purpose)
-    if request.method == "POST" and _view_attr("_casehub_idempotent"):
+        g.actor = actor = replace(actor, purpose=purpose)
+    target = _view_target(app, request.endpoint, request.method)
+    if request.method == "POST" and getattr(target, "_casehub_idempotent", False):
         return _idempotency_replay(actor)
     return None
 
@@ -145,7 +143,8 @@ RESOURCE_ARGS = (
 
 
 def _audit_refusal(actor: Actor | None, *, action: str = "access.denied") -> None:
-    """A refused attempt is audited even when no service ran: name the record it aimed at."""
+    """A refused attempt is audited even when no service ran: name the record it aimed at.
+    Like every refusal, it carried no child's data, so `subject_ids` stays empty."""
     args = request.view_args or {}
     resource_type, resource_id = None, None
     for name, kind in RESOURCE_ARGS:
@@ -161,12 +160,7 @@ def _audit_refusal(actor: Actor | None, *, action: str = "access.denied") -> Non
         resource_type=resource_type,
         resource_id=resource_id,
         referral_id=referral_id if isinstance(referral_id, uuid.UUID) else None,
-        subject_ids=[args["subject_id"]] if isinstance(args.get("subject_id"), uuid.UUID) else [],
     )
-
-
-def _with_purpose(actor: Actor, purpose: str) -> Actor:
-    return replace(actor, purpose=purpose)
 
 
 def _check_transport() -> None:
@@ -242,7 +236,8 @@ def _keep_idempotent_response(response: Response) -> None:
         if name in ("Content-Type", "Location", "ETag")
     }
     body = response.get_data()
-    shown_once = _view_attr("_casehub_replay_without")
+    target = _view_target(current_app, request.endpoint, request.method)
+    shown_once = getattr(target, "_casehub_replay_without", None)
     if shown_once:
         # A secret is shown once and stored only as a hash: the kept replay carries null.
         kept = json.loads(body)
