@@ -29,7 +29,7 @@ from casehub.errors import InsufficientScope, NotFound
 from casehub.models import Referral
 from casehub.models.audit import AuditChain, AuditEvent, AuditEventSubject
 from casehub.services.pagination import decode_cursor, encode_cursor
-from casehub.services.referrals import reach_referral
+from casehub.services.referrals import reach_referral, record_on
 
 AUDIT_READ = "audit:read"
 AUDIT_READ_ALL = "audit:read:all"
@@ -289,17 +289,7 @@ def referral_accesses(
     """The lead agency's feed of who, in any agency, used this referral; others get 404."""
     view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     if not view.access.is_lead:
-        audit.record(
-            session,
-            actor,
-            "access.denied",
-            outcome="denied",
-            resource_type="referral",
-            resource_id=referral_id,
-            referral_id=referral_id,
-            basis=view.access.basis,
-            purpose=view.access.purpose_for(actor),
-        )
+        record_on(session, actor, "access.denied", view, outcome="denied")
         raise NotFound("No such referral.")
     stmt = _chained().where(AuditEvent.referral_id == referral_id, AuditEvent.action != FEED_ACTION)
     rows, next_cursor = _page(session, stmt, limit=limit, cursor=cursor)
