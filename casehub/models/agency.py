@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from casehub.db import Base, new_id, utcnow
 
@@ -50,8 +50,6 @@ class Client(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     tokens_not_before: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-    agency: Mapped[Agency] = relationship(lazy="joined")
 
     @property
     def scopes(self) -> list[str]:
