@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import utcnow
-from casehub.models import Agency, Client, User
+from casehub.models import Agency, Client
 from casehub.services import agencies, referrals, shares
 
 CASEWORK = "referrals:read referrals:write referrals:share subjects:read subjects:write"
@@ -193,7 +192,3 @@ Get a token and list BTP's referrals:
 
 Interactive docs: {base_url}/docs
 """
-
-
-def user_count(session: Session) -> int:
-    return len(session.execute(select(User.id)).all())

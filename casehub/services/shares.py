@@ -71,11 +71,6 @@ def check_lawful_basis(
         )
 
 
-def _agency_kind(session: Session, code: str) -> str:
-    kind = session.execute(select(Agency.kind).where(Agency.code == code)).scalar_one()
-    return str(kind)
-
-
 def _open_share(
     session: Session, referral_id: uuid.UUID, agency: str, now: datetime
 ) -> Share | None:
