@@ -6,12 +6,15 @@
 
 Extra arguments after `test` go to pytest (e.g. `python3 dev.py test tests/test_ops.py -x`).
 CASEHUB_TEST_DATABASE_URL picks PostgreSQL for the tests; without it they run on SQLite.
+`test` also installs the OpenAPI linters pinned in .ci/tools when npm is on PATH; without npm,
+tests/test_openapi_lint.py is skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"  # casehub needs a POSIX system (gunicorn, fcntl)
 PYTHON = BIN / "python"
+TOOLS = ROOT / ".ci" / "tools"  # npm packages the tests run: the OpenAPI linters
+NODE_MODULES = TOOLS / "node_modules"
 MINIMUM = (3, 11)
 
 
@@ -68,6 +73,28 @@ def ensure_installed(extra: str | None) -> None:
     stamp.write_text(fingerprint + "\n")
 
 
+def ensure_node_tools() -> None:
+    """npm ci the OpenAPI linters into .ci/tools, skipped when package-lock.json has not changed."""
+    npm = shutil.which("npm")
+    if npm is None:
+        say("npm is not on PATH, so the OpenAPI lint tests (test_openapi_lint.py) will be skipped")
+        return
+    fingerprint = hashlib.sha256((TOOLS / "package-lock.json").read_bytes()).hexdigest()
+    stamp = NODE_MODULES / ".casehub-installed"
+    if stamp.exists() and stamp.read_text().strip() == fingerprint:
+        return
+    say(f"installing the OpenAPI linters (npm ci) into {NODE_MODULES.relative_to(ROOT)}")
+    # --ignore-scripts: the one install script in the tree only reports the download to an
+    # analytics service; the linters need none. Quiet: npm's errors only.
+    quiet = ["--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"]
+    status = run([npm, "ci", "--prefix", TOOLS, *quiet], stdout=subprocess.DEVNULL)
+    if status != 0:
+        # The Python tests still run; the lint tests skip, or fail under CI, and say why.
+        say(f"npm ci failed with exit status {status}: going on without the OpenAPI linters")
+        return
+    stamp.write_text(fingerprint + "\n")
+
+
 def casehub(*args: str) -> list[str | Path]:
     return [BIN / "casehub", *args]
 
@@ -97,6 +124,7 @@ def xdist_workers() -> list[str]:
 def test(pytest_args: list[str]) -> int:
     ensure_venv()
     ensure_installed("test")
+    ensure_node_tools()
     database = os.environ.get("CASEHUB_TEST_DATABASE_URL")
     say(f"ruff check, then pytest on {'PostgreSQL' if database else 'SQLite'}")
     lint = run([PYTHON, "-m", "ruff", "check", "."])
