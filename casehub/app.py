@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from casehub import config as config_module
 from casehub import web
-from casehub.api import register_blueprints
+from casehub.api import docs, register_blueprints
 from casehub.api.base import SECURITY_SCHEME, Api
 from casehub.api.ops import init_metrics
 from casehub.audit import chain as audit_chain
@@ -43,8 +43,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -87,6 +85,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
     register_blueprints(api)
+    app.register_blueprint(docs.blp)
     web.init_app(app)
     audit_chain.init_app(app)
     init_metrics(app)

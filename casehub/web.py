@@ -45,8 +45,8 @@ log = logging.getLogger("casehub.request")
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
-# flask-smorest's own documentation views, which cannot carry the `public` marker.
-PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
+# flask-smorest's own view of the OpenAPI document, which cannot carry the `public` marker.
+PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json"})
 
 
 def _view_target(app: Flask, endpoint: str | None, method: str) -> Any:

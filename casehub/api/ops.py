@@ -1,4 +1,4 @@
-"""Operations: liveness, readiness, Prometheus metrics, and offline interactive docs."""
+"""Operations: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import os
 import time
 from typing import Any
 
-import flask
-import swagger_ui_bundle
-from flask import Flask, Response, current_app, g, request, send_from_directory
+from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -83,16 +81,6 @@ def metrics() -> Response:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=shared)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0])
-
-
-@public
-def docs_assets(filename: str) -> Response:
-    return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=3600)
-
-
-# Flask's own add_url_rule, not flask-smorest's: the Swagger UI files are served for /docs but
-# are not part of the API, so they stay out of the OpenAPI document.
-flask.Blueprint.add_url_rule(blp, "/docs/assets/<path:filename>", view_func=docs_assets)
 
 
 def init_metrics(app: Flask) -> None:
