@@ -59,7 +59,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["casehub.protector"] = make_protector(validator)
     oauth_server.init_app(app, keys, validator)
 
-    api = Api(app, spec_kwargs={"info": _info()})
+    api = Api(app, spec_kwargs={"info": _info(), "servers": SERVERS})
     api.spec.components.security_scheme(
         SECURITY_SCHEME,
         {
@@ -106,4 +106,14 @@ def _info() -> dict[str, Any]:
             "caller's agency may not see answers 404, exactly like one that does not exist."
         ),
         "contact": {"name": "casehub maintainers"},
+        "license": {"name": "Proprietary", "identifier": "LicenseRef-casehub-proprietary"},
     }
+
+
+SERVERS = [
+    {
+        "url": "/",
+        "description": "The casehub deployment that serves this document: each partnership "
+        "runs its own (the local demo is http://127.0.0.1:5000).",
+    }
+]

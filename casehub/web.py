@@ -89,10 +89,26 @@ def _start_request() -> None:
         raise NotFound("No such resource.")
 
 
+def _refuse_query_string(app: Flask) -> None:
+    """A view that declares no query arguments takes none: `?bogus=1` (or a mistyped filter
+    sent to the wrong operation) is 422 naming it, never silently ignored."""
+    if not request.args or request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    target = _view_target(app, request.endpoint, request.method)
+    if target is None or getattr(target, "_casehub_query", False):
+        return  # no such method (405), or the view's own arguments check its query string
+    raise ValidationFailed(
+        "This operation takes no query parameters.",
+        errors={"query": {name[:100]: ["Unknown field."] for name in request.args}},
+    )
+
+
 def _authorize() -> Response | None:
     app = current_app
     kind, accepted = endpoint_policy(app, request.endpoint, request.method)
     if kind == "public":
+        if request.endpoint is not None:
+            _refuse_query_string(app)
         return None
     protector = app.extensions["casehub.protector"]
     try:
@@ -119,6 +135,7 @@ def _authorize() -> Response | None:
             },
         )
     _check_transport()
+    _refuse_query_string(app)
     purpose = request.headers.get("Purpose-Of-Use")
     if purpose is not None:
         if purpose not in REQUEST_PURPOSES:

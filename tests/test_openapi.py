@@ -35,8 +35,12 @@ def _committed_text() -> str:
 def _stale(actual: str, source: str) -> str:
     """The failure message: what to run, then the start of the difference."""
     diff = difflib.unified_diff(
-        _committed_text().splitlines(), actual.splitlines(), "openapi/casehub.json", source,
-        lineterm="", n=2,
+        _committed_text().splitlines(),
+        actual.splitlines(),
+        "openapi/casehub.json",
+        source,
+        lineterm="",
+        n=2,
     )
     return f"openapi/casehub.json is stale. {REGENERATE}\n" + "\n".join(list(diff)[:60])
 
@@ -213,3 +217,229 @@ def test_every_input_string_has_a_maximum_length(spec: dict[str, Any]) -> None:
         "request strings without maxLength (add validate.Length(max=...) or an enum):\n"
         + "\n".join(walker.unbounded)
     )
+
+
+# -- what a generated client is built from ------------------------------------------------------
+# A generated client names its functions after these: renaming one breaks every partner's code.
+# Change an entry only with a new contract version; add one with each new operation.
+OPERATION_IDS = {
+    ("get", "/.well-known/jwks.json"): "getJwks",
+    ("get", "/.well-known/oauth-authorization-server"): "getAuthorizationServerMetadata",
+    ("get", "/healthz"): "getHealth",
+    ("get", "/readyz"): "getReadiness",
+    ("get", "/metrics"): "getMetrics",
+    ("post", "/oauth/token"): "requestToken",
+    ("post", "/oauth/introspect"): "introspectToken",
+    ("post", "/oauth/revoke"): "revokeToken",
+    ("get", "/v1/agencies"): "listAgencies",
+    ("post", "/v1/admin/agencies"): "createAgency",
+    ("patch", "/v1/admin/agencies/{code}"): "updateAgency",
+    ("get", "/v1/admin/clients"): "listClients",
+    ("post", "/v1/admin/clients"): "createClient",
+    ("delete", "/v1/admin/clients/{client_id}"): "deactivateClient",
+    ("get", "/v1/admin/users"): "listUsers",
+    ("post", "/v1/admin/users"): "createUser",
+    ("patch", "/v1/admin/users/{user_id}"): "updateUser",
+    ("get", "/v1/indicators"): "listIndicators",
+    ("get", "/v1/subjects"): "searchSubjects",
+    ("post", "/v1/subjects"): "createSubject",
+    ("get", "/v1/subjects/{subject_id}"): "getSubject",
+    ("patch", "/v1/subjects/{subject_id}"): "updateSubject",
+    ("get", "/v1/referrals"): "listReferrals",
+    ("post", "/v1/referrals"): "createReferral",
+    ("get", "/v1/referrals/{referral_id}"): "getReferral",
+    ("patch", "/v1/referrals/{referral_id}"): "updateReferral",
+    ("post", "/v1/referrals/{referral_id}/transitions"): "transitionReferral",
+    ("get", "/v1/referrals/{referral_id}/history"): "listReferralHistory",
+    ("get", "/v1/referrals/{referral_id}/notes"): "listNotes",
+    ("post", "/v1/referrals/{referral_id}/notes"): "createNote",
+    ("get", "/v1/referrals/{referral_id}/shares"): "listShares",
+    ("post", "/v1/referrals/{referral_id}/shares"): "shareReferral",
+    ("post", "/v1/referrals/{referral_id}/shares/{share_id}/acknowledge"): "acknowledgeShare",
+    ("post", "/v1/referrals/{referral_id}/shares/{share_id}/revoke"): "revokeShare",
+    ("post", "/v1/referrals/{referral_id}/transfer"): "transferReferral",
+    ("get", "/v1/referrals/{referral_id}/accesses"): "listReferralAccesses",
+    ("get", "/v1/audit/events"): "listAuditEvents",
+    ("get", "/v1/audit/events/export"): "exportAuditEvents",
+    ("get", "/v1/audit/subjects/{subject_id}/accesses"): "listSubjectAccesses",
+    ("get", "/v1/audit/verify"): "verifyAuditChain",
+}
+
+
+def test_operation_ids_are_unique_and_stable(spec: dict[str, Any]) -> None:
+    found = {(method, path): op.get("operationId") for path, method, op in operations(spec)}
+    assert found == OPERATION_IDS
+    assert len(set(found.values())) == len(found), "operationIds must be unique"
+
+
+def _view_targets(app: Flask) -> Iterator[tuple[str, str, Any]]:
+    """(openapi path, method, the function serving it) for every documented route."""
+    from casehub.web import _view_target
+
+    for rule in app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            target = _view_target(app, rule.endpoint, method)
+            if target is not None:
+                yield openapi_path(rule.rule), method.lower(), target
+
+
+def _honoured_query_names(target: Any) -> set[str]:
+    """The query parameters a view's `arguments(location="query")` schema accepts."""
+    names: set[str] = set()
+    for parameter in getattr(target, "_apidoc", {}).get("arguments", {}).get("parameters", []):
+        if parameter.get("in") != "query":
+            continue
+        schema = parameter["schema"]
+        schema = schema() if isinstance(schema, type) else schema
+        names |= {f.data_key or n for n, f in schema.fields.items() if not f.dump_only}
+    return names
+
+
+def _documented(operation: dict[str, Any], location: str) -> set[str]:
+    return {p["name"] for p in operation.get("parameters", []) if p.get("in") == location}
+
+
+def test_every_honoured_query_parameter_and_header_is_documented(
+    app: Flask, spec: dict[str, Any]
+) -> None:
+    problems = []
+    checked = 0
+    for path, method, target in _view_targets(app):
+        operation = spec["paths"].get(path, {}).get(method)
+        if operation is None:
+            continue  # not an API operation (docs pages); test_every_route_is_documented covers
+        where = f"{method.upper()} {path}"
+        honoured, query = _honoured_query_names(target), _documented(operation, "query")
+        if honoured != query:
+            problems.append(f"{where}: honours query {sorted(honoured)}, documents {sorted(query)}")
+        headers = _documented(operation, "header")
+        expected = set()
+        if getattr(target, "_casehub_scope", None) is not None:
+            expected.add("Purpose-Of-Use")
+        if getattr(target, "_casehub_idempotent", False):
+            expected.add("Idempotency-Key")
+        if getattr(target, "_casehub_if_match", False):
+            expected.add("If-Match")
+        if expected - headers:
+            problems.append(f"{where}: honours headers {sorted(expected - headers)} undocumented")
+        for status, response in operation["responses"].items():
+            if "$ref" not in response and "X-Request-Id" not in response.get("headers", {}):
+                problems.append(f"{where}: {status} does not document X-Request-Id")
+        if "422" not in operation["responses"]:
+            problems.append(f"{where}: 422 (unknown query parameters) is not documented")
+        checked += 1
+    assert not problems, "\n".join(problems)
+    assert checked == len(OPERATION_IDS)
+
+
+def test_listings_document_their_filters(spec: dict[str, Any]) -> None:
+    """What a partner looks for first: the contract's filters, limit and cursor."""
+    referrals = _documented(spec["paths"]["/v1/referrals"]["get"], "query")
+    assert referrals == {
+        "limit",
+        "cursor",
+        "status",
+        "risk_level",
+        "category",
+        "indicator",
+        "subject_id",
+        "lead_agency",
+        "shared_with_me",
+        "updated_since",
+    }
+    assert {"q", "date_of_birth", "limit", "cursor"} <= _documented(
+        spec["paths"]["/v1/subjects"]["get"], "query"
+    )
+    audit = {"agency", "client_id", "user_id", "action", "outcome", "referral_id", "subject_id"}
+    assert audit | {"from", "to", "limit", "cursor"} == _documented(
+        spec["paths"]["/v1/audit/events"]["get"], "query"
+    )
+    assert audit | {"from", "to", "format"} == _documented(
+        spec["paths"]["/v1/audit/events/export"]["get"], "query"
+    )
+    limit = next(
+        p for p in spec["paths"]["/v1/referrals"]["get"]["parameters"] if p["name"] == "limit"
+    )
+    assert limit["schema"] == {"type": "integer", "default": 50, "minimum": 1, "maximum": 200}
+
+
+NAMED_ENUMS = {
+    "Category",
+    "RiskLevel",
+    "ReferralStatus",
+    "SharePurpose",
+    "PurposeOfUse",
+    "ConsentStatus",
+    "ProcessingCondition",
+    "Article6Basis",
+    "ShareAccess",
+    "NoteVisibility",
+    "ShareStatus",
+}
+
+
+def _inline_enums(node: Any, where: str = "") -> Iterator[str]:
+    """Where an enum is spelled out other than as a named component of its own."""
+    if isinstance(node, dict):
+        is_component = where.startswith("components.schemas.") and where.count(".") == 2
+        if "enum" in node and not is_component:
+            yield where
+        for key, value in node.items():
+            yield from _inline_enums(value, f"{where}.{key}" if where else key)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _inline_enums(value, f"{where}[{index}]")
+
+
+def test_shared_enums_are_named_components_used_by_requests_and_responses(
+    spec: dict[str, Any],
+) -> None:
+    schemas = spec["components"]["schemas"]
+    assert set(schemas) >= NAMED_ENUMS
+    text = json.dumps(spec)
+    for name in NAMED_ENUMS:
+        assert f'"#/components/schemas/{name}"' in text, f"{name} is never used"
+    # Requests and responses name the same component.
+    create, update = (
+        schemas["ReferralCreate"]["properties"],
+        schemas["ReferralUpdate"]["properties"],
+    )
+    assert (
+        create["risk_level"] == update["risk_level"] == {"$ref": "#/components/schemas/RiskLevel"}
+    )
+    shares_create = schemas["ShareCreate"]["properties"]
+    assert shares_create["purpose"] == {"$ref": "#/components/schemas/SharePurpose"}
+    # Responses type their codes as precisely as requests do.
+    referral = schemas["Referral"]["properties"]
+    assert referral["status"] == {"$ref": "#/components/schemas/ReferralStatus"}
+    assert referral["categories"]["items"] == {"$ref": "#/components/schemas/Category"}
+    assert schemas["Share"]["properties"]["purpose"] == {
+        "$ref": "#/components/schemas/SharePurpose"
+    }
+    basis = schemas["HistoryEntry"]["properties"]["lawful_basis"]["anyOf"]
+    assert {"$ref": "#/components/schemas/LawfulBasis"} in basis
+    # A list of codes lives in its component only, never copied inline into a field. The few
+    # inline enums left are one-value constants or lists no other field shares.
+    allowed = {"token_type", "token_type_hint", "status"}
+    stray = [w for w in _inline_enums(spec) if w.rsplit(".", 1)[-1] not in allowed]
+    assert not stray, f"inline enums (name them in casehub/schemas/enums.py): {stray}"
+
+
+def test_public_operations_say_so_and_the_document_names_its_server(spec: dict[str, Any]) -> None:
+    assert spec["servers"] and spec["servers"][0]["url"]
+    assert spec["info"]["license"]["name"] and spec["info"]["contact"]["name"]
+    assert spec["paths"]["/oauth/token"]["post"]["security"] == []
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    token = spec["paths"]["/oauth/token"]["post"]["responses"]
+    assert token["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Token"
+    }
+    assert token["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OAuthError"
+    }
+    assert "PaginationMetadata" not in spec["components"]["schemas"]
+
+
+def test_no_description_points_at_a_file_partners_do_not_have(spec: dict[str, Any]) -> None:
+    text = json.dumps(spec)
+    assert not re.findall(r"[\w/.-]+\.(?:md|py|txt)\b", text)

@@ -56,6 +56,7 @@ class Agencies(MethodView):
     @blp.response(201, AgencySchema)
     @problems(_409="An agency with this code exists.")
     @blp.doc(
+        operationId="createAgency",
         summary="Add an agency",
         description=(
             "Platform admins only. The `code` is permanent. The platform flag itself is never "
@@ -73,6 +74,7 @@ class AgencyByCode(MethodView):
     @blp.response(200, AgencySchema)
     @problems(_404="No such agency.", _409="The platform agency cannot be deactivated.")
     @blp.doc(
+        operationId="updateAgency",
         summary="Change an agency",
         description=(
             "Platform admins only. Any of `name, kind, area, active`; the `code` cannot change. "
@@ -91,6 +93,7 @@ class Clients(MethodView):
     @blp.arguments(ClientQueryArgsSchema, location="query")
     @blp.response(200, page_of(ClientSchema))
     @blp.doc(
+        operationId="listClients",
         summary="List the agency's partner systems",
         description="Ordered by `created_at`, then `client_id`. Secrets are never shown again.",
     )
@@ -110,6 +113,7 @@ class Clients(MethodView):
     @blp.arguments(ClientCreateSchema)
     @blp.response(201, ClientCreatedSchema)
     @blp.doc(
+        operationId="createClient",
         summary="Register a partner system of the agency",
         description=(
             "Returns `client_secret` once: casehub keeps only a slow (scrypt) hash of it. "
@@ -136,6 +140,7 @@ class ClientById(MethodView):
     @blp.response(204)
     @problems(_404=NOT_FOUND)
     @blp.doc(
+        operationId="deactivateClient",
         summary="Deactivate a partner system",
         description=(
             "The client's tokens are refused from the next request and it can get no new "
@@ -152,7 +157,11 @@ class Users(MethodView):
     @blp.requires("admin")
     @blp.arguments(UserQueryArgsSchema, location="query")
     @blp.response(200, page_of(UserSchema))
-    @blp.doc(summary="List the agency's users", description="Ordered by `created_at`, then `id`.")
+    @blp.doc(
+        operationId="listUsers",
+        summary="List the agency's users",
+        description="Ordered by `created_at`, then `id`.",
+    )
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         items, next_cursor = admin.list_users(
             get_session(),
@@ -169,6 +178,7 @@ class Users(MethodView):
     @blp.response(201, UserSchema)
     @problems(_409="A user with this email exists.")
     @blp.doc(
+        operationId="createUser",
         summary="Add a person of the agency",
         description="The agency's partner systems then act for them with the jwt-bearer grant.",
     )
@@ -183,6 +193,7 @@ class UserById(MethodView):
     @blp.response(200, UserSchema)
     @problems(_404=NOT_FOUND)
     @blp.doc(
+        operationId="updateUser",
         summary="Change a user",
         description=(
             "Any of `name, roles, active`; the email cannot change. `active: false` refuses the "

@@ -21,7 +21,7 @@ class Agencies(MethodView):
     @blp.requires(ANY_SCOPE)
     @blp.arguments(AgencyQueryArgsSchema, location="query")
     @blp.response(200, page_of(AgencySchema))
-    @blp.doc(summary="List agencies", description="Ordered by code.")
+    @blp.doc(operationId="listAgencies", summary="List agencies", description="Ordered by code.")
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         items, next_cursor = agencies.list_agencies(
             get_session(), limit=args["limit"], cursor=args.get("cursor")

@@ -39,7 +39,7 @@ class AuditEvents(MethodView):
     @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(AuditEventQueryArgsSchema, location="query")
     @blp.response(200, page_of(AuditEventSchema))
-    @blp.doc(summary="List audit events", description=VISIBILITY)
+    @blp.doc(operationId="listAuditEvents", summary="List audit events", description=VISIBILITY)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args.pop("limit")
         cursor = args.pop("cursor", None)
@@ -54,6 +54,7 @@ class AuditExport(MethodView):
     @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(AuditExportArgsSchema, location="query")
     @blp.doc(
+        operationId="exportAuditEvents",
         summary="Export audit events",
         description=(
             "The same filters and visibility as the list, every matching event chained before "
@@ -86,6 +87,7 @@ class SubjectAccesses(MethodView):
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(AccessSchema))
     @blp.doc(
+        operationId="listSubjectAccesses",
         summary="Who saw this child's data",
         description="Every event whose response carried the child's data: who, when, how it "
         "went and on what basis (a share's id, or the lead). " + VISIBILITY,
@@ -107,6 +109,7 @@ class Verify(MethodView):
     @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.response(200, VerifySchema)
     @blp.doc(
+        operationId="verifyAuditChain",
         summary="Verify the audit chain",
         description=(
             "Recomputes every hash of the chain and checks every signed checkpoint. `ok` is "
@@ -127,6 +130,7 @@ class ReferralAccesses(MethodView):
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(AccessSchema))
     @blp.doc(
+        operationId="listReferralAccesses",
         summary="Who used this referral",
         description=(
             "For the lead agency: who, in any agency, read or acted on this referral (or was "

@@ -1,19 +1,25 @@
-"""The project's Api and Blueprint: problem+json errors, strict arguments, declared scopes."""
+"""The project's Api and Blueprint: problem+json errors, strict arguments, declared scopes, and
+an OpenAPI document in which every operation says what the service really does."""
 
 from __future__ import annotations
 
+import http
 from collections.abc import Callable
+from copy import deepcopy
 from typing import Any, TypeVar
 
 import flask_smorest
 import marshmallow as ma
+from apispec import BasePlugin
+from apispec.ext.marshmallow.field_converter import FieldConverterMixin
 from flask import Response, g
+from flask_smorest.utils import prepare_response
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from casehub.auth.actor import Actor
 from casehub.errors import problem
-from casehub.services.purposes import REQUEST_PURPOSES
+from casehub.schemas import enums
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,7 +56,7 @@ PURPOSE_OF_USE = {
     "in": "header",
     "name": "Purpose-Of-Use",
     "required": False,
-    "schema": {"type": "string", "enum": sorted(REQUEST_PURPOSES)},
+    "schema": {"$ref": f"#/components/schemas/{enums.PURPOSE_OF_USE.name}"},
     "description": (
         "Why the caller consults this data (DPA 2018 s62), recorded in the audit event. "
         "Default: the purpose of the share that grants access, or case_work for the lead. "
@@ -59,30 +65,118 @@ PURPOSE_OF_USE = {
 }
 
 
+HTTP_METHODS = frozenset({"get", "put", "post", "patch", "delete", "head", "options"})
+REQUEST_ID_HEADER = "REQUEST_ID"  # components/headers
+WWW_AUTHENTICATE = {
+    "description": 'RFC 6750: `Bearer realm="casehub", error="..."` (and `scope` on a 403).',
+    "schema": {"type": "string"},
+}
+
+
 def _doc(func: F, *, parameters: list[dict[str, Any]] | None = None, **kwargs: Any) -> F:
-    """flask-smorest's `doc`, but header parameters from several decorators add up."""
-    existing = getattr(func, "_apidoc", {}).get("manual_doc", {}).get("parameters", [])
-    names = {p["name"] for p in parameters or []}
-    merged = [p for p in existing if p["name"] not in names] + list(parameters or [])
-    return flask_smorest.Blueprint.doc(parameters=merged, **kwargs)(func)  # type: ignore[no-any-return]
+    """flask-smorest's `doc`, except that header parameters are appended to the parameters the
+    decorators generate (flask-smorest's manual doc would replace that list, and with it every
+    query parameter `arguments(location="query")` documents)."""
+    if parameters:
+        apidoc = deepcopy(getattr(func, "_apidoc", {}))
+        names = {p["name"] for p in parameters}
+        kept = [p for p in apidoc.get("casehub_headers", []) if p["name"] not in names]
+        apidoc["casehub_headers"] = kept + list(parameters)
+        func._apidoc = apidoc  # type: ignore[attr-defined]
+    if not kwargs:
+        return func
+    return flask_smorest.Blueprint.doc(**kwargs)(func)  # type: ignore[no-any-return]
 
 
 def problem_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM: {"schema": ProblemSchema}}}
 
 
+def _code_reference(self: FieldConverterMixin, field: ma.fields.Field, ret: dict[str, Any]) -> dict:
+    """apispec attribute function: a field of named codes becomes a reference to its component
+    (nullable: anyOf the reference and null) instead of an inline copy of the enum."""
+    codes = getattr(field, "codes", None)
+    if not isinstance(codes, enums.Codes):
+        return {}
+    kept = {k: v for k, v in ret.items() if k in ("description", "default", "readOnly", "example")}
+    reference = {"$ref": f"#/components/schemas/{codes.name}"}
+    ret.clear()
+    ret.update(kept)
+    if field.allow_none:
+        ret["anyOf"] = [reference, {"type": "null"}]
+    else:
+        ret.update(reference)
+    return {}
+
+
+class ContractPlugin(BasePlugin):
+    """What holds for every operation is documented on every operation, in one place:
+    an operationId (required: a generated client names its functions after it),
+    `security: []` on public operations, the `X-Request-Id` header of every response, and
+    422 for unknown query parameters (web.py refuses them everywhere)."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        for method, operation in (operations or {}).items():
+            if method not in HTTP_METHODS:
+                continue
+            if not operation.get("operationId"):
+                raise ValueError(
+                    f"{method.upper()} {path} has no operationId: add one with "
+                    '@blp.doc(operationId="verbNoun")'
+                )
+            operation.setdefault("security", [])
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("422", http.HTTPStatus.UNPROCESSABLE_ENTITY.name)
+            for response in responses.values():
+                if isinstance(response, dict) and "$ref" not in response:
+                    response.setdefault("headers", {})["X-Request-Id"] = REQUEST_ID_HEADER
+
+
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ProblemSchema
     DEFAULT_ERROR_RESPONSE_NAME = "DEFAULT_ERROR"
 
+    def _init_spec(self, **kwargs: Any) -> None:
+        kwargs["extra_plugins"] = [*(kwargs.get("extra_plugins") or ()), ContractPlugin()]
+        super()._init_spec(**kwargs)
+        self.ma_plugin.converter.add_attribute_function(_code_reference)  # type: ignore[union-attr]
+        for codes in enums.ALL:
+            self.spec.components.schema(codes.name, codes.component())
+        self.spec.components.header(
+            REQUEST_ID_HEADER,
+            {
+                "description": "The X-Request-Id the caller sent, if it was at most 128 of "
+                "`[A-Za-z0-9._-]`; otherwise a fresh one. The audit event records it.",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+            },
+        )
+
     def _register_responses(self) -> None:
-        """The error responses flask-smorest documents itself (422 of `arguments`, `default`)
-        say problem+json, which is what handle_http_exception sends."""
-        self.DEFAULT_RESPONSE_CONTENT_TYPE = PROBLEM
-        try:
-            super()._register_responses()
-        finally:
-            del self.DEFAULT_RESPONSE_CONTENT_TYPE  # successes stay application/json
+        """The error responses flask-smorest documents itself (422 of `arguments`, `default`):
+        problem+json, which is what handle_http_exception sends, with the X-Request-Id header."""
+        for status in http.HTTPStatus:
+            if status < 400:
+                continue
+            response = {
+                "description": status.phrase,
+                "schema": self.ERROR_SCHEMA,
+                "headers": {"X-Request-Id": REQUEST_ID_HEADER},
+            }
+            prepare_response(response, self.spec, PROBLEM)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {
+            "description": "An error not listed above (problem+json).",
+            "schema": self.ERROR_SCHEMA,
+            "headers": {"X-Request-Id": REQUEST_ID_HEADER},
+        }
+        prepare_response(response, self.spec, PROBLEM)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, response, lazy=True)
+
+    def _register_pagination_header(self) -> None:
+        """casehub pages with cursors in the body; flask-smorest's page-number X-Pagination
+        header (and its PaginationMetadata schema) would contradict that."""
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Every framework HTTP error (404, 405, webargs 400/422, 413…) as problem+json."""
@@ -117,9 +211,26 @@ BODY_REFUSALS = {
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_header_doc)
+
+    @staticmethod
+    def _prepare_header_doc(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> dict:
+        """Header parameters (`requires`, `idempotent`, `etag_required`) join the generated
+        parameters instead of replacing them."""
+        headers = doc_info.get("casehub_headers")
+        if headers:
+            doc.setdefault("parameters", []).extend(deepcopy(headers))
+        return doc
+
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable[[F], F]:
-        """flask-smorest's `arguments`; a JSON body also documents how web.py refuses one."""
+        """flask-smorest's `arguments`; a JSON body also documents how web.py refuses one, and
+        query arguments mark the view as one that takes a query string (web.py refuses a query
+        string on every other view)."""
         decorator = super().arguments(schema, location=location, **kwargs)
+        if location == "query":
+            return takes_query(decorator)
         if location != "json":
             return decorator  # type: ignore[no-any-return]
 
@@ -196,6 +307,8 @@ class Blueprint(flask_smorest.Blueprint):
 
     @staticmethod
     def etag_required(func: F) -> F:
+        """Mark (and document) a change that needs If-Match (see api/etag.py)."""
+        func._casehub_if_match = True  # type: ignore[attr-defined]
         return _doc(
             func,
             parameters=[
@@ -218,6 +331,15 @@ def current_actor() -> Actor:
     """The authenticated caller; web.py sets it before any scoped view runs."""
     actor: Actor = g.actor
     return actor
+
+
+def takes_query(decorator: Callable[[F], F]) -> Callable[[F], F]:
+    def marked(func: F) -> F:
+        wrapped = decorator(func)
+        wrapped._casehub_query = True  # type: ignore[attr-defined]
+        return wrapped
+
+    return marked
 
 
 def public(func: F) -> F:

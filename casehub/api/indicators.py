@@ -9,6 +9,7 @@ from flask.views import MethodView
 
 from casehub.api.base import Blueprint
 from casehub.auth.scopes import ANY_SCOPE
+from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema
 from casehub.services.pagination import decode_cursor, encode_cursor
 from casehub.services.reference import indicator_list
@@ -25,13 +26,7 @@ class IndicatorSchema(ma.Schema):
     code = ma.fields.String(required=True, metadata={"example": "TRV-01"})
     label = ma.fields.String(required=True)
     group = ma.fields.String(required=True)
-    kind = ma.fields.String(
-        required=True,
-        metadata={
-            "enum": ["indicator", "vulnerability"],
-            "description": "A sign, or a vulnerability factor (context).",
-        },
-    )
+    kind = enums.INDICATOR_KIND.field(required=True)
     source = ma.fields.String(
         required=True, metadata={"description": "Source codes, comma-separated."}
     )
@@ -50,6 +45,7 @@ class Indicators(MethodView):
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, IndicatorPageSchema)
     @blp.doc(
+        operationId="listIndicators",
         summary="Signs of exploitation",
         description="Indicators and vulnerability factors, each with its group and source; "
         "ordered as published. Signs are not proof.",

@@ -18,28 +18,22 @@ from casehub.auth import scopes
 from casehub.auth.assertions import ADVERTISED_ALGORITHMS
 from casehub.auth.keys import ALGORITHM
 from casehub.auth.server import CLIENT_AUTH_METHODS, USER_ASSERTION_MAX_LIFETIME
+from casehub.schemas.oauth import (
+    IntrospectionSchema,
+    OAuthErrorSchema,
+    PublicJwksSchema,
+    RevocationSchema,
+    ServerMetadataSchema,
+    TokenSchema,
+)
 
 blp = Blueprint("oauth", __name__, description="OAuth 2 authorization server")
 
 OAUTH_ERROR = {
     "description": "RFC 6749 §5.2 error (`invalid_client`, `invalid_grant`, `invalid_scope`, ...).",
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "error": {"type": "string"},
-                    "error_description": {"type": "string"},
-                    "status": {"type": "integer"},
-                    "title": {"type": "string"},
-                    "type": {"type": "string"},
-                    "detail": {"type": "string"},
-                },
-                "required": ["error"],
-            }
-        }
-    },
+    "content": {"application/json": {"schema": OAuthErrorSchema}},
 }
+
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -92,8 +86,16 @@ def _with_problem_members(response: Response) -> Response:
 
 @blp.route("/.well-known/oauth-authorization-server")
 @blp.doc(
+    operationId="getAuthorizationServerMetadata",
     summary="Authorization server metadata (RFC 8414)",
-    responses={"200": {"description": "Server metadata", "content": {"application/json": {}}}},
+    description="Where the token, introspection, revocation and key endpoints are, and which "
+    "grants, client authentication methods, algorithms and scopes they take.",
+    responses={
+        "200": {
+            "description": "Server metadata",
+            "content": {"application/json": {"schema": ServerMetadataSchema}},
+        }
+    },
 )
 @public
 def metadata() -> dict[str, Any]:
@@ -123,9 +125,15 @@ def metadata() -> dict[str, Any]:
 
 @blp.route("/.well-known/jwks.json")
 @blp.doc(
+    operationId="getJwks",
     summary="Token-signing public keys",
     description="The active key and any retired key whose tokens may still be live.",
-    responses={"200": {"description": "JWK Set", "content": {"application/json": {}}}},
+    responses={
+        "200": {
+            "description": "JWK Set",
+            "content": {"application/json": {"schema": PublicJwksSchema}},
+        }
+    },
 )
 @public
 def jwks() -> dict[str, Any]:
@@ -133,8 +141,23 @@ def jwks() -> dict[str, Any]:
     return published
 
 
-def _form_doc(summary: str, description: str, fields: dict[str, Any], required: list[str]) -> Any:
-    return blp.doc(
+def _form_doc(
+    operation_id: str,
+    summary: str,
+    description: str,
+    fields: dict[str, Any],
+    required: list[str],
+    success: type,
+) -> Any:
+    """Document a form endpoint; the view checks its own query string (refused, in RFC 6749's
+    error format, by _oauth_response), so web.py leaves it alone."""
+
+    def decorator(func: Any) -> Any:
+        func._casehub_query = True
+        return documented(func)
+
+    documented = blp.doc(
+        operationId=operation_id,
         summary=summary,
         description=description,
         requestBody={
@@ -144,11 +167,12 @@ def _form_doc(summary: str, description: str, fields: dict[str, Any], required: 
             },
         },
         responses={
-            "200": {"description": "Success", "content": {"application/json": {}}},
+            "200": {"description": "Success", "content": {"application/json": {"schema": success}}},
             "400": OAUTH_ERROR,
             "401": OAUTH_ERROR,
         },
     )
+    return decorator
 
 
 _CLIENT_AUTH_FIELDS = {
@@ -194,7 +218,14 @@ _GRANT_FIELDS = {
 
 
 @blp.route("/oauth/token", methods=["POST"])
-@_form_doc("Issue an access token", _TOKEN_DESCRIPTION, _GRANT_FIELDS, ["grant_type"])
+@_form_doc(
+    "requestToken",
+    "Issue an access token",
+    _TOKEN_DESCRIPTION,
+    _GRANT_FIELDS,
+    ["grant_type"],
+    TokenSchema,
+)
 @public
 def token() -> Response:
     return _oauth_response(_server().create_token_response)
@@ -217,6 +248,7 @@ _FORM_LIMITS = {
 
 @blp.route("/oauth/introspect", methods=["POST"])
 @_form_doc(
+    "introspectToken",
     "Introspect an access token (RFC 7662)",
     "For authenticated clients (any method of the token endpoint), about tokens issued within "
     "their own agency: `active: true` with the token's claims. A revoked, expired, malformed "
@@ -224,6 +256,7 @@ _FORM_LIMITS = {
     '`{"active": false}`.',
     _TOKEN_FIELDS,
     ["token"],
+    IntrospectionSchema,
 )
 @public
 def introspect() -> Response:
@@ -232,12 +265,14 @@ def introspect() -> Response:
 
 @blp.route("/oauth/revoke", methods=["POST"])
 @_form_doc(
+    "revokeToken",
     "Revoke an access token (RFC 7009)",
     "An authenticated client revokes one of its own tokens; every endpoint refuses the token "
     "once this returns. Another client's token, an unknown or an expired one is left alone "
     "and answered with the same `200 {}` (RFC 7009 §2.2).",
     _TOKEN_FIELDS,
     ["token"],
+    RevocationSchema,
 )
 @public
 def revoke() -> Response:

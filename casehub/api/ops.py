@@ -26,11 +26,34 @@ from casehub.errors import problem
 
 blp = Blueprint("ops", __name__, description="Operations")
 
-_TEXT = {"content": {"application/json": {}}}
+_HEALTH = {
+    "type": "object",
+    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+    "required": ["status"],
+}
+_READY = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ready"]},
+        "schema": {"type": "string", "description": "The database's migration revision."},
+    },
+    "required": ["status", "schema"],
+}
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 @blp.route("/healthz")
-@blp.doc(summary="Liveness", responses={"200": {"description": "The process is up.", **_TEXT}})
+@blp.doc(
+    operationId="getHealth",
+    summary="Liveness",
+    description="200 while the process can answer; it does not touch the database.",
+    responses={
+        "200": {
+            "description": "The process is up.",
+            "content": {"application/json": {"schema": _HEALTH}},
+        }
+    },
+)
 @public
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -38,11 +61,12 @@ def healthz() -> dict[str, str]:
 
 @blp.route("/readyz")
 @blp.doc(
+    operationId="getReadiness",
     summary="Readiness",
     description="200 when the database answers and its schema is at the newest migration.",
     responses={
-        "200": {"description": "Ready.", **_TEXT},
-        "503": {"description": "Not ready.", "content": {"application/problem+json": {}}},
+        "200": {"description": "Ready.", "content": {"application/json": {"schema": _READY}}},
+        "503": {"description": "Not ready.", "content": _PROBLEM},
     },
 )
 @public
@@ -68,9 +92,15 @@ def readyz() -> Any:
 @blp.route("/metrics")
 @blp.requires("admin")
 @blp.doc(
+    operationId="getMetrics",
     summary="Prometheus metrics",
     description="Requests by route, method and status, and latency. Needs the `admin` scope.",
-    responses={"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    responses={
+        "200": {
+            "description": "Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 def metrics() -> Response:
     registry: CollectorRegistry = current_app.extensions["casehub.metrics"]["registry"]

@@ -40,6 +40,7 @@ class Referrals(MethodView):
     @blp.arguments(ReferralQueryArgsSchema, location="query")
     @blp.response(200, page_of(ReferralSchema))
     @blp.doc(
+        operationId="listReferrals",
         summary="List referrals the caller's agency can see",
         description="Ordered by created_at, then id (oldest first).",
     )
@@ -68,6 +69,7 @@ class Referrals(MethodView):
         },
     )
     @blp.doc(
+        operationId="createReferral",
         summary="Raise a referral",
         description="The caller's agency leads it. Send "
         "`subject_id` of a subject the agency can see, or an inline `subject`.",
@@ -84,7 +86,14 @@ class Referrals(MethodView):
 class ReferralById(MethodView):
     @blp.requires("referrals:read")
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
-    @blp.doc(summary="Read a referral", responses=NOT_FOUND)
+    @blp.doc(
+        operationId="getReferral",
+        summary="Read a referral",
+        description="For the lead agency and agencies holding an active share. The `ETag` "
+        "header is the version to send as `If-Match` with a change. The read is audited, with "
+        "the basis (`lead` or `share:<id>`) and the purpose.",
+        responses=NOT_FOUND,
+    )
     def get(self, referral_id: uuid.UUID) -> Any:
         view = referrals.get_referral(
             get_session(), actor=current_actor(), referral_id=referral_id, now=utcnow()
@@ -95,7 +104,13 @@ class ReferralById(MethodView):
     @blp.etag_required
     @blp.arguments(ReferralUpdateSchema)
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
-    @blp.doc(summary="Change a referral (lead agency)", responses=NOT_FOUND)
+    @blp.doc(
+        operationId="updateReferral",
+        summary="Change a referral (lead agency)",
+        description="Only the fields sent change. Needs `If-Match` with the current `ETag`: "
+        "missing is 428, stale is 412. Another agency that sees the referral gets 403.",
+        responses=NOT_FOUND,
+    )
     def patch(self, changes: dict[str, Any], referral_id: uuid.UUID) -> Any:
         version = expected_version(referral_id)
         referral = referrals.update_referral(
@@ -116,6 +131,7 @@ class Transitions(MethodView):
     @blp.arguments(TransitionCreateSchema)
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
     @blp.doc(
+        operationId="transitionReferral",
         summary="Move a referral through its workflow (lead agency)",
         description="submitted → acknowledged → in_assessment → action_agreed | "
         "no_further_action → closed, and closed → in_assessment to reopen. `reason` is "
@@ -141,7 +157,13 @@ class History(MethodView):
     @blp.requires("referrals:read")
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(HistoryEntrySchema))
-    @blp.doc(summary="Every status change and transfer, oldest first", responses=NOT_FOUND)
+    @blp.doc(
+        operationId="listReferralHistory",
+        summary="Every status change and transfer, oldest first",
+        description="The referral's creation, each transition (with its reason) and each "
+        "transfer of the lead (with its lawful basis), by whom and when.",
+        responses=NOT_FOUND,
+    )
     def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:
         items, next_cursor = referrals.referral_history(
             get_session(),
@@ -159,7 +181,12 @@ class Notes(MethodView):
     @blp.requires("referrals:read")
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(NoteSchema))
-    @blp.doc(summary="Notes the caller's agency may see, oldest first", responses=NOT_FOUND)
+    @blp.doc(
+        operationId="listNotes",
+        summary="Notes the caller's agency may see, oldest first",
+        description="`shared` notes, and the caller's own agency's `agency` notes.",
+        responses=NOT_FOUND,
+    )
     def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:
         items, next_cursor = referrals.list_notes(
             get_session(),
@@ -176,7 +203,9 @@ class Notes(MethodView):
     @blp.arguments(NoteCreateSchema)
     @blp.response(201, NoteSchema)
     @blp.doc(
+        operationId="createNote",
         summary="Add a note (lead agency or a contribute share); notes are append-only",
+        description="A correction is a new note. A recipient with a `read` share gets 403.",
         responses=NOT_FOUND,
     )
     def post(self, data: dict[str, Any], referral_id: uuid.UUID) -> Any:

@@ -33,6 +33,7 @@ class Shares(MethodView):
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(ShareSchema))
     @blp.doc(
+        operationId="listShares",
         summary="Shares of a referral",
         description="The lead sees every share; a "
         "recipient sees its own. Ordered by created_at, then id.",
@@ -54,6 +55,7 @@ class Shares(MethodView):
     @blp.arguments(ShareCreateSchema)
     @blp.response(201, ShareSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.doc(
+        operationId="shareReferral",
         summary="Share a referral the caller's agency leads",
         description="Records the sharing decision: purpose, necessity, lawful basis and consent. "
         "422 (naming the field) when: consent.rationale is missing and consent was not given; "
@@ -73,7 +75,13 @@ class Shares(MethodView):
 class Acknowledge(MethodView):
     @blp.requires("referrals:write")
     @blp.response(200, ShareSchema)
-    @blp.doc(summary="Acknowledge a share to the caller's agency (recipient)", responses=NOT_FOUND)
+    @blp.doc(
+        operationId="acknowledgeShare",
+        summary="Acknowledge a share to the caller's agency (recipient)",
+        description="Records that the recipient agency has received the share; the lead sees "
+        "`acknowledged_at`. Acknowledging again keeps the first time.",
+        responses=NOT_FOUND,
+    )
     def post(self, referral_id: uuid.UUID, share_id: uuid.UUID) -> Any:
         return shares.acknowledge_share(
             get_session(),
@@ -90,6 +98,7 @@ class Revoke(MethodView):
     @blp.arguments(ShareRevokeSchema)
     @blp.response(200, ShareSchema)
     @blp.doc(
+        operationId="revokeShare",
         summary="Revoke a share (lead agency)",
         description="The recipient loses access from this moment. 409 if it already ended.",
         responses={**NOT_FOUND, "409": problem_response("The share has already ended.")},
@@ -112,6 +121,7 @@ class Transfer(MethodView):
     @blp.arguments(TransferSchema)
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
     @blp.doc(
+        operationId="transferReferral",
         summary="Transfer the lead to another agency",
         description="The new agency leads; the previous lead keeps a `contribute` share "
         f"(purpose `{shares.RETAINED_SHARE_PURPOSE}`, necessity = the reason). "

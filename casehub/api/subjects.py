@@ -49,6 +49,7 @@ class Subjects(MethodView):
     @blp.arguments(SubjectQueryArgsSchema, location="query")
     @blp.response(200, page_of(SubjectSchema))
     @blp.doc(
+        operationId="searchSubjects",
         summary="List or search subjects",
         description=(
             "Only subjects the caller's agency can see. `q` matches given names, family names and "
@@ -81,7 +82,11 @@ class Subjects(MethodView):
             "ETag": ETAG_HEADER,
         },
     )
-    @blp.doc(summary="Record a subject", description="The caller's agency becomes its recorder.")
+    @blp.doc(
+        operationId="createSubject",
+        summary="Record a subject",
+        description="The caller's agency becomes its recorder.",
+    )
     def post(self, data: dict[str, Any]) -> tuple[Subject, int, dict[str, str]]:
         subject = subjects.create_subject(
             get_session(), actor=current_actor(), data=data, now=utcnow()
@@ -94,7 +99,13 @@ class Subjects(MethodView):
 class SubjectById(MethodView):
     @blp.requires("subjects:read")
     @blp.response(200, SubjectSchema, headers={"ETag": ETAG_HEADER})
-    @blp.doc(summary="Read a subject", responses={"404": NOT_FOUND})
+    @blp.doc(
+        operationId="getSubject",
+        summary="Read a subject",
+        description="A child the caller's agency recorded, or sees a referral about. The "
+        "`ETag` header is the version to send as `If-Match` with a change.",
+        responses={"404": NOT_FOUND},
+    )
     def get(self, subject_id: uuid.UUID) -> tuple[Subject, dict[str, str]]:
         subject = subjects.get_subject(
             get_session(), actor=current_actor(), subject_id=subject_id, now=utcnow()
@@ -106,6 +117,7 @@ class SubjectById(MethodView):
     @blp.arguments(SubjectUpdateSchema)
     @blp.response(200, SubjectSchema, headers={"ETag": ETAG_HEADER})
     @blp.doc(
+        operationId="updateSubject",
         summary="Change a subject",
         responses={"404": NOT_FOUND},
         description=(

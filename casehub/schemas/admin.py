@@ -7,18 +7,15 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
-from casehub.auth.scopes import ROLE_SCOPES, SCOPES
-from casehub.models import AgencyKind
+from casehub.auth.scopes import SCOPES
+from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
 
 AGENCY_CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{1,39}$"
-AGENCY_KINDS = [k.value for k in AgencyKind]
 
 
 def _kind(**kw: Any) -> ma.fields.String:
-    return ma.fields.String(
-        validate=validate.OneOf(AGENCY_KINDS), metadata={"enum": AGENCY_KINDS}, **kw
-    )
+    return enums.AGENCY_KIND.field(**kw)
 
 
 class _AtLeastOneField(StrictSchema):
@@ -75,7 +72,7 @@ class JwksSchema(StrictSchema):
 class ClientCreateSchema(StrictSchema):
     name = Text(200, required=True)
     scopes = ma.fields.List(
-        ma.fields.String(validate=validate.OneOf(list(SCOPES)), metadata={"enum": list(SCOPES)}),
+        enums.SCOPE.field(),
         required=True,
         validate=validate.Length(min=1, max=len(SCOPES)),
         metadata={
@@ -96,8 +93,8 @@ class ClientSchema(ma.Schema):
     client_id = ma.fields.String(required=True)
     agency = ma.fields.String(required=True, attribute="agency_code")
     name = ma.fields.String(required=True)
-    scopes = ma.fields.List(ma.fields.String(), required=True)
-    jwks = ma.fields.Dict(allow_none=True)
+    scopes = ma.fields.List(enums.SCOPE.field(), required=True)
+    jwks = ma.fields.Nested(JwksSchema, allow_none=True, required=True)
     active = ma.fields.Boolean(required=True)
     created_at = ma.fields.AwareDateTime(required=True)
 
@@ -127,13 +124,10 @@ class ClientQueryArgsSchema(ListArgsSchema):
 
 
 # -- users -------------------------------------------------------------------------------------
-ROLES = list(ROLE_SCOPES)
-
-
 def _roles(**kw: Any) -> ma.fields.List:
     return ma.fields.List(
-        ma.fields.String(validate=validate.OneOf(ROLES), metadata={"enum": ROLES}),
-        validate=validate.Length(min=1, max=len(ROLES)),
+        enums.ROLE.field(),
+        validate=validate.Length(min=1, max=len(enums.ROLE.values)),
         **kw,
     )
 
@@ -158,9 +152,7 @@ class UserUpdateSchema(_AtLeastOneField):
             )
         }
     )
-    active = ma.fields.Boolean(
-        metadata={"description": "false refuses the user's tokens at once."}
-    )
+    active = ma.fields.Boolean(metadata={"description": "false refuses the user's tokens at once."})
 
 
 class UserSchema(ma.Schema):
@@ -168,7 +160,7 @@ class UserSchema(ma.Schema):
     agency = ma.fields.String(required=True, attribute="agency_code")
     email = ma.fields.String(required=True)
     name = ma.fields.String(required=True)
-    roles = ma.fields.List(ma.fields.String(), required=True, attribute="role_list")
+    roles = ma.fields.List(enums.ROLE.field(), required=True, attribute="role_list")
     active = ma.fields.Boolean(required=True)
     created_at = ma.fields.AwareDateTime(required=True)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
+from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema
-
-OUTCOMES = ("allowed", "denied")
-EXPORT_FORMATS = ("ndjson", "csv")
 
 
 class AuditActorSchema(ma.Schema):
@@ -42,9 +40,9 @@ class AuditEventSchema(ma.Schema):
     action = ma.fields.String(
         required=True, metadata={"description": "e.g. referral.read, share.create, access.denied"}
     )
-    outcome = ma.fields.String(required=True, metadata={"enum": list(OUTCOMES)})
+    outcome = enums.AUDIT_OUTCOME.field(required=True)
     resource = ma.fields.Nested(AuditResourceSchema, required=True)
-    referral_id = ma.fields.String(required=True, allow_none=True)
+    referral_id = ma.fields.UUID(required=True, allow_none=True)
     subject_ids = ma.fields.List(
         ma.fields.String(),
         required=True,
@@ -55,7 +53,7 @@ class AuditEventSchema(ma.Schema):
         allow_none=True,
         metadata={"description": "`lead`, `share:<id>`, or the audit scope of an auditor's read."},
     )
-    purpose = ma.fields.String(required=True, allow_none=True)
+    purpose = enums.PURPOSE_OF_USE.field(required=True, allow_none=True)
     request = ma.fields.Nested(AuditRequestSchema, required=True)
     prev_hash = ma.fields.String(required=True)
     hash = ma.fields.String(
@@ -74,11 +72,11 @@ class AccessSchema(ma.Schema):
     occurred_at = ma.fields.String(required=True, metadata={"format": "date-time"})
     actor = ma.fields.Nested(AuditActorSchema, required=True)
     action = ma.fields.String(required=True)
-    outcome = ma.fields.String(required=True, metadata={"enum": list(OUTCOMES)})
+    outcome = enums.AUDIT_OUTCOME.field(required=True)
     resource = ma.fields.Nested(AuditResourceSchema, required=True)
-    referral_id = ma.fields.String(required=True, allow_none=True)
+    referral_id = ma.fields.UUID(required=True, allow_none=True)
     basis = ma.fields.String(required=True, allow_none=True)
-    purpose = ma.fields.String(required=True, allow_none=True)
+    purpose = enums.PURPOSE_OF_USE.field(required=True, allow_none=True)
 
 
 class _FilterFields(ma.Schema):
@@ -88,7 +86,7 @@ class _FilterFields(ma.Schema):
     client_id = ma.fields.String(validate=validate.Length(min=1, max=64))
     user_id = ma.fields.UUID()
     action = ma.fields.String(validate=validate.Length(min=1, max=60))
-    outcome = ma.fields.String(validate=validate.OneOf(OUTCOMES))
+    outcome = enums.AUDIT_OUTCOME.field()
     referral_id = ma.fields.UUID()
     subject_id = ma.fields.UUID()
     from_ = ma.fields.AwareDateTime(
@@ -108,10 +106,12 @@ class AuditEventQueryArgsSchema(ListArgsSchema, _FilterFields):
 
 
 class AuditExportArgsSchema(StrictSchema, _FilterFields):
-    format = ma.fields.String(
+    format = enums.EXPORT_FORMAT.field(
         load_default="ndjson",
-        validate=validate.OneOf(EXPORT_FORMATS),
-        metadata={"description": "`ndjson` (one event per line) or `csv`."},
+        metadata={
+            "description": "The export's format, chosen here only (the Accept header is not "
+            "consulted): `ndjson` (application/x-ndjson, the default) or `csv` (text/csv)."
+        },
     )
 
 

@@ -7,12 +7,13 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
+from casehub.schemas.share import LawfulBasisSchema
 from casehub.schemas.subject import SubjectCreateSchema
 from casehub.services.reference import CATEGORIES
-from casehub.services.referrals import RISK_LEVELS, STATUSES
 
-CATEGORY_FIELD = ma.fields.String(validate=validate.OneOf(list(CATEGORIES)))
+CATEGORY_FIELD = enums.CATEGORY.field()
 INDICATOR_FIELD = ma.fields.String(
     validate=validate.Length(min=1, max=20),
     metadata={"description": "A code from GET /v1/indicators."},
@@ -35,13 +36,13 @@ class _ReferralFields(StrictSchema):
     categories = ma.fields.List(
         CATEGORY_FIELD,
         validate=validate.Length(min=1, max=len(CATEGORIES)),
-        metadata={"description": "At least one; see reference/referral-categories.md."},
+        metadata={"description": "At least one."},
     )
     indicators = ma.fields.List(INDICATOR_FIELD, validate=validate.Length(max=60))
     summary = Text(500)
     narrative = Text(20_000, allow_none=True)
     location = ma.fields.Nested(LocationSchema, allow_none=True)
-    risk_level = ma.fields.String(validate=validate.OneOf(RISK_LEVELS))
+    risk_level = enums.RISK_LEVEL.field()
     immediate_action = Text(
         1000,
         allow_none=True,
@@ -62,7 +63,7 @@ class ReferralCreateSchema(_ReferralFields):
     observed_at = ma.fields.AwareDateTime(
         required=True, metadata={"description": "RFC 3339 with offset; not in the future."}
     )
-    risk_level = ma.fields.String(required=True, validate=validate.OneOf(RISK_LEVELS))
+    risk_level = enums.RISK_LEVEL.field(required=True)
 
     @ma.validates_schema
     def _one_subject(self, data: dict[str, Any], **_: Any) -> None:
@@ -84,15 +85,15 @@ class ReferralSchema(ma.Schema):
     subject_id = ma.fields.UUID(required=True)
     lead_agency = ma.fields.String(required=True)
     created_by = ma.fields.Nested(ActorRefSchema, required=True)
-    categories = ma.fields.List(ma.fields.String(), required=True)
+    categories = ma.fields.List(CATEGORY_FIELD, required=True)
     indicators = ma.fields.List(ma.fields.String(), required=True)
     summary = ma.fields.String(required=True)
     narrative = ma.fields.String(allow_none=True, required=True)
     observed_at = ma.fields.DateTime(required=True)
     location = ma.fields.Nested(LocationSchema, allow_none=True, required=True)
-    risk_level = ma.fields.String(required=True, metadata={"enum": list(RISK_LEVELS)})
+    risk_level = enums.RISK_LEVEL.field(required=True)
     immediate_action = ma.fields.String(allow_none=True, required=True)
-    status = ma.fields.String(required=True, metadata={"enum": list(STATUSES)})
+    status = enums.REFERRAL_STATUS.field(required=True)
     created_at = ma.fields.DateTime(required=True)
     updated_at = ma.fields.DateTime(required=True)
 
@@ -136,9 +137,9 @@ class ReferralSchema(ma.Schema):
 
 
 class ReferralQueryArgsSchema(ListArgsSchema):
-    status = ma.fields.String(validate=validate.OneOf(STATUSES))
-    risk_level = ma.fields.String(validate=validate.OneOf(RISK_LEVELS))
-    category = ma.fields.String(validate=validate.OneOf(list(CATEGORIES)))
+    status = enums.REFERRAL_STATUS.field()
+    risk_level = enums.RISK_LEVEL.field()
+    category = enums.CATEGORY.field()
     indicator = ma.fields.String(validate=validate.Length(min=1, max=20))
     subject_id = ma.fields.UUID()
     lead_agency = ma.fields.String(validate=validate.Length(min=2, max=40))
@@ -153,7 +154,7 @@ class ReferralQueryArgsSchema(ListArgsSchema):
 
 
 class TransitionCreateSchema(StrictSchema):
-    to = ma.fields.String(required=True, validate=validate.OneOf(STATUSES))
+    to = enums.REFERRAL_STATUS.field(required=True)
     reason = Text(
         2000,
         allow_none=True,
@@ -163,13 +164,18 @@ class TransitionCreateSchema(StrictSchema):
 
 class HistoryEntrySchema(ma.Schema):
     id = ma.fields.UUID(required=True)
-    kind = ma.fields.String(required=True, metadata={"enum": ["created", "transition", "transfer"]})
-    from_status = ma.fields.String(allow_none=True)
-    to_status = ma.fields.String(allow_none=True)
-    from_agency = ma.fields.String(allow_none=True)
-    to_agency = ma.fields.String(allow_none=True)
-    reason = ma.fields.String(allow_none=True)
-    lawful_basis = ma.fields.Dict(allow_none=True)
+    kind = enums.HISTORY_KIND.field(required=True)
+    from_status = enums.REFERRAL_STATUS.field(allow_none=True, required=True)
+    to_status = enums.REFERRAL_STATUS.field(allow_none=True, required=True)
+    from_agency = ma.fields.String(allow_none=True, required=True)
+    to_agency = ma.fields.String(allow_none=True, required=True)
+    reason = ma.fields.String(allow_none=True, required=True)
+    lawful_basis = ma.fields.Nested(
+        LawfulBasisSchema,
+        allow_none=True,
+        required=True,
+        metadata={"description": "The basis of a transfer; null otherwise."},
+    )
     actor = ma.fields.Nested(ActorRefSchema, required=True)
     occurred_at = ma.fields.DateTime(required=True)
 
@@ -195,18 +201,14 @@ class HistoryEntrySchema(ma.Schema):
 
 class NoteCreateSchema(StrictSchema):
     body = Text(10_000, required=True)
-    visibility = ma.fields.String(
-        required=True,
-        validate=validate.OneOf(["shared", "agency"]),
-        metadata={"description": "`agency` notes are seen only by the author's agency."},
-    )
+    visibility = enums.NOTE_VISIBILITY.field(required=True)
 
 
 class NoteSchema(ma.Schema):
     id = ma.fields.UUID(required=True)
     referral_id = ma.fields.UUID(required=True)
     body = ma.fields.String(required=True)
-    visibility = ma.fields.String(required=True)
+    visibility = enums.NOTE_VISIBILITY.field(required=True)
     author = ma.fields.Nested(ActorRefSchema, required=True)
     created_at = ma.fields.DateTime(required=True)
 

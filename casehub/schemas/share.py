@@ -7,9 +7,8 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from casehub.schemas import enums
 from casehub.schemas.common import StrictSchema, Text
-from casehub.services.purposes import SHARE_PURPOSES
-from casehub.services.shares import ARTICLE_6, CONDITIONS, CONSENT_STATUSES
 
 AGENCY_CODE = ma.fields.String(
     required=True,
@@ -19,17 +18,16 @@ AGENCY_CODE = ma.fields.String(
 
 
 class LawfulBasisSchema(StrictSchema):
-    article_6 = ma.fields.String(required=True, validate=validate.OneOf(ARTICLE_6))
-    condition = ma.fields.String(
+    article_6 = enums.ARTICLE_6_BASIS.field(required=True)
+    condition = enums.PROCESSING_CONDITION.field(
         allow_none=True,
-        validate=validate.OneOf(CONDITIONS),
         metadata={"description": "For special-category or law-enforcement sensitive data."},
     )
     gateway = Text(200, allow_none=True, metadata={"description": 'e.g. "Children Act 2004 s11".'})
 
 
 class ConsentSchema(StrictSchema):
-    status = ma.fields.String(required=True, validate=validate.OneOf(CONSENT_STATUSES))
+    status = enums.CONSENT_STATUS.field(required=True)
     rationale = Text(
         2000, allow_none=True, metadata={"description": "Required unless consent was given."}
     )
@@ -37,8 +35,8 @@ class ConsentSchema(StrictSchema):
 
 class ShareCreateSchema(StrictSchema):
     agency = AGENCY_CODE
-    access = ma.fields.String(required=True, validate=validate.OneOf(["read", "contribute"]))
-    purpose = ma.fields.String(required=True, validate=validate.OneOf(SHARE_PURPOSES))
+    access = enums.SHARE_ACCESS.field(required=True)
+    purpose = enums.SHARE_PURPOSE.field(required=True)
     necessity = Text(
         2000,
         required=True,
@@ -63,15 +61,13 @@ class ShareSchema(ma.Schema):
     id = ma.fields.UUID(required=True)
     referral_id = ma.fields.UUID(required=True)
     agency = ma.fields.String(required=True)
-    access = ma.fields.String(required=True)
-    purpose = ma.fields.String(required=True)
+    access = enums.SHARE_ACCESS.field(required=True)
+    purpose = enums.SHARE_PURPOSE.field(required=True)
     necessity = ma.fields.String(required=True)
     lawful_basis = ma.fields.Nested(LawfulBasisSchema, required=True)
     consent = ma.fields.Nested(ConsentSchema, required=True)
     expires_at = ma.fields.DateTime(allow_none=True, required=True)
-    status = ma.fields.String(
-        required=True, metadata={"enum": ["active", "expired", "revoked", "ended"]}
-    )
+    status = enums.SHARE_STATUS.field(required=True)
     created_at = ma.fields.DateTime(required=True)
     created_by_agency = ma.fields.String(required=True)
     acknowledged_at = ma.fields.DateTime(allow_none=True, required=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -11,6 +10,7 @@ from marshmallow import validate
 
 from casehub.db import utcnow
 from casehub.models import Subject
+from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
 from casehub.services import names
 from casehub.services.validation import (
@@ -21,18 +21,9 @@ from casehub.services.validation import (
     normalise_postcode,
 )
 
-GENDERS = ("female", "male", "non_binary", "other", "unknown")
-IDENTIFIER_SYSTEMS = ("nhs_number", "upn", "pnc_id", "la_case_ref", "other")
 MAX_ALIASES = 10
 MAX_IDENTIFIERS = 10
 DATE_LENGTH = 10  # YYYY-MM-DD
-
-
-def Choice(values: Sequence[str], **kwargs: Any) -> ma.fields.String:
-    """One of a fixed list of codes (the enum and its maximum length are documented)."""
-    return ma.fields.String(
-        validate=[validate.OneOf(values), validate.Length(max=max(map(len, values)))], **kwargs
-    )
 
 
 def BirthDate(**kwargs: Any) -> ma.fields.Date:
@@ -42,7 +33,7 @@ def BirthDate(**kwargs: Any) -> ma.fields.Date:
 
 
 class IdentifierSchema(StrictSchema):
-    system = Choice(IDENTIFIER_SYSTEMS, required=True)
+    system = enums.IDENTIFIER_SYSTEM.field(required=True)
     value = Text(
         64,
         required=True,
@@ -135,7 +126,7 @@ class SubjectCreateSchema(_SubjectRules):
     estimated_birth_year = ma.fields.Integer(
         load_default=None, allow_none=True, metadata={"description": _EBY}
     )
-    gender = Choice(GENDERS, load_default="unknown")
+    gender = enums.GENDER.field(load_default="unknown")
     identifiers = ma.fields.List(
         ma.fields.Nested(IdentifierSchema),
         load_default=list,
@@ -155,7 +146,7 @@ class SubjectUpdateSchema(_SubjectRules):
     )
     date_of_birth = BirthDate(allow_none=True, metadata={"description": _DOB})
     estimated_birth_year = ma.fields.Integer(allow_none=True, metadata={"description": _EBY})
-    gender = Choice(GENDERS)
+    gender = enums.GENDER.field()
     identifiers = ma.fields.List(
         ma.fields.Nested(IdentifierSchema),
         validate=validate.Length(max=MAX_IDENTIFIERS),
@@ -171,7 +162,7 @@ class SubjectSchema(ma.Schema):
     aliases = ma.fields.List(Text(100), required=True)
     date_of_birth = BirthDate(allow_none=True)
     estimated_birth_year = ma.fields.Integer(allow_none=True)
-    gender = Choice(GENDERS, required=True)
+    gender = enums.GENDER.field(required=True)
     identifiers = ma.fields.List(ma.fields.Nested(IdentifierSchema), required=True)
     address = ma.fields.Nested(AddressSchema, allow_none=True)
     created_by_agency = ma.fields.String(

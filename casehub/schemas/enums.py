@@ -1,0 +1,129 @@
+"""Named lists of codes: each is one OpenAPI component, used by request and response schemas
+alike, so a generated client has one type per list instead of a copy per field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from casehub.auth.scopes import ROLE_SCOPES, SCOPES
+from casehub.models import AgencyKind
+from casehub.services.purposes import REQUEST_PURPOSES, SHARE_PURPOSES
+from casehub.services.reference import CATEGORIES
+from casehub.services.referrals import RISK_LEVELS, STATUSES
+from casehub.services.shares import ARTICLE_6, CONDITIONS, CONSENT_STATUSES
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A list of codes with its component name (`#/components/schemas/<name>`)."""
+
+    name: str
+    values: tuple[str, ...]
+    description: str
+
+    def component(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.values), "description": self.description}
+
+    def field(self, **kwargs: Any) -> CodeField:
+        return CodeField(self, **kwargs)
+
+
+class CodeField(ma.fields.String):
+    """A string that must be one of `codes`; documented as a reference to its component."""
+
+    def __init__(self, codes: Codes, **kwargs: Any) -> None:
+        extra = kwargs.pop("validate", None)
+        validators: list[Any] = [validate.OneOf(codes.values)]
+        if extra is not None:
+            validators.extend(extra if isinstance(extra, Sequence) else [extra])
+        super().__init__(validate=validators, **kwargs)
+        self.codes = codes
+
+
+def _codes(name: str, values: Sequence[str], description: str) -> Codes:
+    return Codes(name, tuple(values), description)
+
+
+AGENCY_KIND = _codes("AgencyKind", [k.value for k in AgencyKind], "What kind of agency.")
+CATEGORY = _codes(
+    "Category",
+    list(CATEGORIES),
+    "Kinds of exploitation or harm a referral is about: "
+    + "; ".join(f"`{code}` {label}" for code, label in CATEGORIES.items())
+    + ".",
+)
+RISK_LEVEL = _codes(
+    "RiskLevel", RISK_LEVELS, "`immediate` needs `immediate_action` (e.g. 999 called)."
+)
+REFERRAL_STATUS = _codes(
+    "ReferralStatus",
+    STATUSES,
+    "submitted → acknowledged → in_assessment → action_agreed | no_further_action → closed; "
+    "closed → in_assessment reopens.",
+)
+SHARE_PURPOSE = _codes("SharePurpose", SHARE_PURPOSES, "Why information is shared.")
+PURPOSE_OF_USE = _codes(
+    "PurposeOfUse",
+    sorted(REQUEST_PURPOSES),
+    "Why the caller consults case data (DPA 2018 s62): a share purpose, `case_work`, `audit` "
+    "or `statistics`.",
+)
+ARTICLE_6_BASIS = _codes("Article6Basis", ARTICLE_6, "The UK GDPR Article 6 lawful basis.")
+PROCESSING_CONDITION = _codes(
+    "ProcessingCondition",
+    CONDITIONS,
+    "The condition for special-category (DPA 2018 Schedule 1) or law-enforcement sensitive "
+    "(Schedule 8, police agencies only) processing.",
+)
+CONSENT_STATUS = _codes(
+    "ConsentStatus", CONSENT_STATUSES, "Whether consent to share was sought, and its answer."
+)
+SHARE_ACCESS = _codes(
+    "ShareAccess", ("read", "contribute"), "`contribute` may also add notes; `read` may not."
+)
+SHARE_STATUS = _codes(
+    "ShareStatus",
+    ("active", "expired", "revoked", "ended"),
+    "`ended`: the recipient became the lead (transfer).",
+)
+NOTE_VISIBILITY = _codes(
+    "NoteVisibility",
+    ("shared", "agency"),
+    "`shared` notes are seen by every agency that sees the referral; `agency` notes only by the "
+    "author's agency.",
+)
+HISTORY_KIND = _codes("HistoryKind", ("created", "transition", "transfer"), "What happened.")
+GENDER = _codes("Gender", ("female", "male", "non_binary", "other", "unknown"), "Gender.")
+IDENTIFIER_SYSTEM = _codes(
+    "IdentifierSystem",
+    ("nhs_number", "upn", "pnc_id", "la_case_ref", "other"),
+    "`nhs_number` (modulus 11 checked), `upn` (unique pupil number), `pnc_id` (Police National "
+    "Computer), `la_case_ref` (a local authority's case reference) or `other`.",
+)
+SCOPE = _codes("Scope", list(SCOPES), "An OAuth scope (see the oauth2 security scheme).")
+ROLE = _codes(
+    "Role",
+    list(ROLE_SCOPES),
+    "A person's role: "
+    + "; ".join(
+        f"`{role}` grants {' '.join(sorted(scopes))}" for role, scopes in ROLE_SCOPES.items()
+    )
+    + ".",
+)
+AUDIT_OUTCOME = _codes("AuditOutcome", ("allowed", "denied"), "Whether the attempt was allowed.")
+INDICATOR_KIND = _codes(
+    "IndicatorKind", ("indicator", "vulnerability"), "A sign, or a vulnerability factor (context)."
+)
+EXPORT_FORMAT = _codes(
+    "AuditExportFormat",
+    ("ndjson", "csv"),
+    "`ndjson`: one event per line, as in the list; `csv`: flattened, `subject_ids` "
+    "space-separated.",
+)
+
+ALL: tuple[Codes, ...] = tuple(value for value in globals().values() if isinstance(value, Codes))
