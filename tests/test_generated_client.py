@@ -1,0 +1,564 @@
+"""The #LookCloser journey as partner systems would make it: a Python client generated from
+openapi/casehub.json by openapi-python-client, against casehub served by gunicorn on a database of
+its own, with tokens from authlib's stock OAuth 2 client. No request to the API is made by hand,
+so a step the generated client cannot make is a defect in the contract."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import pytest
+from authlib.oauth2.rfc7523 import JWTBearerGrant
+from joserfc.jwk import ECKey
+
+from tests.live_server import (
+    BIN,
+    REPO,
+    LiveServer,
+    casehub,
+    casehub_json,
+    free_port,
+    fresh_database,
+    gunicorn,
+    server_environment,
+)
+from tests.oauth_support import JWT_BEARER, OAuth2Client, segments
+
+SPEC = REPO / "openapi" / "casehub.json"
+PACKAGE = "casehub_client"
+AUDIT_CHAINED_WITHIN = 10.0  # seconds; the sequencer runs every 0.5 s
+
+CASE_SCOPES = "referrals:read referrals:write referrals:share subjects:read subjects:write"
+# referrals:write, so that the charity's refused note is its read-only share speaking, not a scope.
+PARTNER_SCOPES = "referrals:read referrals:write subjects:read"
+AGENCIES = {
+    "btp": {"name": "British Transport Police", "kind": "police"},
+    "nottingham-cs": {
+        "name": "Nottingham City Children's Services",
+        "kind": "local_authority",
+        "area": "Nottingham",
+    },
+    "tcs": {"name": "The Children's Society", "kind": "charity"},
+    "probation-em": {"name": "Probation Service East Midlands", "kind": "probation"},
+    "partnership": {
+        "name": "Nottingham Safeguarding Partnership",
+        "kind": "other",
+        "platform": True,
+    },
+}
+PARTNER_SYSTEMS = {  # one per agency, registered by the operator
+    "btp": {"agency": "btp", "scopes": f"{CASE_SCOPES} admin"},
+    "la": {"agency": "nottingham-cs", "scopes": CASE_SCOPES},
+    "charity": {"agency": "tcs", "scopes": PARTNER_SCOPES},
+    "probation": {"agency": "probation-em", "scopes": PARTNER_SCOPES},
+    "auditor": {"agency": "partnership", "scopes": "audit:read:all"},
+}
+
+
+# -- the generated client ------------------------------------------------------------------------
+@dataclass
+class Generated:
+    output: str  # everything the generator printed
+    package: Path
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generated]:
+    """openapi-python-client run on the committed contract; its package importable meanwhile."""
+    folder = tmp_path_factory.mktemp("generated")
+    config = folder / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "package_name_override": PACKAGE,
+                "project_name_override": PACKAGE,
+                "post_hooks": [],  # formatting the generated code is not what is tested
+            }
+        )
+    )
+    package = folder / PACKAGE
+    options = {"--path": SPEC, "--config": config, "--meta": "none", "--output-path": package}
+    run = subprocess.run(
+        [str(BIN / "openapi-python-client"), "generate", *map(str, chain(*options.items()))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    sys.path.insert(0, str(folder))
+    yield Generated(output, package)
+    sys.path.remove(str(folder))
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(f"{PACKAGE}.")]:
+        del sys.modules[name]
+
+
+def test_the_contract_generates_a_client_without_warnings(generated):
+    assert generated.output.splitlines() == [f"Generating {generated.package}"]
+
+
+# -- the partnership, served live ----------------------------------------------------------------
+@dataclass
+class Credentials:
+    client_id: str
+    client_secret: str
+
+
+@dataclass
+class Partnership:
+    server: LiveServer
+    systems: dict[str, Credentials]
+
+
+@pytest.fixture(scope="module")
+def partnership(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partnership]:
+    """gunicorn on a fresh database that the `casehub` command set up: five agencies and a
+    partner system for each. (Each command costs a second or so, mostly imports: what partners
+    can do for themselves, such as registering another system, is left to the journey.)"""
+    folder = tmp_path_factory.mktemp("live")
+    with fresh_database(folder) as database_url:
+        env = server_environment(folder, database_url, free_port())
+        casehub(env, ["db", "upgrade"])
+        casehub(env, *(cli("agencies add", code, **about) for code, about in AGENCIES.items()))
+        systems = casehub_json(
+            env,
+            *(
+                cli("clients add", name=f"{name} system", json=True, **about)
+                for name, about in PARTNER_SYSTEMS.items()
+            ),
+        )
+        with gunicorn(env, folder) as server:
+            yield Partnership(
+                server,
+                {
+                    name: Credentials(**created)
+                    for name, created in zip(PARTNER_SYSTEMS, systems, strict=True)
+                },
+            )
+
+
+@pytest.fixture
+def connect(generated, partnership) -> Iterator[Callable[[str], Any]]:
+    """An AuthenticatedClient of the generated package for a bearer token, closed afterwards."""
+    from casehub_client import AuthenticatedClient
+
+    with ExitStack() as open_clients:
+
+        def connect(token: str) -> AuthenticatedClient:
+            client = AuthenticatedClient(base_url=partnership.server.base_url, token=token)
+            return open_clients.enter_context(client)
+
+        yield connect
+
+
+def cli(command: str, *arguments: str, **options: object) -> list[str]:
+    """`cli("users add", agency="btp", json=True)` is `casehub users add --agency btp --json`."""
+    flags = [
+        [f"--{name}"] if value is True else [f"--{name}", str(value)]
+        for name, value in options.items()
+    ]
+    return [*command.split(), *arguments, *chain(*flags)]
+
+
+def system_token(server: LiveServer, system: Credentials) -> str:
+    """client_credentials with client_secret_basic, as a partner system acting as itself."""
+    with OAuth2Client(system.client_id, system.client_secret) as oauth:
+        token = oauth.fetch_token(server.token_url, grant_type="client_credentials")
+    return str(token["access_token"])
+
+
+def person_token(server: LiveServer, app: Credentials, key: ECKey, user_id: str) -> dict[str, Any]:
+    """The jwt-bearer grant: the partner system signs an assertion naming one of its people."""
+    assertion = JWTBearerGrant.sign(
+        key,
+        issuer=app.client_id,
+        audience=server.token_url,
+        subject=user_id,
+        expires_at=int(time.time()) + 120,
+        header={"kid": key.kid},
+        alg="ES256",
+    )
+    with OAuth2Client(app.client_id, app.client_secret) as oauth:
+        return dict(oauth.fetch_token(server.token_url, grant_type=JWT_BEARER, assertion=assertion))
+
+
+def every_page(operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """Call a list operation's `sync` and follow `next_cursor` until it is null."""
+    page = operation(*args, **kwargs)
+    yield page
+    while page.next_cursor is not None:
+        page = operation(*args, **kwargs, cursor=page.next_cursor)
+        yield page
+
+
+def every_item(operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    for page in every_page(operation, *args, **kwargs):
+        yield from page.items
+
+
+def fifteen_years_ago() -> date:
+    return date(date.today().year - 15, 1, 1)
+
+
+# -- the journey ---------------------------------------------------------------------------------
+def test_look_closer_journey(partnership, connect):
+    from casehub_client.api.admin import create_client, create_user
+    from casehub_client.api.audit import (
+        export_audit_events,
+        list_audit_events,
+        list_referral_accesses,
+        verify_audit_chain,
+    )
+    from casehub_client.api.indicators import list_indicators
+    from casehub_client.api.ops import get_readiness
+    from casehub_client.api.referrals import (
+        create_note,
+        create_referral,
+        get_referral,
+        list_referrals,
+        transition_referral,
+    )
+    from casehub_client.api.shares import (
+        acknowledge_share,
+        revoke_share,
+        share_referral,
+        transfer_referral,
+    )
+    from casehub_client.api.subjects import search_subjects
+    from casehub_client.models import (
+        Address,
+        Article6Basis,
+        AuditExportFormat,
+        AuditOutcome,
+        Category,
+        ClientCreate,
+        Consent,
+        ConsentStatus,
+        Gender,
+        Jwks,
+        JwksKeysItem,
+        LawfulBasis,
+        Location,
+        NoteCreate,
+        NoteVisibility,
+        ProcessingCondition,
+        PurposeOfUse,
+        Referral,
+        ReferralCreate,
+        ReferralStatus,
+        RiskLevel,
+        Role,
+        Scope,
+        ShareAccess,
+        ShareCreate,
+        SharePurpose,
+        ShareRevoke,
+        ShareStatus,
+        SubjectCreate,
+        Transfer,
+        TransitionCreate,
+        UserCreate,
+    )
+
+    server = partnership.server
+
+    btp, la, charity, probation, auditor = (
+        connect(system_token(server, partnership.systems[name]))
+        for name in ("btp", "la", "charity", "probation", "auditor")
+    )
+    assert get_readiness.sync_detailed(client=btp).status_code == 200
+
+    # BTP's form maps the officer's ticks to #LookCloser indicator codes from the reference list.
+    indicators = {i.label: i.code for i in every_item(list_indicators.sync, client=btp)}
+    seen = [
+        indicators["Travelling alone during school hours"],
+        next(code for label, code in indicators.items() if label.startswith("Multiple phones")),
+    ]
+
+    # -- BTP raises a referral about a boy at Nottingham station, with an Idempotency-Key ---------
+    def sighting(risk: RiskLevel = RiskLevel.HIGH, **child: Any) -> ReferralCreate:
+        """A report from the station; `child` is `subject=` (a new child) or `subject_id=`."""
+        return ReferralCreate(
+            categories=[Category.COUNTY_LINES, Category.CCE],
+            indicators=seen,
+            summary="Boy, 15, travelling alone in school hours with two phones.",
+            narrative="Seen by officers on platform 4 at 10:40; would not say where he was going.",
+            observed_at=datetime.now(UTC) - timedelta(hours=2),
+            location=Location(
+                description="Platform 4", postcode="NG2 3AQ", transport_hub="Nottingham station"
+            ),
+            risk_level=risk,
+            **child,
+        )
+
+    jayden = SubjectCreate(
+        given_name="Jayden",
+        family_name="Okafor",
+        date_of_birth=fifteen_years_ago(),
+        gender=Gender.MALE,
+        address=Address(line="12 Hartley Road", town="Nottingham", postcode="NG7 3AF"),
+    )
+    first_report = sighting(subject=jayden)
+    once = f"btp-niche-{uuid.uuid4()}"
+    created = create_referral.sync_detailed(client=btp, body=first_report, idempotency_key=once)
+    assert created.status_code == 201, created.content
+    referral = created.parsed
+    assert isinstance(referral, Referral)
+    assert referral.lead_agency == "btp"
+    assert referral.status is ReferralStatus.SUBMITTED
+    assert referral.risk_level is RiskLevel.HIGH
+    assert referral.categories == [Category.COUNTY_LINES, Category.CCE]
+    assert referral.indicators == seen
+    assert referral.reference.startswith("CH-")
+    # The officer's radio dropped and the system sent it again: the same referral comes back.
+    replayed = create_referral.sync_detailed(client=btp, body=first_report, idempotency_key=once)
+    assert replayed.status_code == 201
+    assert replayed.parsed.id == referral.id
+
+    # -- BTP finds the child again under a misspelt name ------------------------------------------
+    found = search_subjects.sync(client=btp, q="Jaydn Okafor")
+    assert [s.id for s in found.items] == [referral.subject_id]
+    (child,) = found.items
+    assert child.date_of_birth == jayden.date_of_birth
+    assert child.address.postcode == "NG7 3AF"
+
+    # -- two more sightings; BTP pages through its referrals and filters them ----------------------
+    later = [
+        create_referral.sync(client=btp, body=sighting(risk, subject_id=child.id))
+        for risk in (RiskLevel.MEDIUM, RiskLevel.HIGH)
+    ]
+    pages = list(every_page(list_referrals.sync, client=btp, limit=2))
+    assert [len(page.items) for page in pages] == [2, 1]
+    walked = [r.id for page in pages for r in page.items]
+    assert sorted(walked) == sorted([referral.id, *(r.id for r in later)])  # each exactly once
+    high = every_item(list_referrals.sync, client=btp, risk_level=RiskLevel.HIGH, limit=2)
+    assert sorted(r.id for r in high) == sorted([referral.id, later[1].id])
+
+    # -- BTP shares the first referral with the child's local authority ---------------------------
+    safeguarding = LawfulBasis(
+        article_6=Article6Basis.PUBLIC_TASK,
+        condition=ProcessingCondition.DPA2018_SCH1_PARA18_SAFEGUARDING,
+        gateway="Children Act 2004 s11",
+    )
+    shared = share_referral.sync_detailed(
+        referral.id,
+        client=btp,
+        body=ShareCreate(
+            agency="nottingham-cs",
+            access=ShareAccess.CONTRIBUTE,
+            purpose=SharePurpose.MASH_TRIAGE,
+            necessity="The MASH needs the sighting to assess risk to the child today.",
+            lawful_basis=safeguarding,
+            consent=Consent(
+                status=ConsentStatus.NOT_SOUGHT,
+                rationale="Seeking consent could alert those exploiting him.",
+            ),
+        ),
+    )
+    assert shared.status_code == 201, shared.content
+    la_share = shared.parsed
+    assert la_share.status is ShareStatus.ACTIVE
+    assert la_share.acknowledged_at is None
+
+    # -- the local authority reads it for MASH triage, acknowledges and adds a note ----------------
+    read = get_referral.sync_detailed(
+        referral.id, client=la, purpose_of_use=PurposeOfUse.MASH_TRIAGE
+    )
+    assert read.status_code == 200
+    assert read.parsed.summary == referral.summary
+    acknowledged = acknowledge_share.sync(referral.id, la_share.id, client=la)
+    assert acknowledged.acknowledged_at is not None
+    note = create_note.sync_detailed(
+        referral.id,
+        client=la,
+        body=NoteCreate(
+            body="Known to early help; strategy discussion tomorrow 09:30.",
+            visibility=NoteVisibility.SHARED,
+        ),
+    )
+    assert note.status_code == 201, note.content
+    assert note.parsed.author.agency == "nottingham-cs"
+
+    # -- BTP transfers the lead to the local authority ---------------------------------------------
+    at_btp = get_referral.sync_detailed(referral.id, client=btp)
+    transfer = Transfer(
+        agency="nottingham-cs",
+        reason="Children's services lead the safeguarding response from here.",
+        lawful_basis=safeguarding,
+    )
+    transferred = transfer_referral.sync_detailed(
+        referral.id, client=btp, body=transfer, if_match=at_btp.headers["ETag"]
+    )
+    assert transferred.status_code == 200, transferred.content
+    assert transferred.parsed.lead_agency == "nottingham-cs"
+
+    # -- the new lead moves it through its workflow, guarded by If-Match ---------------------------
+    at_la = get_referral.sync_detailed(referral.id, client=la)
+    etag = at_la.headers["ETag"]
+    moved = transition_referral.sync_detailed(
+        referral.id, client=la, body=TransitionCreate(to=ReferralStatus.ACKNOWLEDGED), if_match=etag
+    )
+    assert moved.status_code == 200, moved.content
+    assert moved.parsed.status is ReferralStatus.ACKNOWLEDGED
+    stale = transition_referral.sync_detailed(
+        referral.id,
+        client=la,
+        body=TransitionCreate(to=ReferralStatus.IN_ASSESSMENT),
+        if_match=etag,
+    )
+    assert stale.status_code == 412
+    moved = transition_referral.sync_detailed(
+        referral.id,
+        client=la,
+        body=TransitionCreate(to=ReferralStatus.IN_ASSESSMENT),
+        if_match=moved.headers["ETag"],
+    )
+    assert moved.status_code == 200, moved.content
+    assert moved.parsed.status is ReferralStatus.IN_ASSESSMENT
+
+    # -- the local authority shares it read-only with The Children's Society -----------------------
+    shared = share_referral.sync_detailed(
+        referral.id,
+        client=la,
+        body=ShareCreate(
+            agency="tcs",
+            access=ShareAccess.READ,
+            purpose=SharePurpose.SUPPORT_SERVICE,
+            necessity="A Children's Society worker will offer him support at school.",
+            lawful_basis=safeguarding,
+            consent=Consent(status=ConsentStatus.GIVEN),
+        ),
+    )
+    assert shared.status_code == 201, shared.content
+    charity_share = shared.parsed
+    read = get_referral.sync_detailed(
+        referral.id, client=charity, purpose_of_use=PurposeOfUse.SUPPORT_SERVICE
+    )
+    assert read.status_code == 200
+    assert read.parsed.lead_agency == "nottingham-cs"
+    refused = create_note.sync_detailed(
+        referral.id,
+        client=charity,
+        body=NoteCreate(body="Met him at school.", visibility=NoteVisibility.SHARED),
+    )
+    assert refused.status_code == 403
+    assert refused.parsed.status == 403  # a Problem (application/problem+json)
+
+    # -- probation, never shared with, cannot tell the referral exists -----------------------------
+    assert get_referral.sync_detailed(referral.id, client=probation).status_code == 404
+
+    # -- the lead revokes the charity's share; from then on it has no access -----------------------
+    revoked = revoke_share.sync_detailed(
+        referral.id,
+        charity_share.id,
+        client=la,
+        body=ShareRevoke(reason="Support offer declined; no further need to know."),
+    )
+    assert revoked.status_code == 200, revoked.content
+    assert revoked.parsed.status is ShareStatus.REVOKED
+    assert get_referral.sync_detailed(referral.id, client=charity).status_code == 404
+
+    # -- the partnership's auditor follows the referral through the audit trail --------------------
+    deadline = time.monotonic() + AUDIT_CHAINED_WITHIN
+    while True:
+        events = list(
+            every_item(list_audit_events.sync, client=auditor, referral_id=referral.id, limit=200)
+        )
+        last = events[-1] if events else None
+        if last is not None and last.actor.agency == "tcs" and last.outcome is AuditOutcome.DENIED:
+            break  # the charity's refused read after the revocation is the last thing done
+        assert time.monotonic() < deadline, [(e.action, e.actor.agency) for e in events]
+        time.sleep(0.2)
+    actions = {e.action for e in events}
+    assert {"referral.create", "share.create", "referral.transfer", "share.revoke"} <= actions
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert {e.referral_id for e in events} == {referral.id}
+
+    ndjson = export_audit_events.sync_detailed(
+        client=auditor, referral_id=referral.id, format_=AuditExportFormat.NDJSON
+    )
+    assert ndjson.status_code == 200
+    exported = [json.loads(line) for line in ndjson.parsed.splitlines()]
+    assert [e["id"] for e in exported] == [e.id for e in events]
+    as_csv = export_audit_events.sync_detailed(
+        client=auditor, referral_id=referral.id, format_=AuditExportFormat.CSV
+    )
+    assert as_csv.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(as_csv.parsed)))
+    assert [row["id"] for row in rows] == [e.id for e in events]
+
+    verified = verify_audit_chain.sync(client=auditor)
+    assert verified.ok is True
+    assert verified.first_bad_seq is None
+    assert verified.events >= len(events)
+
+    # -- the lead sees who used what was shared, and on what basis ---------------------------------
+    accesses = list(every_item(list_referral_accesses.sync, referral.id, client=la))
+    reads = {
+        (a.actor.agency, a.basis, a.purpose)
+        for a in accesses
+        if a.action == "referral.read" and a.outcome is AuditOutcome.ALLOWED
+    }
+    assert ("nottingham-cs", f"share:{la_share.id}", PurposeOfUse.MASH_TRIAGE) in reads
+    assert ("tcs", f"share:{charity_share.id}", PurposeOfUse.SUPPORT_SERVICE) in reads
+    refusals = {(a.actor.agency, a.outcome) for a in accesses if a.outcome is AuditOutcome.DENIED}
+    assert refusals >= {("tcs", AuditOutcome.DENIED), ("probation-em", AuditOutcome.DENIED)}
+    assert get_referral.sync_detailed(referral.id, client=btp).status_code == 200  # contribute
+    assert list_referral_accesses.sync_detailed(referral.id, client=btp).status_code == 404
+
+    # -- BTP registers its officers' app with a public key, and an officer who uses it ------------
+    key = ECKey.generate_key("P-256", auto_kid=True)
+    registered = create_client.sync_detailed(
+        client=btp,
+        body=ClientCreate(
+            name="BTP officers' app",
+            scopes=[Scope.REFERRALSREAD, Scope.REFERRALSWRITE, Scope.SUBJECTSREAD],
+            jwks=Jwks(keys=[JwksKeysItem.from_dict(key.as_dict(private=False))]),
+        ),
+    )
+    assert registered.status_code == 201, registered.content
+    app = Credentials(registered.parsed.client_id, registered.parsed.client_secret)
+    added = create_user.sync_detailed(
+        client=btp,
+        body=UserCreate(
+            email="pc.ahmed@btp.example", name="PC Sara Ahmed", roles=[Role.CASEWORKER]
+        ),
+    )
+    assert added.status_code == 201, added.content
+    officer = added.parsed
+
+    # -- the officer acts in person through the app (the jwt-bearer grant) ------------------------
+    token = person_token(server, app, key, str(officer.id))
+    assert token["scope"] == "referrals:read referrals:write subjects:read"
+    _, claims = segments(token["access_token"])
+    assert claims["sub"] == str(officer.id)
+    assert claims["roles"] == ["caseworker"]
+    assert claims["agency"] == "btp"
+    in_person = connect(token["access_token"])
+    mine = list(every_item(list_referrals.sync, client=in_person, lead_agency="btp"))
+    assert sorted(r.id for r in mine) == sorted(r.id for r in later)
+    with_btp = list(every_item(list_referrals.sync, client=in_person, shared_with_me=True))
+    assert [r.id for r in with_btp] == [referral.id]  # the share BTP kept on transferring
+    noted = create_note.sync_detailed(
+        referral.id,
+        client=in_person,
+        body=NoteCreate(
+            body="Saw him again at the station, 16:10.", visibility=NoteVisibility.SHARED
+        ),
+    )
+    assert noted.status_code == 201, noted.content
+    assert noted.parsed.author.user_id == officer.id
