@@ -493,13 +493,13 @@ def test_look_closer_journey(partnership, connect):
     )
     assert ndjson.status_code == 200
     exported = [json.loads(line) for line in ndjson.parsed.splitlines()]
-    assert [e["id"] for e in exported] == [e.id for e in events]
+    assert [e["id"] for e in exported] == [str(e.id) for e in events]
     as_csv = export_audit_events.sync_detailed(
         client=auditor, referral_id=referral.id, format_=AuditExportFormat.CSV
     )
     assert as_csv.status_code == 200
     rows = list(csv.DictReader(io.StringIO(as_csv.parsed)))
-    assert [row["id"] for row in rows] == [e.id for e in events]
+    assert [row["id"] for row in rows] == [str(e.id) for e in events]
 
     verified = verify_audit_chain.sync(client=auditor)
     assert verified.ok is True
@@ -526,7 +526,7 @@ def test_look_closer_journey(partnership, connect):
         client=btp,
         body=ClientCreate(
             name="BTP officers' app",
-            scopes=[Scope.REFERRALSREAD, Scope.REFERRALSWRITE, Scope.SUBJECTSREAD],
+            scopes=[Scope.REFERRALS_READ, Scope.REFERRALS_WRITE, Scope.SUBJECTS_READ],
             jwks=Jwks(keys=[JwksKeysItem.from_dict(key.as_dict(private=False))]),
         ),
     )

@@ -12,7 +12,7 @@ from casehub.schemas.common import ListArgsSchema, StrictSchema
 class AuditActorSchema(ma.Schema):
     agency = ma.fields.String(required=True, allow_none=True)
     client_id = ma.fields.String(required=True, allow_none=True)
-    user_id = ma.fields.String(
+    user_id = ma.fields.UUID(
         required=True, allow_none=True, metadata={"description": "Set for a user's token."}
     )
 
@@ -31,7 +31,7 @@ class AuditRequestSchema(ma.Schema):
 
 
 class AuditEventSchema(ma.Schema):
-    id = ma.fields.String(required=True)
+    id = ma.fields.UUID(required=True)
     seq = ma.fields.Integer(
         required=True, metadata={"description": "Position in the hash chain: 1, 2, 3… no gaps."}
     )
@@ -44,7 +44,7 @@ class AuditEventSchema(ma.Schema):
     resource = ma.fields.Nested(AuditResourceSchema, required=True)
     referral_id = ma.fields.UUID(required=True, allow_none=True)
     subject_ids = ma.fields.List(
-        ma.fields.String(),
+        ma.fields.UUID(),
         required=True,
         metadata={"description": "Every child whose data the response carried."},
     )

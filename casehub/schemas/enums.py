@@ -3,6 +3,7 @@ alike, so a generated client has one type per list instead of a copy per field."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,12 @@ class Codes:
     description: str
 
     def component(self) -> dict[str, Any]:
-        return {"type": "string", "enum": list(self.values), "description": self.description}
+        schema = {"type": "string", "enum": list(self.values), "description": self.description}
+        if any(not value.isidentifier() for value in self.values):
+            # Generators name enum members after the values; `audit:read:all` would become
+            # AUDITREADALL without these names.
+            schema["x-enum-varnames"] = [re.sub(r"\W+", "_", v).upper() for v in self.values]
+        return schema
 
     def field(self, **kwargs: Any) -> CodeField:
         return CodeField(self, **kwargs)
