@@ -90,13 +90,16 @@ def _start_request() -> None:
 
 
 def _refuse_query_string(app: Flask) -> None:
-    """A view that declares no query arguments takes none: `?bogus=1` (or a mistyped filter
-    sent to the wrong operation) is 422 naming it, never silently ignored."""
+    """An API operation that declares no query arguments takes none: `?bogus=1` (or a mistyped
+    filter sent to the wrong operation) is 422 naming it, never silently ignored. The docs page
+    and its files are not API operations (no `_apidoc`) and are left alone."""
     if not request.args or request.endpoint in PUBLIC_ENDPOINTS:
         return
     target = _view_target(app, request.endpoint, request.method)
-    if target is None or getattr(target, "_casehub_query", False):
-        return  # no such method (405), or the view's own arguments check its query string
+    if target is None or not hasattr(target, "_apidoc"):
+        return  # no such method (405), or a page outside the API (/docs)
+    if getattr(target, "_casehub_query", False):
+        return  # the view's own arguments check its query string
     raise ValidationFailed(
         "This operation takes no query parameters.",
         errors={"query": {name[:100]: ["Unknown field."] for name in request.args}},
