@@ -5,24 +5,21 @@ is created and dropped); otherwise a SQLite file in a temporary folder is used."
 from __future__ import annotations
 
 import base64
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from casehub import create_app, migrate
 from casehub.db import get_db
 from casehub.services import agencies as agency_service
+from tests.live_server import fresh_database
 
 ALL_SCOPES = (
     "referrals:read referrals:write referrals:share subjects:read subjects:write "
@@ -30,27 +27,10 @@ ALL_SCOPES = (
 )
 
 
-def _database_url(tmp_root: Path, worker: str) -> Iterator[str]:
-    base = os.environ.get("CASEHUB_TEST_DATABASE_URL")
-    if not base:
-        yield f"sqlite:///{tmp_root / f'casehub-{worker}.db'}"
-        return
-    url = make_url(base)
-    name = f"casehub_test_{worker}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[str]:
-    yield from _database_url(tmp_path_factory.mktemp("db"), worker_id)
+    with fresh_database(tmp_path_factory.mktemp("db"), f"test_{worker_id}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -27,15 +27,15 @@ STOP_WITHIN = 10.0
 
 
 @contextmanager
-def fresh_database(folder: Path) -> Iterator[str]:
+def fresh_database(folder: Path, label: str = "live") -> Iterator[str]:
     """A new empty database: on the PostgreSQL server named by CASEHUB_TEST_DATABASE_URL
     (dropped afterwards, whoever is still connected), else a SQLite file in `folder`."""
     base = os.environ.get("CASEHUB_TEST_DATABASE_URL")
     if not base:
-        yield f"sqlite:///{folder / 'casehub-live.db'}"
+        yield f"sqlite:///{folder / f'casehub-{label}.db'}"
         return
     url = make_url(base)
-    name = f"casehub_live_{uuid.uuid4().hex[:10]}"
+    name = f"casehub_{label}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
