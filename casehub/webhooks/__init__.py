@@ -1,0 +1,1 @@
+"""Webhook delivery: safe targets and the HTTP transport (the outbox and worker build on them)."""
