@@ -68,7 +68,8 @@ PURPOSE_OF_USE = {
 HTTP_METHODS = frozenset({"get", "put", "post", "patch", "delete", "head", "options"})
 REQUEST_ID_HEADER = "REQUEST_ID"  # components/headers
 WWW_AUTHENTICATE = {
-    "description": 'RFC 6750: `Bearer realm="casehub", error="..."` (and `scope` on a 403).',
+    "description": 'RFC 6750: `Bearer realm="casehub", error="..."` (and `scope` for '
+    "insufficient_scope).",
     "schema": {"type": "string"},
 }
 
@@ -253,11 +254,18 @@ class Blueprint(flask_smorest.Blueprint):
                 "security": [{SECURITY_SCHEME: [s]} for s in accepted] or [{SECURITY_SCHEME: []}],
                 "parameters": [PURPOSE_OF_USE],
                 "responses": {
-                    "401": problem_response('No valid access token (`error="invalid_token"`).'),
-                    "403": problem_response(
-                        'The token lacks the scope (`error="insufficient_scope"`), or the record '
-                        "is visible but not the caller's to change."
-                    ),
+                    "401": {
+                        **problem_response('No valid access token (`error="invalid_token"`).'),
+                        "headers": {"WWW-Authenticate": WWW_AUTHENTICATE},
+                    },
+                    "403": {
+                        **problem_response(
+                            'The token lacks the scope (`error="insufficient_scope"`, with a '
+                            "WWW-Authenticate challenge), or the record is visible but not the "
+                            "caller's to change."
+                        ),
+                        "headers": {"WWW-Authenticate": WWW_AUTHENTICATE},
+                    },
                 },
             }
             apidoc = getattr(func, "_apidoc", {})
