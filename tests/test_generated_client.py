@@ -478,9 +478,14 @@ def test_look_closer_journey(partnership, connect):
         events = list(
             every_item(list_audit_events.sync, client=auditor, referral_id=referral.id, limit=200)
         )
-        last = events[-1] if events else None
-        if last is not None and last.actor.agency == "tcs" and last.outcome is AuditOutcome.DENIED:
-            break  # the charity's refused read after the revocation is the last thing done
+        actions = [e.action for e in events]
+        if "share.revoke" in actions and any(
+            e.actor.agency == "tcs" and e.outcome is AuditOutcome.DENIED
+            for e in events[actions.index("share.revoke") :]
+        ):
+            # The charity's refused read after the revocation is the last thing done. (It was
+            # refused a note earlier too, so the revocation must be seen before it counts.)
+            break
         assert time.monotonic() < deadline, [(e.action, e.actor.agency) for e in events]
         time.sleep(0.2)
     actions = {e.action for e in events}
