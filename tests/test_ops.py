@@ -46,6 +46,7 @@ def unmigrated_app(tmp_path: Path) -> Iterator[Flask]:
         {
             "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
             "SIGNING_KEYS_FILE": str(tmp_path / "keys.json"),
+            "AUDIT_SEQUENCER": False,  # no audit tables here for a background sequencer
         }
     )
     yield application
@@ -67,6 +68,7 @@ def test_readyz_when_database_is_unreachable(tmp_path: Path) -> None:
             # A SQLite file in a folder that does not exist cannot be opened.
             "DATABASE_URL": f"sqlite:///{tmp_path / 'missing' / 'casehub.db'}",
             "SIGNING_KEYS_FILE": str(tmp_path / "keys.json"),
+            "AUDIT_SEQUENCER": False,  # no database here for a background sequencer
         }
     )
     response = application.test_client().get("/readyz")
