@@ -89,13 +89,12 @@ def _start_request() -> None:
         raise NotFound("No such resource.")
 
 
-def _refuse_query_string(app: Flask) -> None:
+def _refuse_query_string(target: Any) -> None:
     """An API operation that declares no query arguments takes none: `?bogus=1` (or a mistyped
     filter sent to the wrong operation) is 422 naming it, never silently ignored. The docs page
     and its files are not API operations (no `_apidoc`) and are left alone."""
     if not request.args or request.endpoint in PUBLIC_ENDPOINTS:
         return
-    target = _view_target(app, request.endpoint, request.method)
     if target is None or not hasattr(target, "_apidoc"):
         return  # no such method (405), or a page outside the API (/docs)
     if getattr(target, "_casehub_query", False):
@@ -109,9 +108,9 @@ def _refuse_query_string(app: Flask) -> None:
 def _authorize() -> Response | None:
     app = current_app
     kind, accepted = endpoint_policy(app, request.endpoint, request.method)
+    target = _view_target(app, request.endpoint, request.method)
     if kind == "public":
-        if request.endpoint is not None:
-            _refuse_query_string(app)
+        _refuse_query_string(target)
         return None
     protector = app.extensions["casehub.protector"]
     try:
@@ -138,7 +137,7 @@ def _authorize() -> Response | None:
             },
         )
     _check_transport()
-    _refuse_query_string(app)
+    _refuse_query_string(target)
     purpose = request.headers.get("Purpose-Of-Use")
     if purpose is not None:
         if purpose not in REQUEST_PURPOSES:
@@ -147,7 +146,6 @@ def _authorize() -> Response | None:
                 errors={"headers": {"Purpose-Of-Use": ["Unknown purpose of use."]}},
             )
         g.actor = actor = replace(actor, purpose=purpose)
-    target = _view_target(app, request.endpoint, request.method)
     if request.method == "POST" and getattr(target, "_casehub_idempotent", False):
         return _idempotency_replay(actor)
     return None

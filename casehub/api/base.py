@@ -231,7 +231,7 @@ class Blueprint(flask_smorest.Blueprint):
         string on every other view)."""
         decorator = super().arguments(schema, location=location, **kwargs)
         if location == "query":
-            return takes_query(decorator)
+            return lambda func: checks_own_query(decorator(func))
         if location != "json":
             return decorator  # type: ignore[no-any-return]
 
@@ -341,13 +341,11 @@ def current_actor() -> Actor:
     return actor
 
 
-def takes_query(decorator: Callable[[F], F]) -> Callable[[F], F]:
-    def marked(func: F) -> F:
-        wrapped = decorator(func)
-        wrapped._casehub_query = True  # type: ignore[attr-defined]
-        return wrapped
-
-    return marked
+def checks_own_query(func: F) -> F:
+    """Mark a view whose query string is checked by the view itself (its query arguments, or
+    the OAuth endpoints' own refusal), so web.py does not refuse every query string for it."""
+    func._casehub_query = True  # type: ignore[attr-defined]
+    return func
 
 
 def public(func: F) -> F:

@@ -13,7 +13,7 @@ from authlib.oauth2.rfc6749.errors import (
 )
 from flask import Response, current_app, request
 
-from casehub.api.base import Blueprint, public
+from casehub.api.base import Blueprint, checks_own_query, public
 from casehub.auth import scopes
 from casehub.auth.assertions import ADVERTISED_ALGORITHMS
 from casehub.auth.keys import ALGORITHM
@@ -153,8 +153,7 @@ def _form_doc(
     error format, by _oauth_response), so web.py leaves it alone."""
 
     def decorator(func: Any) -> Any:
-        func._casehub_query = True
-        return documented(func)
+        return checks_own_query(documented(func))
 
     documented = blp.doc(
         operationId=operation_id,
