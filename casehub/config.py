@@ -21,6 +21,12 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_TTL": 900,
     "SIGNING_KEYS_FILE": None,  # None: instance/signing-keys.json, generated when missing
     "WEBHOOKS_ALLOW_PRIVATE": False,
+    "WEBHOOK_KEY_FILE": None,  # None: instance/webhook-key, generated when missing (not production)
+    "WEBHOOKS_CA_FILE": None,  # None: the system's trusted CAs verify receivers' certificates
+    "WEBHOOK_LEASE_SECONDS": 60,  # a claimed delivery is retried by another worker after this
+    "WEBHOOK_POLL_INTERVAL_MS": 1000,
+    "WEBHOOK_CONCURRENCY": 8,  # deliveries one worker makes at once
+    "EVENTS_RETENTION_DAYS": 30,
     "IDEMPOTENCY_TTL": 24 * 3600,
     "CLIENT_SECRET_SCRYPT_N": 2**14,
     "SQL_ECHO": False,
@@ -69,10 +75,14 @@ def validate(settings: Mapping[str, Any]) -> None:
     ttl = settings["TOKEN_TTL"]
     if not 60 <= ttl <= 900:
         raise ConfigError("CASEHUB_TOKEN_TTL must be between 60 and 900 seconds")
+    if settings["WEBHOOK_LEASE_SECONDS"] < 20:
+        raise ConfigError("CASEHUB_WEBHOOK_LEASE_SECONDS must be at least 20 (deliveries take 15)")
+    if settings["EVENTS_RETENTION_DAYS"] < 2:
+        raise ConfigError("CASEHUB_EVENTS_RETENTION_DAYS must be at least 2 (retries last a day)")
     if settings["ENV"] == "production":
         missing = [
             f"CASEHUB_{key}"
-            for key in ("DATABASE_URL", "SIGNING_KEYS_FILE")
+            for key in ("DATABASE_URL", "SIGNING_KEYS_FILE", "WEBHOOK_KEY_FILE")
             if not settings.get(key)
         ]
         if missing:

@@ -13,12 +13,20 @@ from casehub.models.referral import (
     Share,
 )
 from casehub.models.subject import Subject, SubjectNameKey
+from casehub.models.webhook import (
+    Event,
+    Webhook,
+    WebhookAttempt,
+    WebhookAttemptCount,
+    WebhookDelivery,
+)
 
 __all__ = [
     "Agency",
     "AgencyKind",
     "AuditEvent",
     "Client",
+    "Event",
     "IdempotencyRecord",
     "Note",
     "ReferenceCounter",
@@ -32,4 +40,8 @@ __all__ = [
     "SubjectNameKey",
     "UsedAssertion",
     "User",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookAttemptCount",
+    "WebhookDelivery",
 ]

@@ -24,7 +24,7 @@ from casehub.models import (
     Share,
     Subject,
 )
-from casehub.services import policy
+from casehub.services import events, policy
 from casehub.services.pagination import keyset_page
 from casehub.services.reference import indicator_codes
 from casehub.services.validation import normalise_postcode
@@ -242,6 +242,20 @@ def _history(
     )
 
 
+def _notify(
+    session: Session, type: str, referral: Referral, actor: Actor, now: datetime, **ids: Any
+) -> None:
+    """Tell every other agency that can see the referral (CONTRACT §6)."""
+    events.emit(
+        session,
+        type=type,
+        recipients=events.referral_audience(session, referral, now),
+        actor=actor,
+        data={"referral_id": referral.id, **ids},
+        now=now,
+    )
+
+
 # -- commands ----------------------------------------------------------------------------------
 def create_referral(
     session: Session, *, actor: Actor, data: dict[str, Any], now: datetime
@@ -392,6 +406,7 @@ def update_referral(
     referral.updated_at = now
     session.flush()
     record_on(session, actor, "referral.update", view)
+    _notify(session, "referral.updated", referral, actor, now)
     return referral
 
 
@@ -426,6 +441,7 @@ def transition_referral(
     )
     session.flush()
     record_on(session, actor, "referral.transition", view)
+    _notify(session, "referral.status_changed", referral, actor, now)
     return referral
 
 
@@ -476,6 +492,8 @@ def add_note(
     session.add(note)
     session.flush()
     record_on(session, actor, "note.create", view, resource_type="note", resource_id=note.id)
+    if visibility == "shared":  # an agency note is seen by its author's agency only
+        _notify(session, "note.added", view.referral, actor, now, note_id=note.id)
     return note
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from casehub.auth.actor import Actor
 from casehub.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from casehub.models import Agency, Referral, ReferralHistory, Share
+from casehub.services import events
 from casehub.services.pagination import keyset_page
 from casehub.services.referrals import (
     ReferralView,
@@ -42,6 +43,26 @@ CONDITIONS = (
 )
 CONSENT_STATUSES = ("given", "not_sought", "refused", "not_possible")
 RETAINED_SHARE_PURPOSE = "safeguard_assess"
+
+
+def _notify_share(
+    session: Session,
+    type: str,
+    share: Share,
+    recipients: set[str],
+    actor: Actor,
+    now: datetime,
+) -> None:
+    """Share events go to the agencies that can see the share: the lead and the recipient
+    (another recipient does not learn of it, as it cannot list it)."""
+    events.emit(
+        session,
+        type=type,
+        recipients=recipients,
+        actor=actor,
+        data={"referral_id": share.referral_id, "share_id": share.id},
+        now=now,
+    )
 
 
 def _field_error(path: list[str], message: str) -> ValidationFailed:
@@ -129,6 +150,7 @@ def create_share(
     session.add(share)
     session.flush()
     record_on(session, actor, "share.create", view, resource_type="share", resource_id=share.id)
+    _notify_share(session, "referral.shared", share, {share.agency_code}, actor, now)
     return share
 
 
@@ -172,6 +194,7 @@ def acknowledge_share(
     if share.acknowledged_at is None:
         share.acknowledged_at = now
         session.flush()
+        _notify_share(session, "share.acknowledged", share, {view.referral.lead_agency}, actor, now)
     record_on(
         session, actor, "share.acknowledge", view, resource_type="share", resource_id=share.id
     )
@@ -201,6 +224,10 @@ def revoke_share(
     share.revoked_reason = reason
     session.flush()
     record_on(session, actor, "share.revoke", view, resource_type="share", resource_id=share.id)
+    # The agency that lost access is told, so it can act on (and delete) what it held.
+    _notify_share(
+        session, "share.revoked", share, {view.referral.lead_agency, share.agency_code}, actor, now
+    )
     return share
 
 
@@ -260,4 +287,12 @@ def transfer_lead(
     )
     session.flush()
     record_on(session, actor, "referral.transfer", view)
+    events.emit(
+        session,
+        type="referral.transferred",
+        recipients=events.referral_audience(session, referral, now),
+        actor=actor,
+        data={"referral_id": referral.id},
+        now=now,
+    )
     return referral
