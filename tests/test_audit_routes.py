@@ -30,6 +30,7 @@ class World:
     subject_etag: str
     share_id: str
     user_id: str
+    webhook_id: str
 
 
 @pytest.fixture
@@ -54,6 +55,11 @@ def world(client, factory, db_session):
         json={"email": "pc.khan@btp.example", "name": "PC Khan", "roles": ["caseworker"]},
         headers=lead.headers(),
     ).get_json()
+    webhook = client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hooks", "events": ["referral.shared"]},
+        headers=lead.headers(),
+    ).get_json()
     return World(
         lead,
         other,
@@ -63,6 +69,7 @@ def world(client, factory, db_session):
         subject.headers["ETag"],
         share["id"],
         user["id"],
+        webhook["id"],
     )
 
 
@@ -209,6 +216,32 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
             {"json": {"to": "acknowledged"}, "headers": {"If-Match": w.etag}},
         ),
         ["referral.transition"],
+    ),
+    ("GET", "/v1/events"): (lambda w: (w.other, "/v1/events", {}), ["event.list"]),
+    ("GET", "/v1/webhooks"): (lambda w: (w.lead, "/v1/webhooks", {}), ["webhook.list"]),
+    ("POST", "/v1/webhooks"): (
+        lambda w: (
+            w.lead,
+            "/v1/webhooks",
+            {"json": {"url": "http://127.0.0.1:9/more", "events": ["note.added"]}},
+        ),
+        ["webhook.create"],
+    ),
+    ("GET", "/v1/webhooks/<uuid:webhook_id>"): (
+        lambda w: (w.lead, f"/v1/webhooks/{w.webhook_id}", {}),
+        ["webhook.read"],
+    ),
+    ("DELETE", "/v1/webhooks/<uuid:webhook_id>"): (
+        lambda w: (w.lead, f"/v1/webhooks/{w.webhook_id}", {}),
+        ["webhook.delete"],
+    ),
+    ("POST", "/v1/webhooks/<uuid:webhook_id>/rotate-secret"): (
+        lambda w: (w.lead, f"/v1/webhooks/{w.webhook_id}/rotate-secret", {}),
+        ["webhook.rotate_secret"],
+    ),
+    ("GET", "/v1/webhooks/<uuid:webhook_id>/deliveries"): (
+        lambda w: (w.lead, f"/v1/webhooks/{w.webhook_id}/deliveries", {}),
+        ["webhook.deliveries"],
     ),
     ("GET", "/v1/subjects"): (lambda w: (w.lead, "/v1/subjects?q=okafor", {}), ["subject.search"]),
     ("POST", "/v1/subjects"): (

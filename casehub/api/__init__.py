@@ -6,8 +6,29 @@ from casehub.api.base import Api
 
 
 def register_blueprints(api: Api) -> None:
-    from casehub.api import admin, agencies, indicators, oauth, ops, referrals, shares, subjects
+    from casehub.api import (
+        admin,
+        agencies,
+        indicators,
+        oauth,
+        ops,
+        referrals,
+        shares,
+        subjects,
+        webhooks,
+    )
     from casehub.api import audit as trail
 
-    for module in (oauth, ops, agencies, indicators, subjects, referrals, shares, admin, trail):
+    for module in (
+        oauth,
+        ops,
+        agencies,
+        indicators,
+        subjects,
+        referrals,
+        shares,
+        webhooks,
+        admin,
+        trail,
+    ):
         api.register_blueprint(module.blp)

@@ -13,6 +13,7 @@ from marshmallow import validate
 
 from casehub.auth.scopes import ROLE_SCOPES, SCOPES
 from casehub.models import AgencyKind
+from casehub.services.events import EVENT_TYPES
 from casehub.services.purposes import REQUEST_PURPOSES, SHARE_PURPOSES
 from casehub.services.reference import CATEGORIES
 from casehub.services.referrals import RISK_LEVELS, STATUSES
@@ -130,6 +131,32 @@ EXPORT_FORMAT = _codes(
     ("ndjson", "csv"),
     "`ndjson`: one event per line, as in the list; `csv`: flattened, `subject_ids` "
     "space-separated.",
+)
+EVENT_TYPE = _codes(
+    "EventType",
+    list(EVENT_TYPES),
+    "A notification's type: "
+    + "; ".join(f"`{code}` {text}" for code, text in EVENT_TYPES.items())
+    + " Types from CONTRACT §9 to §11 may be subscribed to now and are sent once those "
+    "features are live.",
+)
+WEBHOOK_STATUS = _codes(
+    "WebhookStatus",
+    ("active", "disabled"),
+    "`disabled`: nothing more is delivered (the receiver answered 410, or failed for 24 hours); "
+    "the agency was told with `webhook.disabled` in its event feed.",
+)
+WEBHOOK_DISABLED_REASON = _codes(
+    "WebhookDisabledReason",
+    ("gone", "failing"),
+    "`gone`: the receiver answered 410 Gone; `failing`: every attempt failed for 24 hours.",
+)
+DELIVERY_OUTCOME = _codes(
+    "DeliveryOutcome",
+    ("delivered", "failed", "gone"),
+    "`delivered`: a 2xx answer; `failed`: any other answer (3xx included: redirects are never "
+    "followed) or no answer in time, retried with back-off; `gone`: 410, which disables the "
+    "subscription.",
 )
 
 ALL: tuple[Codes, ...] = tuple(value for value in globals().values() if isinstance(value, Codes))
