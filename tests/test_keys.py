@@ -3,6 +3,7 @@ processes sharing one key file."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -233,10 +234,12 @@ def test_production_starts_without_a_key_file_but_is_not_ready_until_one_is_made
     from casehub.db import get_db
 
     keys = tmp_path / "keys.json"
+    webhook_key = tmp_path / "webhook-key"
     settings = {
         "ENV": "production",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.db'}",
         "SIGNING_KEYS_FILE": str(keys),
+        "WEBHOOK_KEY_FILE": str(webhook_key),
         "ISSUER": "https://casehub.example",
     }
     app = create_app(settings)
@@ -251,5 +254,10 @@ def test_production_starts_without_a_key_file_but_is_not_ready_until_one_is_made
     rotated = CliRunner().invoke(main, ["keys", "rotate"])
     assert rotated.exit_code == 0, rotated.output
     assert keys.exists()
+    # Production never generates the webhook key either: without it, not ready.
+    not_ready = app.test_client().get("/readyz")
+    assert not_ready.status_code == 503
+    assert "webhook key" in not_ready.get_json()["detail"]
+    webhook_key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     assert app.test_client().get("/readyz").status_code == 200
     engine.dispose()

@@ -514,3 +514,23 @@ def test_an_event_that_commits_late_is_not_skipped_by_a_cursor(app, engine, is_p
         with engine.begin() as connection:
             connection.execute(Event.__table__.delete().where(Event.agency_code == code))
             connection.execute(text("DELETE FROM agencies WHERE code = :code"), {"code": code})
+
+
+def test_metrics_show_the_outbox(client, db_session, factory, btp, notts):
+    from casehub.models import WebhookAttemptCount
+
+    admin = factory.partner("btp", "admin")
+    subscribe(client, notts)
+    referral, _ = raise_referral(client, btp)
+    share(client, btp, referral["id"], "notts-cs")
+    db_session.add(WebhookAttemptCount(outcome="failed", count=3))
+    db_session.commit()
+    text_ = client.get("/metrics", headers=admin.headers()).get_data(as_text=True)
+    lines = dict(
+        line.rsplit(" ", 1) for line in text_.splitlines() if line and not line.startswith("#")
+    )
+    assert float(lines["casehub_webhook_deliveries_pending"]) == 1.0
+    assert 0.0 <= float(lines["casehub_webhook_oldest_pending_age_seconds"]) < 60
+    assert float(lines['casehub_webhook_attempts_total{outcome="failed"}']) == 3.0
+    assert float(lines['casehub_webhook_attempts_total{outcome="delivered"}']) == 0.0
+    assert float(lines["casehub_webhooks_disabled"]) == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -15,14 +16,19 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy import text
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from casehub import migrate
 from casehub.api.base import Blueprint, public
 from casehub.auth.keys import KeysUnavailable
-from casehub.db import get_session
+from casehub.db import get_session, utcnow
 from casehub.errors import problem
+from casehub.models import Webhook, WebhookAttemptCount, WebhookDelivery
+from casehub.webhooks import secrets as webhook_secrets
 
 blp = Blueprint("ops", __name__, description="Operations")
 
@@ -86,6 +92,10 @@ def readyz() -> Any:
         current_app.extensions["casehub.keys"].published()
     except KeysUnavailable:
         return problem(503, detail="No token-signing key is configured.")
+    try:
+        webhook_secrets.load_key(current_app)
+    except webhook_secrets.WebhookKeyError:
+        return problem(503, detail="No webhook key is configured.")
     return {"status": "ready", "schema": current}
 
 
@@ -94,7 +104,9 @@ def readyz() -> Any:
 @blp.doc(
     operationId="getMetrics",
     summary="Prometheus metrics",
-    description="Requests by route, method and status, and latency. Needs the `admin` scope.",
+    description="Requests by route, method and status, and latency; the webhook outbox "
+    "(pending deliveries, the oldest one's age, attempts by outcome, disabled subscriptions). "
+    "Needs the `admin` scope.",
     responses={
         "200": {
             "description": "Prometheus text format",
@@ -110,7 +122,60 @@ def metrics() -> Response:
         # deploy/gunicorn.conf.py); a scrape lands on one worker and must report them all.
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=shared)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0])
+    outbox = CollectorRegistry(auto_describe=False)
+    outbox.register(_OutboxCollector(get_session()))
+    body = generate_latest(registry) + generate_latest(outbox)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+class _OutboxCollector(Collector):
+    """The webhook outbox as the database holds it, so every API process reports the same
+    figures whichever worker made the deliveries: three small queries per scrape (the pending
+    count and the oldest pending use the partial index of due deliveries)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def collect(self) -> Iterator[Metric]:
+        pending, oldest = self.session.execute(
+            select(func.count(), func.min(WebhookDelivery.created_at)).where(
+                WebhookDelivery.status == "pending"
+            )
+        ).one()
+        counts = dict(
+            self.session.execute(
+                select(WebhookAttemptCount.outcome, WebhookAttemptCount.count)
+            ).all()
+        )
+        disabled = self.session.execute(
+            select(func.count()).where(
+                Webhook.disabled_at.is_not(None), Webhook.deleted_at.is_(None)
+            )
+        ).scalar_one()
+        yield GaugeMetricFamily(
+            "casehub_webhook_deliveries_pending",
+            "Webhook deliveries not yet made (the outbox backlog), retries included.",
+            value=pending,
+        )
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "casehub_webhook_oldest_pending_age_seconds",
+            "Age of the oldest undelivered webhook delivery (0 when none is pending).",
+            value=max(age, 0.0),
+        )
+        attempts = CounterMetricFamily(
+            "casehub_webhook_attempts",
+            "Webhook delivery attempts by outcome: delivered (2xx), failed (retried), gone (410).",
+            labels=["outcome"],
+        )
+        for outcome in ("delivered", "failed", "gone"):
+            attempts.add_metric([outcome], counts.get(outcome, 0))
+        yield attempts
+        yield GaugeMetricFamily(
+            "casehub_webhooks_disabled",
+            "Subscriptions disabled after a 410 or 24 hours of failure.",
+            value=disabled,
+        )
 
 
 def init_metrics(app: Flask) -> None:
