@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -262,3 +264,65 @@ def audit_checkpoint() -> None:
         click.echo(f"not signed: broken at seq {result.first_bad_seq}: {result.problem}", err=True)
         sys.exit(1)
     click.echo(json.dumps(signed.as_dict()))
+
+
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Webhook deliveries: the worker, and replaying what failed."""
+
+
+@webhooks_group.command("worker")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@with_appcontext
+def webhooks_worker(once: bool) -> None:
+    """Deliver webhooks: claim due deliveries, post them signed, retry with back-off.
+    SIGTERM or SIGINT finishes the deliveries in flight, then exits."""
+    import logging
+
+    from casehub.webhooks import worker
+
+    # Unless the deployment configured logging: one line per attempt on standard error.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    attempts = worker.run(current_app._get_current_object(), once=once)  # type: ignore[attr-defined]
+    click.echo(f"made {attempts} delivery attempts")
+
+
+def _aware_datetime(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise click.BadParameter("not an ISO 8601 date and time") from error
+    if parsed.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2025-06-01T09:00:00Z")
+    return parsed
+
+
+@webhooks_group.command("replay")
+@click.argument("webhook_id", type=click.UUID)
+@click.option(
+    "--since",
+    callback=_aware_datetime,
+    metavar="ISO8601",
+    help="Only deliveries of events since this time.",
+)
+@click.option("--enable", is_flag=True, help="Re-enable the webhook if it was disabled.")
+@with_appcontext
+def webhooks_replay(webhook_id: uuid.UUID, since: datetime | None, enable: bool) -> None:
+    """Queue a webhook's failed and cancelled deliveries again, due now."""
+    from casehub import audit
+    from casehub.db import utcnow
+    from casehub.webhooks import worker
+
+    try:
+        with session_scope() as session:
+            queued = worker.replay(
+                session, webhook_id=webhook_id, since=since, enable=enable, now=utcnow()
+            )
+            audit.write_pending(session, None, status=200)
+    except CasehubError as error:
+        _fail(error)
+    click.echo(f"queued {queued} deliveries of webhook {webhook_id}")
