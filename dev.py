@@ -2,6 +2,7 @@
 """Set up and run casehub from a fresh checkout with nothing but Python 3.11+ (stdlib only).
 
     python3 dev.py demo   # .venv, install, migrate, demo data, serve on http://127.0.0.1:5000
+                          # with a webhook worker and a receiver printing verified deliveries
     python3 dev.py test   # .venv, install with test extras, ruff, then the whole test suite
 
 Extra arguments after `test` go to pytest (e.g. `python3 dev.py test tests/test_ops.py -x`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -99,18 +101,62 @@ def casehub(*args: str) -> list[str | Path]:
     return [BIN / "casehub", *args]
 
 
+DEMO_RECEIVER_PORT = 5001
+
+
 def demo() -> int:
     ensure_venv()
     ensure_installed(None)
+    # The demo's webhook receiver is on loopback over http: allowed for demos only.
+    os.environ["CASEHUB_WEBHOOKS_ALLOW_PRIVATE"] = "1"
+    secret_file = ROOT / "instance" / "demo-webhook-secret"
+    receiver_url = f"http://127.0.0.1:{DEMO_RECEIVER_PORT}/webhooks"
     check(casehub("db", "upgrade"))
-    check(casehub("demo"))
-    say("serving on http://127.0.0.1:5000 (Ctrl-C stops it)")
+    check(casehub("demo", "--webhook-url", receiver_url, "--webhook-secret-file", str(secret_file)))
+    say(
+        "serving on http://127.0.0.1:5000, with a webhook worker and the demo receiver on "
+        f"port {DEMO_RECEIVER_PORT} (Ctrl-C stops all three)"
+    )
     config = ROOT / "deploy" / "gunicorn.conf.py"
-    # Become gunicorn: Ctrl-C, SIGTERM from a supervisor or `timeout` then reach the server
-    # itself, which stops its workers, and no orphaned server is left behind.
-    os.chdir(ROOT)
-    gunicorn = str(BIN / "gunicorn")
-    os.execv(gunicorn, [gunicorn, "-c", str(config), "wsgi:app"])  # noqa: S606
+    # Three processes, stopped together: Ctrl-C reaches the whole process group, and SIGTERM
+    # (from a supervisor or `timeout`) is passed on to each, so nothing is left behind.
+    children = [
+        spawn(
+            [
+                PYTHON,
+                "-m",
+                "casehub.webhooks.receiver",
+                "--port",
+                str(DEMO_RECEIVER_PORT),
+                "--secret-file",
+                str(secret_file),
+            ]
+        ),
+        spawn(casehub("webhooks", "worker")),
+        spawn([BIN / "gunicorn", "-c", config, "wsgi:app"]),
+    ]
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    server = children[-1]
+    try:
+        status = server.wait()
+    except KeyboardInterrupt:  # the children got the same Ctrl-C
+        status = server.wait()
+    stop(signal.SIGTERM, None)
+    for child in children:
+        child.wait()
+    return status
+
+
+def spawn(command: Sequence[str | Path]) -> subprocess.Popen[bytes]:
+    argv = [str(part) for part in command]
+    return subprocess.Popen(argv, cwd=ROOT)  # noqa: S603 - fixed commands built in this file
 
 
 def xdist_workers() -> list[str]:

@@ -15,6 +15,7 @@ from casehub import web
 from casehub.api import docs, register_blueprints
 from casehub.api.base import SECURITY_SCHEME, Api
 from casehub.api.ops import init_metrics
+from casehub.api.webhooks import document_deliveries
 from casehub.audit import chain as audit_chain
 from casehub.auth import scopes
 from casehub.auth import server as oauth_server
@@ -85,6 +86,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
     register_blueprints(api)
+    document_deliveries(api.spec)
     app.register_blueprint(docs.blp)
     web.init_app(app)
     audit_chain.init_app(app)

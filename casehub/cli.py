@@ -175,16 +175,37 @@ def openapi_export(file: Path | None) -> None:
 
 
 @main.command("demo")
+@click.option(
+    "--webhook-url",
+    help="Subscribe children's services to every event here (a local demo receiver).",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write that subscription's signing secret here, for the receiver (mode 0600).",
+)
 @with_appcontext
-def demo() -> None:
+def demo(webhook_url: str | None, webhook_secret_file: Path | None) -> None:
     """Seed the East Midlands demo partnership and print how to call it."""
     from casehub import demo as demo_module
+    from casehub.webhooks import secrets as webhook_secrets
 
+    if webhook_url is not None and not current_app.config["WEBHOOKS_ALLOW_PRIVATE"]:
+        raise click.UsageError("--webhook-url needs CASEHUB_WEBHOOKS_ALLOW_PRIVATE=1 (demo only)")
     engine = get_db().engine
     assert engine is not None
     migrate.upgrade(engine)
     with session_scope() as session:
-        result = demo_module.seed(session, scrypt_n=current_app.config["CLIENT_SECRET_SCRYPT_N"])
+        result = demo_module.seed(
+            session,
+            scrypt_n=current_app.config["CLIENT_SECRET_SCRYPT_N"],
+            webhook_url=webhook_url,
+            webhook_key=webhook_secrets.load_key(current_app) if webhook_url else None,
+        )
+    if webhook_secret_file is not None and result.webhook_secret is not None:
+        webhook_secret_file.parent.mkdir(parents=True, exist_ok=True)
+        webhook_secret_file.touch(mode=0o600)
+        webhook_secret_file.write_text(result.webhook_secret + "\n")
     click.echo(demo_module.instructions(result, current_app.config["ISSUER"]))
 
 

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import utcnow
-from casehub.models import Agency, Client
-from casehub.services import agencies, referrals, shares
+from casehub.models import Agency, Client, Referral, Webhook
+from casehub.services import agencies, referrals, shares, webhooks
+from casehub.services.events import EVENT_TYPES
+from casehub.webhooks import secrets
 
 CASEWORK = "referrals:read referrals:write referrals:share subjects:read subjects:write"
 _AGENCY_ROWS = [
@@ -45,6 +48,44 @@ class DemoResult:
     created: bool
     client_id: str
     client_secret: str
+    station_referral_id: uuid.UUID | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None  # the demo receiver verifies with it
+
+
+WEBHOOK_AGENCY = "nottingham-cs"
+_WEBHOOK_ACTOR = Actor(
+    agency=WEBHOOK_AGENCY,
+    agency_kind="local_authority",
+    is_platform=False,
+    client_id="casehub-demo",
+    purpose="case_work",
+)
+
+
+def _demo_webhook(session: Session, url: str, key: secrets.WebhookKey, now: datetime) -> str:
+    """Children's services' subscription to every event, at `url`; a fresh secret each run
+    (a rotation when it exists, so its secret can be handed to the demo receiver again)."""
+    existing = session.execute(
+        select(Webhook.id).where(
+            Webhook.agency_code == WEBHOOK_AGENCY,
+            Webhook.url == url,
+            Webhook.deleted_at.is_(None),
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return webhooks.rotate_secret(
+            session, actor=_WEBHOOK_ACTOR, webhook_id=existing, key=key, now=now
+        ).secret
+    created = webhooks.create_webhook(
+        session,
+        actor=_WEBHOOK_ACTOR,
+        data={"url": url, "events": list(EVENT_TYPES)},
+        key=key,
+        allow_private=True,
+        now=now,
+    )
+    return created.secret
 
 
 def _actor(client: Client, agency: Agency) -> Actor:
@@ -134,10 +175,19 @@ def _referrals(session: Session, btp: Actor, notts_cs: Actor, now: datetime) -> 
     )
 
 
-def seed(session: Session, *, scrypt_n: int = 2**14) -> DemoResult:
-    """Create the demo partnership if absent; always mint a fresh BTP client to call it with."""
+def seed(
+    session: Session,
+    *,
+    scrypt_n: int = 2**14,
+    webhook_url: str | None = None,
+    webhook_key: secrets.WebhookKey | None = None,
+) -> DemoResult:
+    """Create the demo partnership if absent; always mint a fresh BTP client to call it with.
+    With `webhook_url`, children's services subscribes to every event there, before the demo
+    referrals are raised, so their notifications are the first deliveries."""
     now = utcnow()
     created = session.get(Agency, "btp") is None
+    webhook_secret = None
     if created:
         for spec in AGENCIES:
             agencies.add_agency(session, **spec)
@@ -160,7 +210,13 @@ def seed(session: Session, *, scrypt_n: int = 2**14) -> DemoResult:
             agency = session.get(Agency, spec["code"])
             assert agency is not None
             systems[spec["code"]] = _actor(client, agency)
+        if webhook_url is not None:
+            assert webhook_key is not None
+            webhook_secret = _demo_webhook(session, webhook_url, webhook_key, now)
         _referrals(session, systems["btp"], systems["nottingham-cs"], now)
+    elif webhook_url is not None:
+        assert webhook_key is not None
+        webhook_secret = _demo_webhook(session, webhook_url, webhook_key, now)
     client, secret = agencies.add_client(
         session,
         agency_code="btp",
@@ -170,7 +226,20 @@ def seed(session: Session, *, scrypt_n: int = 2**14) -> DemoResult:
     )
     audit.write_pending(session, audit.RequestInfo(None, "CLI", "casehub demo", None), status=None)
     assert secret is not None
-    return DemoResult(created=created, client_id=client.client_id, client_secret=secret)
+    station = session.execute(
+        select(Referral.id)
+        .where(Referral.lead_agency == "btp")
+        .order_by(Referral.created_at, Referral.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    return DemoResult(
+        created=created,
+        client_id=client.client_id,
+        client_secret=secret,
+        station_referral_id=station,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+    )
 
 
 def instructions(result: DemoResult, base_url: str) -> str:
@@ -191,4 +260,19 @@ Get a token and list BTP's referrals:
   curl -s -H "Authorization: Bearer $TOKEN" {base_url}/v1/referrals
 
 Interactive docs: {base_url}/docs
+{_webhook_instructions(result, base_url)}"""
+
+
+def _webhook_instructions(result: DemoResult, base_url: str) -> str:
+    if result.webhook_url is None or result.station_referral_id is None:
+        return ""
+    return f"""
+Notifications: {WEBHOOK_AGENCY} (children's services) subscribes to every event at
+  {result.webhook_url}
+and the demo receiver prints each delivery once its signature is verified. BTP shared the
+station referral with {WEBHOOK_AGENCY}; add a shared note to it and watch `note.added` arrive:
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{{"body": "Seen again at Grantham station", "visibility": "shared"}}' \\
+      {base_url}/v1/referrals/{result.station_referral_id}/notes
+The same events, for partners that cannot take webhooks: GET {base_url}/v1/events
 """

@@ -124,6 +124,8 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         {"email": "fuzz.lead@example.org", "name": "Fuzz Lead", "roles": ["safeguarding_lead"]},
         mine,
     )
+    hooks = {"url": "http://127.0.0.1:9/hooks", "events": ["referral.shared"]}
+    ours, theirs_hook = post("/v1/webhooks", hooks, mine), post("/v1/webhooks", hooks, theirs)
     referrals = [led, shared_with_us, hidden]
     return World(
         bearer=mine["Authorization"],
@@ -136,6 +138,7 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
             "user_id": [user["id"]],
             "client_id": [spare.client_id, other.client_id],
             "code": ["fz-health", "fz-police", "fz-la"],
+            "webhook_id": [ours["id"], theirs_hook["id"]],
         },
         pairs=[(led["id"], shared_out["id"]), (shared_with_us["id"], shared_in["id"])],
     )
@@ -170,6 +173,9 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
             "email": "new.person@example.org", "name": "New Person", "roles": ["caseworker"],
         },
         ("PATCH", "/v1/admin/users/{user_id}"): {"name": "Renamed"},
+        ("POST", "/v1/webhooks"): {
+            "url": "http://127.0.0.1:9/more", "events": ["note.added", "referral.updated"],
+        },
     }
 
 

@@ -208,3 +208,58 @@ class Events(MethodView):
         )
         audit_record(session, actor, "event.list", resource_type="event")
         return {"items": items, "next_cursor": next_cursor}
+
+
+def document_deliveries(spec: Any) -> None:
+    """The request casehub sends to a subscription's URL, as an OpenAPI 3.1 `webhooks` entry,
+    so a partner can generate (and test) its receiver from the same document."""
+    header = {"in": "header", "required": True}
+    spec.options.setdefault("webhooks", {})["event"] = {
+        "post": {
+            "operationId": "receiveEvent",
+            "tags": ["webhooks"],
+            "summary": "A notification, as casehub POSTs it to a subscription",
+            "description": (
+                "Standard Webhooks: verify `webhook-signature` (HMAC-SHA256 with the secret "
+                "shown when the subscription was made, over `webhook-id.webhook-timestamp.body` "
+                "exactly as received) and reject a timestamp more than 5 minutes away, e.g. "
+                "with `standardwebhooks.Webhook(secret).verify(body, headers)`. Then drop "
+                "duplicates by `webhook-id` (delivery is at least once), answer 2xx within 15 "
+                "seconds, and fetch the record with a token. Only the event types the "
+                "subscription names are sent."
+            ),
+            "security": [],
+            "parameters": [
+                {
+                    **header,
+                    "name": "webhook-id",
+                    "description": "The event id: the same on every retry.",
+                    "schema": {"type": "string", "format": "uuid"},
+                },
+                {
+                    **header,
+                    "name": "webhook-timestamp",
+                    "description": "Unix time (seconds) of this attempt.",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                },
+                {
+                    **header,
+                    "name": "webhook-signature",
+                    "description": "`v1,<base64 HMAC-SHA256>`, one per secret in use "
+                    "(two for 24 hours after a rotation), separated by spaces.",
+                    "schema": {"type": "string", "maxLength": 200},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Event"}}},
+            },
+            "responses": {
+                "204": {"description": "Received; any 2xx will do."},
+                "410": {
+                    "description": "The receiver is gone for good: casehub disables the "
+                    "subscription and stops delivering."
+                },
+            },
+        }
+    }

@@ -7,7 +7,6 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
-from casehub.models import Webhook
 from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema
 from casehub.webhooks.targets import MAX_URL_LENGTH
@@ -36,7 +35,7 @@ class WebhookSchema(ma.Schema):
     id = ma.fields.UUID(required=True)
     url = ma.fields.String(required=True)
     events = ma.fields.List(enums.EVENT_TYPE.field(), required=True)
-    status = ma.fields.Method("_status", required=True, metadata=enums.WEBHOOK_STATUS.component())
+    status = enums.WEBHOOK_STATUS.field(required=True)
     disabled_at = ma.fields.AwareDateTime(required=True, allow_none=True)
     disabled_reason = enums.WEBHOOK_DISABLED_REASON.field(required=True, allow_none=True)
     created_at = ma.fields.AwareDateTime(required=True)
@@ -62,9 +61,10 @@ class WebhookSchema(ma.Schema):
         },
     )
 
-    def _status(self, obj: Any) -> str:
-        webhook: Webhook = getattr(obj, "webhook", obj)
-        return "disabled" if webhook.disabled_at is not None else "active"
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        if attr == "status":
+            return "disabled" if obj.disabled_at is not None else "active"
+        return super().get_attribute(obj, attr, default)
 
 
 class WebhookCreatedSchema(WebhookSchema):
