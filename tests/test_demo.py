@@ -36,3 +36,78 @@ def test_demo_prints_credentials_that_work(tmp_path, monkeypatch):
     listing = http.get("/v1/referrals", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert [r["lead_agency"] for r in listing["items"]] == ["btp"]
     assert listing["items"][0]["reference"].startswith("CH-")
+
+
+def test_demo_subscribes_childrens_services_and_hands_the_receiver_its_secret(
+    tmp_path, monkeypatch
+):
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+    from standardwebhooks.webhooks import Webhook as Signer
+
+    from casehub.db import session_scope
+    from casehub.models import Event, Webhook, WebhookDelivery
+    from casehub.webhooks import receiver
+
+    monkeypatch.setenv("CASEHUB_DATABASE_URL", f"sqlite:///{tmp_path / 'demo.db'}")
+    monkeypatch.setenv("CASEHUB_SIGNING_KEYS_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("CASEHUB_WEBHOOK_KEY_FILE", str(tmp_path / "webhook-key"))
+    monkeypatch.setenv("CASEHUB_CLIENT_SECRET_SCRYPT_N", "1024")
+    secret_file = tmp_path / "secret"
+    args = ["demo", "--webhook-url", "http://127.0.0.1:5001/webhooks"]
+    args += ["--webhook-secret-file", str(secret_file)]
+    runner = CliRunner()
+    refused = runner.invoke(main, args)
+    assert refused.exit_code != 0 and "ALLOW_PRIVATE" in refused.output
+
+    monkeypatch.setenv("CASEHUB_WEBHOOKS_ALLOW_PRIVATE", "1")
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "watch `note.added` arrive" in first.output
+    secret = secret_file.read_text().strip()
+    assert secret.startswith("whsec_") and secret not in first.output
+    assert secret_file.stat().st_mode & 0o077 == 0
+    app = create_app()
+    with app.app_context(), session_scope() as session:
+        hook = session.execute(select(Webhook)).scalar_one()
+        assert hook.agency_code == "nottingham-cs"
+        queued = (
+            session.execute(
+                select(Event.type).join(WebhookDelivery, WebhookDelivery.event_pos == Event.pos)
+            )
+            .scalars()
+            .all()
+        )
+        assert queued == ["referral.shared"]
+
+    again = runner.invoke(main, args)  # a second run rotates, so the receiver gets a secret
+    assert again.exit_code == 0, again.output
+    assert secret_file.read_text().strip() != secret
+    secret = secret_file.read_text().strip()
+
+    server = receiver.serve(0, secret_file)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/webhooks"
+    body = json.dumps({"id": "e1", "type": "note.added", "occurred_at": "x", "data": {}})
+    headers = {"webhook-id": "e1", "webhook-timestamp": str(int(datetime.now(UTC).timestamp()))}
+    headers["webhook-signature"] = Signer(secret).sign("e1", datetime.now(UTC), body)
+
+    def post(data: str) -> int:
+        request = urllib.request.Request(url, data=data.encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        assert post(body) == 204
+        assert post(body.replace("note.added", "note.addeD")) == 400
+    finally:
+        server.shutdown()
+        server.server_close()
