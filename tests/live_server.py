@@ -66,6 +66,8 @@ def server_environment(folder: Path, database_url: str, port: int) -> dict[str, 
             "CASEHUB_SIGNING_KEYS_FILE": str(folder / "signing-keys.json"),
             "CASEHUB_AUDIT_CHECKPOINT_KEY_FILE": str(folder / "audit-checkpoint-key.pem"),
             "CASEHUB_CLIENT_SECRET_SCRYPT_N": "1024",  # a cheap hash: nothing here is secret
+            "CASEHUB_WEBHOOK_KEY_FILE": str(folder / "webhook-key"),
+            "CASEHUB_WEBHOOKS_ALLOW_PRIVATE": "1",  # receivers in tests listen on loopback
         }
     )
     return env

@@ -10,12 +10,14 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ PARTNER_SYSTEMS = {  # one per agency, registered by the operator
     "charity": {"agency": "tcs", "scopes": PARTNER_SCOPES},
     "probation": {"agency": "probation-em", "scopes": PARTNER_SCOPES},
     "auditor": {"agency": "partnership", "scopes": "audit:read:all"},
+    "la-integration": {"agency": "nottingham-cs", "scopes": "webhooks:manage referrals:read"},
 }
 
 
@@ -122,6 +125,7 @@ class Credentials:
 class Partnership:
     server: LiveServer
     systems: dict[str, Credentials]
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +152,7 @@ def partnership(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partnershi
                     name: Credentials(**created)
                     for name, created in zip(PARTNER_SYSTEMS, systems, strict=True)
                 },
+                env,
             )
 
 
@@ -567,3 +572,140 @@ def test_look_closer_journey(partnership, connect):
     )
     assert noted.status_code == 201, noted.content
     assert noted.parsed.author.user_id == officer.id
+
+
+# -- notifications, as a partner's integration meets them ----------------------------------------
+@contextmanager
+def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A webhook receiver on loopback that keeps every request (headers, body) and answers 204."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/casehub/events", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_partner_hears_of_a_share_by_webhook_and_by_feed(partnership, connect):
+    """The local authority's integration subscribes with the generated client, BTP shares a
+    referral with it, a `casehub webhooks worker` delivers, the integration verifies the
+    signature, takes the ids and reads the referral with its own token; its feed holds the same
+    event."""
+    from casehub_client.api.referrals import create_referral, get_referral
+    from casehub_client.api.shares import share_referral
+    from casehub_client.api.webhooks import (
+        create_webhook,
+        list_events,
+        list_webhook_deliveries,
+    )
+    from casehub_client.models import (
+        Article6Basis,
+        Category,
+        Consent,
+        ConsentStatus,
+        EventType,
+        Gender,
+        LawfulBasis,
+        ReferralCreate,
+        RiskLevel,
+        ShareAccess,
+        ShareCreate,
+        SharePurpose,
+        SubjectCreate,
+        WebhookCreate,
+        WebhookStatus,
+    )
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    server, systems = partnership.server, partnership.systems
+    btp = connect(system_token(server, systems["btp"]))
+    la = connect(system_token(server, systems["la-integration"]))
+
+    with receiver() as (url, received):
+        made = create_webhook.sync_detailed(
+            client=la,
+            body=WebhookCreate(url=url, events=[EventType.REFERRAL_SHARED, EventType.NOTE_ADDED]),
+        )
+        assert made.status_code == 201, made.content
+        hook = made.parsed
+        assert hook.status is WebhookStatus.ACTIVE and hook.secret.startswith("whsec_")
+
+        child = SubjectCreate(
+            given_name="Kai",
+            family_name="Webb",
+            date_of_birth=fifteen_years_ago(),
+            gender=Gender.MALE,
+        )
+        referral = create_referral.sync_detailed(
+            client=btp,
+            body=ReferralCreate(
+                categories=[Category.COUNTY_LINES],
+                summary="Boy, 15, with two phones at Nottingham station in school hours.",
+                narrative="Would not say where he was going.",
+                observed_at=datetime.now(UTC) - timedelta(hours=1),
+                risk_level=RiskLevel.HIGH,
+                subject=child,
+            ),
+        ).parsed
+        shared = share_referral.sync_detailed(
+            referral.id,
+            client=btp,
+            body=ShareCreate(
+                agency="nottingham-cs",
+                access=ShareAccess.READ,
+                purpose=SharePurpose.MASH_TRIAGE,
+                necessity="The MASH needs the sighting to assess risk to the child today.",
+                lawful_basis=LawfulBasis(article_6=Article6Basis.PUBLIC_TASK),
+                consent=Consent(
+                    status=ConsentStatus.NOT_SOUGHT,
+                    rationale="Seeking consent could alert those exploiting him.",
+                ),
+            ),
+        )
+        assert shared.status_code == 201, shared.content
+        printed = casehub(partnership.env, ["webhooks", "worker", "--once"])[0]
+        assert "1 delivery attempt" in printed or "made 1" in printed, printed
+
+    assert len(received) == 1
+    headers, body = received[0]
+    verifier = Webhook(hook.secret)
+    event = verifier.verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(body.replace(b"referral.shared", b"referral.sharex"), headers)
+    assert event["type"] == "referral.shared" and headers["webhook-id"] == event["id"]
+    assert event["data"] == {
+        "referral_id": str(referral.id),
+        "share_id": str(shared.parsed.id),
+        "agency": "btp",
+    }
+    for personal in (b"Kai", b"Webb", b"two phones", b"where he was going"):
+        assert personal not in body
+
+    # The payload carries ids only: the integration reads the referral with its own token.
+    read = get_referral.sync_detailed(uuid.UUID(event["data"]["referral_id"]), client=la)
+    assert read.status_code == 200 and read.parsed.summary.startswith("Boy, 15")
+
+    # The feed holds the same event (after those of the journey above, which ran first).
+    fed = list(every_item(list_events.sync, client=la, limit=2))
+    assert str(fed[-1].id) == event["id"] and fed[-1].type_ is EventType.REFERRAL_SHARED
+    assert sorted(str(e.id) for e in fed) == sorted({str(e.id) for e in fed})
+    poll = list_events.sync(client=la, limit=200)
+    later = list_events.sync(client=la, cursor=poll.poll_cursor)
+    assert later.items == [] and later.next_cursor is None
+    attempts = list_webhook_deliveries.sync(hook.id, client=la).items
+    assert [(str(a.event_id), a.attempt, a.http_status) for a in attempts] == [
+        (event["id"], 1, 204)
+    ]

@@ -189,17 +189,17 @@ class Events(MethodView):
         summary="The agency's event feed",
         description=(
             "The events the agency's webhooks receive (whether or not it has any), in the order "
-            "they were committed, kept for 30 days (CASEHUB_EVENTS_RETENTION_DAYS). A feed does "
-            "not end: `next_cursor` is where to continue from, also on the last page, and is "
-            "null only when there has never been an event for the agency (pass none to start "
-            "from the oldest kept). Poll with the last `next_cursor`; an empty page means "
-            "nothing new yet. Needs `referrals:read` or `webhooks:manage`."
+            "they were committed, kept for 30 days (CASEHUB_EVENTS_RETENTION_DAYS); without a "
+            "cursor, from the oldest kept. Follow `next_cursor` as for any list until it is "
+            "null: that is everything there is now. Keep the last page's `poll_cursor` and "
+            "pass it as `cursor` on the next poll to get only what came after (an empty page: "
+            "nothing new yet). Needs `referrals:read` or `webhooks:manage`."
         ),
     )
-    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def get(self, args: dict[str, Any]) -> events.FeedPage:
         session = get_session()
         actor = current_actor()
-        items, next_cursor = events.feed(
+        page = events.feed(
             session,
             actor=actor,
             types=args.get("type") or [],
@@ -207,7 +207,7 @@ class Events(MethodView):
             cursor=args.get("cursor"),
         )
         audit_record(session, actor, "event.list", resource_type="event")
-        return {"items": items, "next_cursor": next_cursor}
+        return page
 
 
 def document_deliveries(spec: Any) -> None:

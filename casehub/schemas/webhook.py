@@ -137,6 +137,7 @@ class EventDataSchema(ma.Schema):
     share_id = ma.fields.UUID()
     note_id = ma.fields.UUID()
     webhook_id = ma.fields.UUID()
+
     @ma.post_dump(pass_original=True)
     def _as_stored(self, _dumped: Any, original: Any, **_: Any) -> Any:
         """Every id the event carries, including those of types added later."""
@@ -160,8 +161,14 @@ class EventPageSchema(ma.Schema):
     next_cursor = ma.fields.String(
         required=True,
         allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null at the end."},
+    )
+    poll_cursor = ma.fields.String(
+        required=True,
+        allow_none=True,
         metadata={
-            "description": "Where to continue from, on the last page too (the feed does not "
-            "end); null only when the agency has never had an event."
+            "description": "Where this page ends: pass as `cursor` when polling later to get "
+            "only newer events (on an empty page, the cursor that was sent). null only when the "
+            "agency has had no event yet."
         },
     )

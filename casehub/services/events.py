@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -148,6 +149,13 @@ def event_document(event: Event) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class FeedPage:
+    items: list[Event]
+    next_cursor: str | None  # more events are there now; null at the end, as for every list
+    poll_cursor: str | None  # where to poll from later; null only before the first event
+
+
 def feed(
     session: Session,
     *,
@@ -155,7 +163,7 @@ def feed(
     types: list[str],
     limit: int,
     cursor: str | None,
-) -> tuple[list[Event], str | None]:
+) -> FeedPage:
     """The caller's agency's events in order, from transactions that have all ended.
 
     On PostgreSQL rows are ordered by (writing transaction id, pos) and only those written by
@@ -181,10 +189,7 @@ def feed(
         tx, pos = decode_cursor(cursor, [int, int])
         stmt = stmt.where(tuple_(Event.tx, Event.pos) > tuple_(tx, pos))
     rows = list(session.execute(stmt.order_by(Event.tx, Event.pos).limit(limit + 1)).scalars())
-    if len(rows) > limit:
-        rows = rows[:limit]
-        return rows, encode_cursor([rows[-1].tx, rows[-1].pos])
-    # The end of what is there now: a cursor to poll from (null only when nothing was read).
-    if rows:
-        return rows, encode_cursor([rows[-1].tx, rows[-1].pos])
-    return rows, cursor
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = encode_cursor([rows[-1].tx, rows[-1].pos]) if rows else cursor
+    return FeedPage(rows, next_cursor=last if more else None, poll_cursor=last)
