@@ -540,3 +540,20 @@ def test_metrics_show_the_outbox(client, db_session, factory, btp, notts):
     assert float(lines['casehub_webhook_attempts_total{outcome="failed"}']) == 3.0
     assert float(lines['casehub_webhook_attempts_total{outcome="delivered"}']) == 0.0
     assert float(lines["casehub_webhooks_disabled"]) == 0.0
+
+
+def test_a_deactivated_agency_is_sent_nothing(client, db_session, btp, notts):
+    from casehub.models import Agency
+
+    subscribe(client, notts, events=["referral.updated"])
+    referral, etag = raise_referral(client, btp)
+    share(client, btp, referral["id"], "notts-cs")
+    db_session.get(Agency, "notts-cs").active = False
+    db_session.commit()
+    changed = client.patch(
+        f"/v1/referrals/{referral['id']}",
+        json={"risk_level": "low"},
+        headers={**btp.headers(), "If-Match": etag},
+    )
+    assert changed.status_code == 200
+    assert db_session.execute(select(func.count()).select_from(WebhookDelivery)).scalar_one() == 0

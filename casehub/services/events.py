@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from casehub.auth.actor import Actor
 from casehub.errors import ValidationFailed
-from casehub.models import Event, Referral, Share, Webhook, WebhookDelivery
+from casehub.models import Agency, Event, Referral, Share, Webhook, WebhookDelivery
 from casehub.services.pagination import decode_cursor, encode_cursor
 
 # Every event type of the contract, with what it means. Types from CONTRACT §9 to §11 are listed
@@ -115,10 +115,13 @@ def _queue_deliveries(
     session: Session, type: str, position_by_agency: dict[str, int], now: datetime
 ) -> None:
     hooks = session.execute(
-        select(Webhook.id, Webhook.agency_code, Webhook.events).where(
+        select(Webhook.id, Webhook.agency_code, Webhook.events)
+        .join(Agency, Agency.code == Webhook.agency_code)
+        .where(
             Webhook.agency_code.in_(position_by_agency),
             Webhook.disabled_at.is_(None),
             Webhook.deleted_at.is_(None),
+            Agency.active.is_(True),  # a deactivated agency is sent nothing
         )
     ).all()
     rows = [
