@@ -545,12 +545,12 @@ def test_when_a_lease_runs_out_another_worker_takes_the_delivery(
     clock.advance(seconds=1)
     [taken] = other.claim(8)
     assert (taken.delivery_id, taken.attempt) == (held.delivery_id, 2)
-    other.record(other.attempt(taken))
+    other.record([other.attempt(taken)])
     assert [d.status for d in deliveries_of(db_session, hook.id)] == ["delivered"]
 
     # The first worker's late result is logged, but moves nothing.
     late = crashed.attempt(held)
-    crashed.record(replace(late, outcome=replace(late.outcome, status=503)))
+    crashed.record([replace(late, outcome=replace(late.outcome, status=503))])
     [delivery] = deliveries_of(db_session, hook.id)
     assert delivery.status == "delivered" and delivery.attempts == 2
     assert sorted((a.attempt, a.http_status) for a in attempts_of(db_session, hook.id)) == [

@@ -18,7 +18,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -63,6 +64,8 @@ MAX_RETRY_AFTER = timedelta(hours=3)  # a receiver's Retry-After is honoured up 
 PURGE_EVERY = timedelta(minutes=10)
 PURGE_BATCH = 1000
 MAX_TEXT = 200  # the attempts log's error and response excerpt
+_KIND_ORDER = {"delivered": 0, "failed": 1, "gone": 2}
+SUCCESS_RESOLUTION = timedelta(seconds=1)  # how far last_success_at may lag behind
 
 
 @dataclass(frozen=True)
@@ -241,65 +244,98 @@ class Worker:
         return Result(claim, attempted_at, outcome)
 
     # -- record ------------------------------------------------------------------------------
-    def record(self, result: Result) -> None:
-        """Log the attempt and move the delivery (and its subscription) on."""
-        claim, outcome, kind = result.claim, result.outcome, result.kind
+    def record(self, results: Sequence[Result]) -> None:
+        """Log the attempts and move their deliveries (and subscriptions) on, in one
+        transaction: results that finish while one batch is being recorded make the next, so
+        the commits (and the counter rows every attempt updates) are shared when busy."""
+        if not results:
+            return
+        for result in results:
+            _log_attempt(result)
         now = self.clock()
-        lock = True if self.postgres else None
-        log.info(
-            "webhook delivery %s webhook %s attempt %d outcome %s status %s duration_ms %d%s",
-            claim.delivery_id,
-            claim.webhook_id,
-            claim.attempt,
-            kind,
-            outcome.status if outcome.status is not None else "-",
-            outcome.duration_ms,
-            f" error {outcome.error!r}" if outcome.error else "",
-        )
+        # Successes first: a 410 in the same batch then cannot cancel what was delivered.
+        ordered = sorted(results, key=lambda r: _KIND_ORDER[r.kind])
+        troubled = {r.claim.webhook_id for r in results if r.kind != "delivered"}
         with session_scope(self.app) as session:
-            # Always the subscription before its deliveries, as delete_webhook does: no deadlock.
-            webhook = session.get(Webhook, claim.webhook_id, with_for_update=lock)
-            delivery = session.get(WebhookDelivery, claim.delivery_id, with_for_update=lock)
-            _count_attempt(session, kind, postgres=self.postgres)
-            if webhook is None or delivery is None:
-                return  # its event was purged meanwhile: nothing left to record it on
-            session.add(
-                WebhookAttempt(
-                    delivery_id=delivery.id,
-                    webhook_id=webhook.id,
-                    event_id=claim.event_id,
-                    event_type=claim.event_type,
-                    attempt=claim.attempt,
-                    attempted_at=result.attempted_at,
-                    outcome=kind,
-                    http_status=outcome.status,
-                    error=outcome.error[:MAX_TEXT] if outcome.error else None,
-                    duration_ms=outcome.duration_ms,
-                    response_excerpt=outcome.excerpt[:MAX_TEXT] or None,
-                )
-            )
-            # Another worker may have claimed the delivery since our lease ran out, or an
-            # operator replayed it or a deletion cancelled it: then only the log records this one.
-            if delivery.status != "pending" or delivery.attempts != claim.attempt:
-                return
-            if kind == "delivered":
-                _finish(delivery, "delivered", now)
-                webhook.last_success_at = now
-                webhook.failing_since = None
-            elif kind == "gone":
-                _finish(delivery, "failed", now)
-                self._disable(session, webhook, "gone", now)
-            else:
-                if webhook.failing_since is None:
-                    webhook.failing_since = now
-                if now - delivery.created_at >= RETRY_FOR:
-                    _finish(delivery, "failed", now)  # given up
+            # The subscriptions before their deliveries, as delete_webhook does, and each in id
+            # order, so that two workers recording at once cannot deadlock.
+            hooks: dict[uuid.UUID, Webhook] = {}
+            for webhook_id in sorted({r.claim.webhook_id for r in results}):
+                if webhook_id in troubled:
+                    # Failures count towards disabling it: read and decide under its lock.
+                    stmt = select(Webhook).where(Webhook.id == webhook_id)
+                    if self.postgres:
+                        stmt = stmt.with_for_update()
+                    webhook = session.scalars(stmt).one_or_none()
+                    if webhook is not None:
+                        hooks[webhook_id] = webhook
                 else:
-                    delay = retry_delay(claim.attempt, outcome.retry_after, self.rng)
-                    delivery.next_attempt_at = now + delay
-                if now - webhook.failing_since >= DISABLE_AFTER:
-                    _finish(delivery, "failed", now)
-                    self._disable(session, webhook, "failing", now)
+                    _note_success(session, webhook_id, now)
+            delivery_ids = {r.claim.delivery_id for r in results}
+            stmt = select(WebhookDelivery).where(WebhookDelivery.id.in_(delivery_ids))
+            if self.postgres:
+                stmt = stmt.order_by(WebhookDelivery.id).with_for_update()
+            owed = {delivery.id: delivery for delivery in session.scalars(stmt)}
+            for result in ordered:
+                delivery = owed.get(result.claim.delivery_id)
+                if delivery is not None:  # else its event was purged meanwhile
+                    webhook = hooks.get(result.claim.webhook_id)
+                    self._apply(session, result, webhook, delivery, now)
+            session.flush()
+            # Last, so the counters' rows are locked only until the commit.
+            for kind, count in sorted(Counter(r.kind for r in results).items()):
+                _count_attempts(session, kind, count, postgres=self.postgres)
+
+    def _apply(
+        self,
+        session: Session,
+        result: Result,
+        webhook: Webhook | None,  # loaded and locked when the batch has a failure for it
+        delivery: WebhookDelivery,
+        now: datetime,
+    ) -> None:
+        claim, outcome, kind = result.claim, result.outcome, result.kind
+        session.add(
+            WebhookAttempt(
+                delivery_id=delivery.id,
+                webhook_id=claim.webhook_id,
+                event_id=claim.event_id,
+                event_type=claim.event_type,
+                attempt=claim.attempt,
+                attempted_at=result.attempted_at,
+                outcome=kind,
+                http_status=outcome.status,
+                error=outcome.error[:MAX_TEXT] if outcome.error else None,
+                duration_ms=outcome.duration_ms,
+                response_excerpt=outcome.excerpt[:MAX_TEXT] or None,
+            )
+        )
+        if kind == "delivered" and webhook is not None:
+            webhook.last_success_at = now
+            webhook.failing_since = None
+        # Another worker may have claimed the delivery since our lease ran out, or an operator
+        # replayed it or a deletion cancelled it: then only the log records this attempt.
+        if delivery.status != "pending" or delivery.attempts != claim.attempt:
+            return
+        if kind == "delivered":
+            _finish(delivery, "delivered", now)
+            return
+        if webhook is None:
+            return  # deleted outright (subscriptions are only ever soft-deleted)
+        if kind == "gone":
+            _finish(delivery, "failed", now)
+            self._disable(session, webhook, "gone", now)
+        else:
+            if webhook.failing_since is None:
+                webhook.failing_since = now
+            if now - delivery.created_at >= RETRY_FOR:
+                _finish(delivery, "failed", now)  # given up
+            else:
+                delay = retry_delay(claim.attempt, outcome.retry_after, self.rng)
+                delivery.next_attempt_at = now + delay
+            if now - webhook.failing_since >= DISABLE_AFTER:
+                _finish(delivery, "failed", now)
+                self._disable(session, webhook, "failing", now)
 
     @staticmethod
     def _disable(session: Session, webhook: Webhook, reason: str, now: datetime) -> None:
@@ -313,7 +349,8 @@ class Worker:
             update(WebhookDelivery)
             .where(WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.status == "pending")
             .values(status="cancelled", finished_at=now)
-            .execution_options(synchronize_session=False)
+            # The batch's other deliveries of this webhook, loaded in this session, too.
+            .execution_options(synchronize_session="evaluate")
         )
         log.warning("webhook %s disabled: %s", webhook.id, reason)
         events.emit(
@@ -386,10 +423,11 @@ class Worker:
                     done, _ = wait(
                         in_flight, timeout=self.settings.poll_interval, return_when=FIRST_COMPLETED
                     )
+                    results = [future.result() for future in done]
                     for future in done:
                         del in_flight[future]
-                        attempts += 1
-                        self.record(future.result())
+                    attempts += len(results)
+                    self.record(results)
                     failures = 0
                 except SQLAlchemyError:
                     if once:
@@ -427,15 +465,49 @@ def _finish(delivery: WebhookDelivery, status: str, now: datetime) -> None:
     delivery.finished_at = now
 
 
-def _count_attempt(session: Session, outcome: str, *, postgres: bool) -> None:
-    """Add one to the outcome's counter (an upsert, so no process needs to create the rows)."""
+def _note_success(session: Session, webhook_id: uuid.UUID, now: datetime) -> None:
+    """The subscription works: clear `failing_since` and move `last_success_at` on. Written
+    only when that changes something beyond a second, so that busy workers delivering to
+    one receiver do not queue up on its row's lock (last_success_at lags by under a second)."""
+    session.execute(
+        update(Webhook)
+        .where(
+            Webhook.id == webhook_id,
+            or_(
+                Webhook.failing_since.is_not(None),
+                Webhook.last_success_at.is_(None),
+                Webhook.last_success_at <= now - SUCCESS_RESOLUTION,
+            ),
+        )
+        .values(last_success_at=now, failing_since=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _count_attempts(session: Session, outcome: str, count: int, *, postgres: bool) -> None:
+    """Add to the outcome's counter (an upsert, so no process needs to create the rows)."""
     dialect_insert = postgresql.insert if postgres else sqlite.insert
-    stmt = dialect_insert(WebhookAttemptCount).values(outcome=outcome, count=1)
+    stmt = dialect_insert(WebhookAttemptCount).values(outcome=outcome, count=count)
     stmt = stmt.on_conflict_do_update(
         index_elements=[WebhookAttemptCount.outcome],
-        set_={"count": WebhookAttemptCount.count + 1},
+        set_={"count": WebhookAttemptCount.count + count},
     )
     session.execute(stmt)
+
+
+def _log_attempt(result: Result) -> None:
+    """One line per attempt: ids, outcome and timing; never the payload or the URL."""
+    claim, outcome = result.claim, result.outcome
+    log.info(
+        "webhook delivery %s webhook %s attempt %d outcome %s status %s duration_ms %d%s",
+        claim.delivery_id,
+        claim.webhook_id,
+        claim.attempt,
+        result.kind,
+        outcome.status if outcome.status is not None else "-",
+        outcome.duration_ms,
+        f" error {outcome.error!r}" if outcome.error else "",
+    )
 
 
 def run(
