@@ -28,7 +28,14 @@ from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.cli import main
 from casehub.errors import Conflict
-from casehub.models import Event, Webhook, WebhookAttempt, WebhookAttemptCount, WebhookDelivery
+from casehub.models import (
+    Agency,
+    Event,
+    Webhook,
+    WebhookAttempt,
+    WebhookAttemptCount,
+    WebhookDelivery,
+)
 from casehub.services import events
 from casehub.services import webhooks as webhook_service
 from casehub.webhooks import worker as worker_module
@@ -211,8 +218,6 @@ def subscribe(app, db_session, factory, clock, receiver) -> Callable[..., Subscr
         url: str | None = None,
         **options: Any,
     ) -> Subscription:
-        from casehub.models import Agency
-
         if db_session.get(Agency, agency) is None:
             factory.agency(agency, "charity")
         new = webhook_service.create_webhook(
@@ -564,16 +569,19 @@ def test_deliveries_of_a_stopped_subscription_are_cancelled_when_claimed(
     db_session, clock, subscribe, receiver, make_worker
 ):
     disabled, deleted = subscribe(path="/a"), subscribe(path="/b")
+    inactive = subscribe("derby-cs", path="/c")
     emit(db_session, clock)
+    emit(db_session, clock, agency="derby-cs")
     # As if each stopped after the delivery was queued (deleting cancels pending ones itself).
     db_session.get(Webhook, disabled.id).disabled_at = clock.now
     db_session.get(Webhook, deleted.id).deleted_at = clock.now
+    db_session.get(Agency, "derby-cs").active = False
     db_session.commit()
 
     assert make_worker().claim(8) == []
 
-    assert [d.status for d in deliveries_of(db_session, disabled.id)] == ["cancelled"]
-    assert [d.status for d in deliveries_of(db_session, deleted.id)] == ["cancelled"]
+    for hook in (disabled, deleted, inactive):
+        assert [d.status for d in deliveries_of(db_session, hook.id)] == ["cancelled"]
     assert receiver.seen == []
 
 

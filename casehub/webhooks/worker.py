@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session
 from casehub import audit
 from casehub.db import get_db, session_scope, utcnow
 from casehub.errors import Conflict, NotFound
-from casehub.models import Event, Webhook, WebhookAttempt, WebhookAttemptCount, WebhookDelivery
+from casehub.models import (
+    Agency,
+    Event,
+    Webhook,
+    WebhookAttempt,
+    WebhookAttemptCount,
+    WebhookDelivery,
+)
 from casehub.services import events
 from casehub.services.webhooks import signing_secrets
 from casehub.webhooks import secrets, transport
@@ -165,12 +172,14 @@ class Worker:
     # -- claim -------------------------------------------------------------------------------
     def claim(self, limit: int, *, due_by: datetime | None = None) -> list[Claim]:
         """Take the lease on up to `limit` deliveries due by `due_by` (default: now), in the
-        order they fell due; cancel, instead, those whose subscription has stopped."""
+        order they fell due; cancel, instead, those whose subscription has stopped or whose
+        agency was deactivated."""
         now = self.clock()
         stmt = (
-            select(WebhookDelivery, Webhook, Event)
+            select(WebhookDelivery, Webhook, Event, Agency.active)
             .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .join(Event, Event.pos == WebhookDelivery.event_pos)
+            .join(Agency, Agency.code == Webhook.agency_code)
             .where(
                 WebhookDelivery.status == "pending",
                 WebhookDelivery.next_attempt_at <= (due_by or now),
@@ -183,8 +192,10 @@ class Worker:
             stmt = stmt.with_for_update(skip_locked=True, of=WebhookDelivery)
         claims: list[Claim] = []
         with session_scope(self.app) as session:
-            for delivery, webhook, event in session.execute(stmt).all():
-                if webhook.disabled_at is not None or webhook.deleted_at is not None:
+            for delivery, webhook, event, agency_active in session.execute(stmt).all():
+                # Stopped since the delivery was queued (a deactivated agency is sent nothing).
+                stopped = webhook.disabled_at is not None or webhook.deleted_at is not None
+                if stopped or not agency_active:
                     delivery.status = "cancelled"
                     delivery.finished_at = now
                     continue
