@@ -478,6 +478,38 @@ def test_24_hours_of_failure_gives_up_and_disables(
     assert len(receiver.to("/down")) == len(attempt_times)
 
 
+def test_a_batch_of_410s_disables_once(db_session, clock, subscribe, receiver, make_worker):
+    gone = subscribe(path="/gone")
+    receiver.reply("/gone", *[Reply(410)] * 3)
+    for _ in range(3):
+        emit(db_session, clock)
+
+    assert make_worker().run(once=True) == 3  # all three in flight at once
+
+    statuses = sorted(d.status for d in deliveries_of(db_session, gone.id))
+    assert statuses == ["cancelled", "cancelled", "failed"]
+    assert len(agency_events(db_session, "tcs", "webhook.disabled")) == 1
+    assert [a.outcome for a in attempts_of(db_session, gone.id)] == ["gone"] * 3
+
+
+def test_an_attempt_that_raises_is_a_failure_not_a_dead_worker(
+    db_session, clock, subscribe, receiver, make_worker, caplog
+):
+    url = f"http://hooks.partner.test:{receiver.port}/hook"
+    hook = subscribe(url=url, resolver=lambda host, port: ["127.0.0.1"])
+    emit(db_session, clock)
+
+    def broken(host: str, port: int) -> list[str]:
+        raise RuntimeError("resolver bug")
+
+    assert make_worker(broken).run(once=True) == 1
+
+    [attempt] = attempts_of(db_session, hook.id)
+    assert (attempt.outcome, attempt.error) == ("failed", "internal error")
+    assert [d.status for d in deliveries_of(db_session, hook.id)] == ["pending"]
+    assert "the attempt raised" in caplog.text
+
+
 # -- secrets, targets and leases ----------------------------------------------------------------
 def test_both_secrets_sign_during_a_rotation_then_only_the_new_one(
     app, db_session, clock, subscribe, receiver, make_worker

@@ -217,17 +217,26 @@ class Worker:
 
     # -- deliver (outside any transaction; runs in the pool's threads) -----------------------
     def attempt(self, claim: Claim) -> Result:
-        """One POST of the claimed delivery, to the URL checked again now."""
+        """One POST of the claimed delivery, to the URL checked again now. Never raises: a
+        delivery that breaks the worker would break every worker that takes it after it."""
         attempted_at = self.clock()
+        try:
+            outcome = self._post(claim)
+        except Exception:
+            # The traceback names the delivery, never its payload or URL.
+            log.exception("webhook delivery %s: the attempt raised", claim.delivery_id)
+            outcome = transport.Outcome(status=None, error="internal error", duration_ms=0)
+        return Result(claim, attempted_at, outcome)
+
+    def _post(self, claim: Claim) -> transport.Outcome:
         try:
             target = check_url(
                 claim.url, allow_private=self.settings.allow_private, resolver=self.resolver
             )
-        except UnsafeTarget as error:
-            refused = transport.Outcome(
+        except UnsafeTarget as error:  # refused without connecting
+            return transport.Outcome(
                 status=None, error=f"unsafe target: {error}"[:MAX_TEXT], duration_ms=0
             )
-            return Result(claim, attempted_at, refused)
         sent_at = datetime.now(UTC)
         msg_id = str(claim.event_id)  # the same on every attempt: receivers dedupe by it
         headers = {
@@ -239,20 +248,14 @@ class Worker:
                 claim.secrets, msg_id, sent_at, claim.body.decode()
             ),
         }
-        try:
-            outcome = self.send(
-                target,
-                claim.body,
-                headers,
-                connect_timeout=self.settings.connect_timeout,
-                total_timeout=self.settings.total_timeout,
-                ca_file=self.settings.ca_file,
-            )
-        except Exception:
-            # A bug here must not take the worker down; the traceback names no payload.
-            log.exception("webhook delivery %s: the attempt raised", claim.delivery_id)
-            outcome = transport.Outcome(status=None, error="internal error", duration_ms=0)
-        return Result(claim, attempted_at, outcome)
+        return self.send(
+            target,
+            claim.body,
+            headers,
+            connect_timeout=self.settings.connect_timeout,
+            total_timeout=self.settings.total_timeout,
+            ca_file=self.settings.ca_file,
+        )
 
     # -- record ------------------------------------------------------------------------------
     def record(self, results: Sequence[Result]) -> None:
