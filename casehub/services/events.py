@@ -8,18 +8,20 @@ notifications. Payloads carry ids and agency codes only, never a child's data.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, literal_column, or_, select, tuple_
+from sqlalchemy import bindparam, insert, literal_column, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from casehub.auth.actor import Actor
+from casehub.db import UTCDateTime
 from casehub.errors import ValidationFailed
-from casehub.models import Agency, Event, Referral, Share, Webhook, WebhookDelivery
+from casehub.models import Agency, Event, Share, Webhook, WebhookDelivery
 from casehub.services.pagination import decode_cursor, encode_cursor
 
 # Every event type of the contract, with what it means. Types from CONTRACT §9 to §11 are listed
@@ -66,9 +68,41 @@ def open_share_agencies(session: Session, referral_id: uuid.UUID, now: datetime)
     return set(rows)
 
 
-def referral_audience(session: Session, referral: Referral, now: datetime) -> set[str]:
-    """Every agency that can see the referral now: its lead and its open shares."""
-    return {referral.lead_agency} | open_share_agencies(session, referral.id, now)
+# PostgreSQL: the whole notification in one statement (one round trip): who can see the
+# referral (the given agencies, and with :referral_id its open shares), minus the actor's
+# agency; one event each; a pending delivery for each of their active subscriptions to the type.
+_EMIT_POSTGRES = text(
+    """
+    WITH recipients AS (
+        SELECT DISTINCT agency FROM (
+            SELECT unnest(CAST(:agencies AS varchar[])) AS agency
+            UNION ALL
+            SELECT s.agency_code FROM shares AS s
+            WHERE s.referral_id = CAST(:referral_id AS uuid)
+              AND s.ended_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > :now)
+        ) AS candidates
+        WHERE agency IS DISTINCT FROM CAST(:actor AS varchar)
+    ),
+    written AS (
+        INSERT INTO events (id, tx, agency_code, type, occurred_at, data)
+        SELECT gen_random_uuid(), pg_current_xact_id()::text::bigint, agency, :type, :now,
+               CAST(:data AS json)
+        FROM recipients ORDER BY agency
+        RETURNING id, pos, agency_code
+    ),
+    queued AS (
+        INSERT INTO webhook_deliveries
+            (id, webhook_id, event_pos, status, attempts, next_attempt_at, created_at)
+        SELECT gen_random_uuid(), w.id, written.pos, 'pending', 0, :now, :now
+        FROM written
+        JOIN webhooks AS w ON w.agency_code = written.agency_code
+        JOIN agencies AS a ON a.code = w.agency_code
+        WHERE w.disabled_at IS NULL AND w.deleted_at IS NULL AND a.active
+          AND jsonb_exists(CAST(w.events AS jsonb), :type)
+    )
+    SELECT id FROM written
+    """
+).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 def emit(
@@ -79,34 +113,46 @@ def emit(
     actor: Actor | None,
     data: dict[str, Any],
     now: datetime,
+    shares_of: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
-    """Write `type` to each recipient except the actor's agency; return the events' ids."""
+    """Write `type` to each recipient, and with `shares_of` to every agency holding an open
+    share of that referral, except the actor's agency; return the events' ids."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
-    audience = sorted(set(recipients) - ({actor.agency} if actor is not None else set()))
-    if not audience:
-        return []
     payload = {key: str(value) for key, value in data.items() if value is not None}
     if actor is not None:
         payload.setdefault("agency", actor.agency)
+    if session.get_bind().dialect.name == "postgresql":
+        written = session.execute(
+            _EMIT_POSTGRES,
+            {
+                "agencies": sorted(set(recipients)),
+                "referral_id": shares_of,
+                "actor": actor.agency if actor is not None else None,
+                "type": type,
+                "now": now,
+                "data": json.dumps(payload, separators=(",", ":")),
+            },
+        )
+        return [row.id for row in written]
+    audience = set(recipients)
+    if shares_of is not None:
+        audience |= open_share_agencies(session, shares_of, now)
+    audience -= {actor.agency} if actor is not None else set()
     rows = [
         {
             "id": uuid.uuid4(),
+            "tx": 0,  # SQLite serialises writers: pos alone orders the feed
             "agency_code": agency,
             "type": type,
             "occurred_at": now,
             "data": payload,
         }
-        for agency in audience
+        for agency in sorted(audience)
     ]
-    stmt = insert(Event)
-    if session.get_bind().dialect.name == "postgresql":
-        # The writing transaction's id orders the feed (see models.webhook.Event).
-        stmt = stmt.values(tx=literal_column("pg_current_xact_id()::text::bigint"))
-    else:
-        for row in rows:
-            row["tx"] = 0
-    positions = session.execute(stmt.returning(Event.pos, Event.agency_code), rows).all()
+    if not rows:
+        return []
+    positions = session.execute(insert(Event).returning(Event.pos, Event.agency_code), rows).all()
     _queue_deliveries(session, type, dict((agency, pos) for pos, agency in positions), now)
     return [row["id"] for row in rows]
 

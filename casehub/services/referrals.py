@@ -249,7 +249,8 @@ def _notify(
     events.emit(
         session,
         type=type,
-        recipients=events.referral_audience(session, referral, now),
+        recipients={referral.lead_agency},
+        shares_of=referral.id,
         actor=actor,
         data={"referral_id": referral.id, **ids},
         now=now,

@@ -290,7 +290,8 @@ def transfer_lead(
     events.emit(
         session,
         type="referral.transferred",
-        recipients=events.referral_audience(session, referral, now),
+        recipients={referral.lead_agency},
+        shares_of=referral.id,
         actor=actor,
         data={"referral_id": referral.id},
         now=now,
