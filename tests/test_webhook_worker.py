@@ -538,8 +538,24 @@ def test_both_secrets_sign_during_a_rotation_then_only_the_new_one(
         StandardWebhook(hook.secret).verify(after.body, after.headers)
 
 
+INTERNAL_ADDRESSES = [
+    "10.0.0.5",
+    "172.16.3.4",
+    "192.168.1.1",
+    "127.0.0.1",
+    "169.254.169.254",  # cloud metadata
+    "100.64.0.1",  # carrier-grade NAT
+    "::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:169.254.169.254",
+    "fe80::1",
+    "fd00::1",
+]
+
+
+@pytest.mark.parametrize("address", INTERNAL_ADDRESSES)
 def test_a_host_that_now_resolves_to_a_private_address_is_not_connected_to(
-    db_session, clock, subscribe, receiver, make_worker
+    db_session, clock, subscribe, receiver, make_worker, address
 ):
     zone = {"hooks.partner.test": ["93.184.215.14"]}
 
@@ -551,7 +567,7 @@ def test_a_host_that_now_resolves_to_a_private_address_is_not_connected_to(
     url = f"https://hooks.partner.test:{receiver.port}/hook"
     hook = subscribe(url=url, allow_private=False, resolver=resolve)  # public when registered
     emit(db_session, clock)
-    zone["hooks.partner.test"] = ["127.0.0.1"]  # ...and now it is not
+    zone["hooks.partner.test"] = [address]  # ...and now it is not (DNS rebinding)
 
     assert make_worker(resolve, allow_private=False).run(once=True) == 1
 
@@ -825,3 +841,18 @@ def test_sigterm_finishes_the_delivery_in_flight_then_stops(
     assert signal.getsignal(signal.SIGTERM) is before
     statuses = sorted(d.status for d in deliveries_of(db_session, hook.id))
     assert statuses == ["delivered", "pending", "pending"]
+
+
+@pytest.mark.parametrize("address", INTERNAL_ADDRESSES)
+def test_an_internal_address_registered_while_allowed_is_refused_once_it_is_not(
+    db_session, clock, subscribe, receiver, make_worker, address
+):
+    """A subscription made while a deployment allowed private targets (a demo turned into a
+    pilot, say) is not delivered to once the setting is off: the check runs at every attempt."""
+    host = f"[{address}]" if ":" in address else address
+    hook = subscribe(url=f"https://{host}:{receiver.port}/hook", allow_private=True)
+    emit(db_session, clock)
+    assert make_worker(allow_private=False).run(once=True) == 1
+    assert receiver.connections == 0
+    [attempt] = attempts_of(db_session, hook.id)
+    assert attempt.outcome == "failed" and attempt.error.startswith("unsafe target: ")
