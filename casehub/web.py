@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from casehub import audit
+from casehub import audit, jsonbody
 from casehub.auth.actor import Actor, invalid_token, load_actor
 from casehub.db import get_session, utcnow
 from casehub.errors import (
@@ -199,7 +199,7 @@ def _check_transport() -> None:
 def _request_fingerprint() -> str:
     raw = request.get_data(cache=True)
     try:
-        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+        canonical = json.dumps(jsonbody.loads(raw), sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = raw
     digest = hashlib.sha256()
