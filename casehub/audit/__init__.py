@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import String, insert
 from sqlalchemy.orm import Session
 
 from casehub.db import new_id, utcnow
@@ -19,6 +19,12 @@ from casehub.models import AuditEvent
 
 PENDING_KEY = "casehub.audit.pending"
 _INSERT_EVENT = insert(AuditEvent.__table__)
+# No input may turn a refusal into a failed insert (a 500, and no trace of the attempt).
+_LENGTHS = {
+    column.name: column.type.length
+    for column in AuditEvent.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
 
 
 @dataclass
@@ -113,6 +119,11 @@ def write_pending(
         }
         for e in events
     ]
+    for row in rows:
+        for column, length in _LENGTHS.items():
+            value = row[column]
+            if isinstance(value, str) and len(value) > length:
+                row[column] = value[:length]  # what the caller sent is recorded, cut to fit
     # A Core insert on the session's connection: no ORM unit of work on the hot path.
     session.connection().execute(_INSERT_EVENT, rows)
     return len(rows)
