@@ -278,6 +278,7 @@ def _keep_idempotent_response(response: Response) -> None:
 def _finish_request(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", "")
     response.headers.setdefault("Cache-Control", "no-store")
+    _secure(response)
     session = g.get("casehub_session")
     if session is None or g.get("idempotent_replay"):
         return response
@@ -323,10 +324,31 @@ def request_info() -> audit.RequestInfo:
     )
 
 
+# What every response carries: nothing here is to be sniffed, framed, or leak its URL onward.
+# An API response runs no script and loads nothing; /docs sets its own, narrower policy.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+API_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'; sandbox"
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def _secure(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
+    response.headers.setdefault("Content-Security-Policy", API_CONTENT_SECURITY_POLICY)
+    if current_app.config["ISSUER"].startswith("https://"):
+        response.headers["Strict-Transport-Security"] = HSTS
+    return response
+
+
 def _finalise(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", "")
     response.headers["Cache-Control"] = "no-store"
-    return response
+    return _secure(response)
 
 
 def _handle_domain_error(error: CasehubError) -> Response:
