@@ -54,7 +54,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     keys = KeyStore(
         Path(key_file), token_ttl=settings["TOKEN_TTL"], create=settings["ENV"] != "production"
     )
-    validator = AccessTokenValidator(keys, issuer=settings["ISSUER"], audience=settings["AUDIENCE"])
+    validator = AccessTokenValidator(
+        keys,
+        issuer=settings["ISSUER"],
+        audience=settings["AUDIENCE"],
+        max_lifetime=settings["TOKEN_TTL"],
+    )
     app.extensions["casehub.keys"] = keys
     app.extensions["casehub.validator"] = validator
     app.extensions["casehub.protector"] = make_protector(validator)

@@ -196,7 +196,7 @@ def seed(
         systems = {}
         for spec in AGENCIES:
             scope = (
-                "admin webhooks:manage audit:read audit:read:all"
+                "admin webhooks:manage audit:read audit:read:all monitoring:read"
                 if spec.get("is_platform")
                 else CASEWORK + " audit:read"
             )

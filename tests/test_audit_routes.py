@@ -37,11 +37,8 @@ class World:
 def world(client, factory, db_session):
     lead = factory.partner("btp", EVERYTHING, kind="police")
     other = factory.partner("notts-cs", EVERYTHING, kind="local_authority")
-    platform = factory.partner("platform", "admin", kind="other")
-    from casehub.models import Agency
-
-    db_session.get(Agency, "platform").is_platform = True
-    db_session.commit()
+    factory.agency("platform", "other", platform=True)
+    platform = factory.partner("platform", "admin monitoring:read audit:read:all")
     created = client.post("/v1/referrals", json=referral_body(), headers=lead.headers())
     referral = created.get_json()
     share = client.post(
@@ -136,7 +133,10 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
         lambda w: (w.lead, f"/v1/audit/subjects/{w.referral['subject_id']}/accesses", {}),
         ["audit.subject_accesses"],
     ),
-    ("GET", "/v1/audit/verify"): (lambda w: (w.lead, "/v1/audit/verify", {}), ["audit.verify"]),
+    ("GET", "/v1/audit/verify"): (
+        lambda w: (w.platform, "/v1/audit/verify", {}),
+        ["audit.verify"],
+    ),
     ("GET", "/v1/referrals"): (lambda w: (w.lead, "/v1/referrals", {}), ["referral.list"]),
     ("POST", "/v1/referrals"): (
         lambda w: (w.lead, "/v1/referrals", {"json": referral_body()}),

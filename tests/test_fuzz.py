@@ -99,7 +99,7 @@ class World:
 def _seed(client: FlaskClient, factory: Factory) -> World:
     # The caller's agency is the platform agency, so agency administration is in reach too.
     factory.agency("fz-police", "police", platform=True)
-    caller = factory.partner("fz-police", ALL_SCOPES)
+    caller = factory.partner("fz-police", ALL_SCOPES + " monitoring:read audit:read:all")
     other = factory.partner("fz-la", ALL_SCOPES, kind="local_authority")
     factory.agency("fz-health", "health")
     spare = factory.partner("fz-police", "referrals:read")

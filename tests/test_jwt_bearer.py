@@ -568,10 +568,10 @@ def test_a_role_taken_away_narrows_the_users_live_token(client, db_session, keye
     admin = person(roles="agency_admin caseworker")
     issued = grant(client, partner, user_assertion(partner.key, partner.client_id, str(admin.id)))
     auth = {"Authorization": f"Bearer {issued.get_json()['access_token']}"}
-    assert client.get("/metrics", headers=auth).status_code == 200
+    assert client.get("/v1/admin/clients", headers=auth).status_code == 200
     db_session.get(User, admin.id).roles = "caseworker"
     db_session.commit()
-    assert client.get("/metrics", headers=auth).status_code == 403
+    assert client.get("/v1/admin/clients", headers=auth).status_code == 403
 
 
 def test_the_assertion_alone_does_not_authenticate_the_client(client, db_session, keyed, person):

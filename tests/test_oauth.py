@@ -406,7 +406,7 @@ def test_deactivated_client_is_refused_at_once(client, db_session, btp):
 def test_scope_taken_from_the_client_stops_its_live_tokens(client, db_session, factory):
     ops = factory.partner("btp", "referrals:read admin")
     auth = ops.headers("referrals:read admin")
-    assert client.get("/metrics", headers=auth).status_code == 200
+    assert client.get("/v1/admin/clients", headers=auth).status_code == 200
     db_session.get(Client, ops.client_id).scope = "referrals:read"
     db_session.commit()
     introspected = client.post(
@@ -416,14 +416,14 @@ def test_scope_taken_from_the_client_stops_its_live_tokens(client, db_session, f
     ).get_json()
     assert (introspected["active"], introspected["scope"]) == (True, "referrals:read")
     # The token still says admin, but the actor has only what the client has now.
-    response = client.get("/metrics", headers=auth)
+    response = client.get("/v1/admin/clients", headers=auth)
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
     assert client.get(RESOURCE, headers=auth).status_code == 200
 
 
 def test_missing_scope_is_403_insufficient_scope(client, btp):
-    response = client.get("/metrics", headers=btp.headers("referrals:read"))
+    response = client.get("/v1/admin/clients", headers=btp.headers("referrals:read"))
     assert response.status_code == 403
     assert response.headers["WWW-Authenticate"] == (
         'Bearer realm="casehub", error="insufficient_scope", scope="admin"'
@@ -570,3 +570,25 @@ def test_authlib_client_sees_oauth_errors(http, btp):
     with pytest.raises(OAuthError) as refused:
         oauth.fetch_token("/oauth/token", grant_type="client_credentials", scope="admin")
     assert refused.value.error == "invalid_scope"
+
+
+@pytest.mark.parametrize("lifetime", [901, 3600, 86400 * 365])
+def test_a_token_living_longer_than_the_configured_ttl_is_refused(app, client, btp, lifetime):
+    """Signed with casehub's own key and otherwise perfect, but casehub never issues a token
+    that lives this long (issue 9): whoever minted it is not casehub's token endpoint."""
+    now = int(time.time())
+    token = mint(app, claims_for(app, btp, iat=now, exp=now + lifetime))
+    assert_invalid_token(client.get(RESOURCE, headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_a_token_within_the_ttl_is_accepted(app, client, btp):
+    now = int(time.time())
+    token = mint(app, claims_for(app, btp, iat=now, exp=now + app.config["TOKEN_TTL"]))
+    assert client.get(RESOURCE, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_agency_auditors_cannot_verify_the_whole_chain(client, factory):
+    auditor = factory.partner("btp", "audit:read")
+    response = client.get("/v1/audit/verify", headers=auditor.headers())
+    assert response.status_code == 403
+    assert 'scope="audit:read:all"' in response.headers["WWW-Authenticate"]

@@ -84,12 +84,28 @@ def test_metrics_needs_a_token(client: FlaskClient) -> None:
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 
-def test_metrics_needs_admin_scope(client: FlaskClient, factory) -> None:
-    reader = factory.partner("ops-reader", scopes="referrals:read")
-    response = client.get("/metrics", headers=reader.headers())
-    assert response.status_code == 403
-    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
-    assert 'scope="admin"' in response.headers["WWW-Authenticate"]
+def test_metrics_need_the_platform_monitoring_scope(client: FlaskClient, factory) -> None:
+    """Platform-wide counts: not for an agency's admin, only the platform's monitoring."""
+    for scopes in ("referrals:read", "admin webhooks:manage audit:read"):
+        reader = factory.partner(f"ops-reader-{len(scopes)}", scopes=scopes)
+        response = client.get("/metrics", headers=reader.headers())
+        assert response.status_code == 403
+        assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+        assert 'scope="monitoring:read"' in response.headers["WWW-Authenticate"]
+
+
+def test_only_the_platform_agency_may_hold_monitoring_or_audit_everything(
+    client: FlaskClient, factory
+) -> None:
+    admin = factory.partner("agency-a", scopes="admin")
+    for scope in ("monitoring:read", "audit:read:all"):
+        response = client.post(
+            "/v1/admin/clients",
+            json={"name": "Prometheus", "scopes": [scope]},
+            headers=admin.headers(),
+        )
+        assert response.status_code == 422, scope
+        assert "platform agency only" in response.get_json()["errors"]["json"]["scopes"][0]
 
 
 def _sample(text: str, name: str, labels: str) -> float:
@@ -99,7 +115,8 @@ def _sample(text: str, name: str, labels: str) -> float:
 
 
 def test_metrics_count_requests_by_route_and_time_them(client: FlaskClient, factory) -> None:
-    admin = factory.partner("ops-admin", scopes="admin")
+    factory.agency("ops-admin", "other", platform=True)
+    admin = factory.partner("ops-admin", scopes="monitoring:read")
     headers = admin.headers()
     healthz = 'method="GET",route="/healthz",status="200"'
     before = client.get("/metrics", headers=headers).get_data(as_text=True)
@@ -233,9 +250,11 @@ def gunicorn_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     assert engine is not None
     migrate.upgrade(engine)
     with session_scope(setup) as session:
-        agency_service.add_agency(session, code="ops", name="Operations", kind="other")
+        agency_service.add_agency(
+            session, code="ops", name="Operations", kind="other", is_platform=True
+        )
         client, secret = agency_service.add_client(
-            session, agency_code="ops", name="prometheus", scope="admin", scrypt_n=2**10
+            session, agency_code="ops", name="prometheus", scope="monitoring:read", scrypt_n=2**10
         )
         client_id = client.client_id
     engine.dispose()
@@ -321,7 +340,7 @@ def test_gunicorn_config_serves_and_sums_metrics_over_workers(
     ).decode()
     status, body = _call(
         f"{base}/oauth/token",
-        data=b"grant_type=client_credentials&scope=admin",
+        data=b"grant_type=client_credentials&scope=monitoring:read",
         headers={
             "Authorization": f"Basic {basic}",
             "Content-Type": "application/x-www-form-urlencoded",

@@ -16,7 +16,8 @@ EVERYWHERE = {
 
 @pytest.fixture
 def reader(factory):
-    return factory.partner("btp", "referrals:read admin")
+    factory.agency("platform", "other", platform=True)
+    return factory.partner("platform", "referrals:read monitoring:read")
 
 
 def _responses(client, reader):

@@ -525,7 +525,8 @@ def test_an_event_that_commits_late_is_not_skipped_by_a_cursor(app, engine, is_p
 def test_metrics_show_the_outbox(client, db_session, factory, btp, notts):
     from casehub.models import WebhookAttemptCount
 
-    admin = factory.partner("btp", "admin")
+    factory.agency("platform", "other", platform=True)
+    admin = factory.partner("platform", "monitoring:read")
     subscribe(client, notts)
     referral, _ = raise_referral(client, btp)
     share(client, btp, referral["id"], "notts-cs")

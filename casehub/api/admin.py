@@ -120,7 +120,8 @@ class Clients(MethodView):
             "Repeating the request with the same `Idempotency-Key` creates nothing and answers "
             "the first response with `client_secret: null`, because the secret is never stored; "
             "if it was lost, delete that client and register a new one. An agency admin may "
-            "grant any scope except `audit:read:all`, which only the platform agency may hold."
+            "grant any scope except `audit:read:all` and `monitoring:read`, which only the "
+            "platform agency may hold."
         ),
     )
     def post(self, args: dict[str, Any]) -> admin.NewClient:

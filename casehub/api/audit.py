@@ -106,7 +106,7 @@ class SubjectAccesses(MethodView):
 
 @blp.route("/audit/verify")
 class Verify(MethodView):
-    @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
+    @blp.requires(audit_queries.AUDIT_READ_ALL)
     @blp.response(200, VerifySchema)
     @blp.doc(
         operationId="verifyAuditChain",
@@ -114,7 +114,8 @@ class Verify(MethodView):
         description=(
             "Recomputes every hash of the chain and checks every signed checkpoint. `ok` is "
             "true only when all hold; otherwise `first_bad_seq` names where the chain first "
-            "breaks. This reads the whole trail, so it takes a few seconds per million events."
+            "breaks. This reads the whole trail, so it takes a few seconds per million events; "
+            "it is for the partnership's auditors (`audit:read:all`, platform agency only)."
         ),
     )
     def get(self) -> dict[str, Any]:

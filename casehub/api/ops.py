@@ -100,13 +100,14 @@ def readyz() -> Any:
 
 
 @blp.route("/metrics")
-@blp.requires("admin")
+@blp.requires("monitoring:read")
 @blp.doc(
     operationId="getMetrics",
     summary="Prometheus metrics",
     description="Requests by route, method and status, and latency; the webhook outbox "
     "(pending deliveries, the oldest one's age, attempts by outcome, disabled subscriptions). "
-    "Needs the `admin` scope.",
+    "Platform-wide figures: needs `monitoring:read`, which only the platform agency's clients "
+    "may hold (a dedicated client for Prometheus).",
     responses={
         "200": {
             "description": "Prometheus text format",

@@ -17,7 +17,11 @@ SCOPES: dict[str, str] = {
     "audit:read:all": "Every audit event (partnership auditors).",
     "webhooks:manage": "The agency's webhook subscriptions.",
     "admin": "Clients and users of the agency; agencies themselves for the platform agency.",
+    "monitoring:read": "Operational metrics (`/metrics`), for the platform's monitoring "
+    "(Prometheus). Platform agency only.",
 }
+# Scopes over the whole partnership: only the platform agency's clients may hold them.
+PLATFORM_ONLY = frozenset({"audit:read:all", "monitoring:read"})
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "caseworker": frozenset(

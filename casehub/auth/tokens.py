@@ -79,9 +79,14 @@ class AccessTokenValidator(JWTBearerTokenValidator):
     """RFC 9068 access tokens signed by casehub: ES256 only, `typ: at+jwt` required, a `kid`
     naming a live casehub key, exact `iss` and `aud`, and every claim casehub relies on."""
 
-    def __init__(self, keys: KeyStore, *, issuer: str, audience: str) -> None:
+    def __init__(
+        self, keys: KeyStore, *, issuer: str, audience: str, max_lifetime: int = 900
+    ) -> None:
         super().__init__(issuer=issuer, resource_server=audience, realm="casehub")
         self.keys = keys
+        # A token living longer than casehub issues (a key used to mint one elsewhere, or a
+        # TTL lowered since) is refused: `exp - iat` may not exceed the configured TTL.
+        self.max_lifetime = max_lifetime
         self.cache = VerifiedClaimsCache()
 
     def get_jwks(self) -> Any:
@@ -131,6 +136,8 @@ class AccessTokenValidator(JWTBearerTokenValidator):
         for name in ("client_id", "scope", "agency"):
             if not isinstance(token.claims[name], str):
                 raise ValueError(name)
+        if token.claims["exp"] - token.claims["iat"] > self.max_lifetime:
+            raise ValueError("lifetime")
         return JWTAccessTokenClaims(token.claims, token.header)
 
     def validate_token(

@@ -78,7 +78,8 @@ class ClientCreateSchema(StrictSchema):
         metadata={
             "description": (
                 "The most this system may ever be granted. An agency admin may grant any scope "
-                "except `audit:read:all`, which only the platform agency may hold."
+                "except `audit:read:all` and `monitoring:read`, which only the platform agency "
+                "may hold."
             )
         },
     )

@@ -69,9 +69,10 @@ def add_client(
         raise ValidationFailed.field(
             "scopes", "Unknown scope: " + " ".join(bad) if bad else "At least one scope."
         )
-    if "audit:read:all" in wanted and not agency.is_platform:
+    reserved = sorted(scope_registry.PLATFORM_ONLY.intersection(wanted))
+    if reserved and not agency.is_platform:
         raise ValidationFailed.field(
-            "scopes", "audit:read:all is for the platform agency's auditors."
+            "scopes", f"{' '.join(reserved)}: for the platform agency only."
         )
     secret = generate_secret() if with_secret else None
     if jwks is not None:
