@@ -231,6 +231,7 @@ def _idempotency_replay(actor: Actor) -> Response | None:
                 "This Idempotency-Key was used with a different request.",
                 errors={"headers": {"Idempotency-Key": ["Already used with another body."]}},
             )
+        _authorise_replay(session, actor, record)
         g.idempotent_replay = True
         response = Response(record.body, status=record.status, headers=record.headers)
         response.headers["Idempotent-Replayed"] = "true"
@@ -240,6 +241,48 @@ def _idempotency_replay(actor: Actor) -> Response | None:
         session.flush()
     g.idempotency = (key, fingerprint)
     return None
+
+
+def _authorise_replay(session: Any, actor: Actor, record: IdempotencyRecord) -> None:
+    """A replay discloses what the first response did, so it passes the same gate as a read of
+    it now (404, audited as denied, when the caller's agency no longer sees the referral or the
+    child) and is audited like the original: same resource and children, today's basis."""
+    from casehub.models import Subject
+    from casehub.services import policy
+    from casehub.services.referrals import reach_referral
+
+    now = utcnow()
+    basis, purpose = None, actor.purpose
+    if record.referral_id is not None:
+        view = reach_referral(session, actor=actor, referral_id=record.referral_id, now=now)
+        basis, purpose = view.access.basis, view.access.purpose_for(actor)
+    elif record.resource_type == "subject" and record.resource_id:
+        subject_id = uuid.UUID(record.resource_id)
+        visible = session.execute(
+            policy.visible_subjects(actor, now).where(Subject.id == subject_id)
+        ).scalar_one_or_none()
+        if visible is None:
+            audit.record(
+                session,
+                actor,
+                "access.denied",
+                outcome="denied",
+                resource_type="subject",
+                resource_id=subject_id,
+                purpose=actor.purpose,
+            )
+            raise NotFound("No such subject.")
+    audit.record(
+        session,
+        actor,
+        f"{record.audit_action or 'request'}.replay",
+        resource_type=record.resource_type,
+        resource_id=record.resource_id,
+        referral_id=record.referral_id,
+        subject_ids=record.subject_ids or (),
+        basis=basis,
+        purpose=purpose,
+    )
 
 
 def _keep_idempotent_response(response: Response) -> None:
@@ -261,7 +304,10 @@ def _keep_idempotent_response(response: Response) -> None:
         kept = json.loads(body)
         kept.update(dict.fromkeys(shown_once))
         body = json.dumps(kept).encode()
-    get_session().add(
+    session = get_session()
+    # What the first response gave access to: the last allowed event is the creation's own.
+    created = next((e for e in reversed(audit.pending(session)) if e.outcome == "allowed"), None)
+    session.add(
         IdempotencyRecord(
             client_id=actor.client_id,
             key=key,
@@ -270,6 +316,11 @@ def _keep_idempotent_response(response: Response) -> None:
             headers=headers,
             body=body,
             expires_at=utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"]),
+            audit_action=created.action if created else None,
+            resource_type=created.resource_type if created else None,
+            resource_id=created.resource_id if created else None,
+            referral_id=created.referral_id if created else None,
+            subject_ids=list(created.subject_ids) if created else None,
         )
     )
 
@@ -280,9 +331,14 @@ def _finish_request(response: Response) -> Response:
     response.headers.setdefault("Cache-Control", "no-store")
     _secure(response)
     session = g.get("casehub_session")
-    if session is None or g.get("idempotent_replay"):
+    if session is None:
         return response
     info = request_info()
+    if g.get("idempotent_replay"):
+        # Nothing to keep or commit but the replay's own audit event.
+        audit.write_pending(session, info, status=response.status_code)
+        session.commit()
+        return response
     try:
         if response.status_code < 400:
             _keep_idempotent_response(response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,10 @@ from casehub.db import Base, utcnow
 
 
 class IdempotencyRecord(Base):
+    """The first response, and what it gave access to: a replay is authorised again against the
+    record it created (a referral or child the caller may no longer see answers 404) and audited
+    with the same resource and children as the original."""
+
     __tablename__ = "idempotency_records"
 
     client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -22,3 +27,8 @@ class IdempotencyRecord(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    audit_action: Mapped[str | None] = mapped_column(String(60))
+    resource_type: Mapped[str | None] = mapped_column(String(30))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    referral_id: Mapped[uuid.UUID | None]
+    subject_ids: Mapped[list[str] | None] = mapped_column(JSON)
