@@ -141,6 +141,7 @@ def _authorize() -> Response | None:
     purpose = request.headers.get("Purpose-Of-Use")
     if purpose is not None:
         if purpose not in REQUEST_PURPOSES:
+            _audit_refusal(actor)
             raise ValidationFailed(
                 "Purpose-Of-Use must be a share purpose code, case_work, audit or statistics.",
                 errors={"headers": {"Purpose-Of-Use": ["Unknown purpose of use."]}},

@@ -274,6 +274,17 @@ def create_referral(
             policy.visible_subjects(actor, now).where(Subject.id == data["subject_id"])
         ).scalar_one_or_none()
         if subject is None:
+            if session.get(Subject, data["subject_id"]) is not None:
+                # Another agency's child: the same answer as none, and the attempt audited.
+                audit.record(
+                    session,
+                    actor,
+                    "access.denied",
+                    outcome="denied",
+                    resource_type="subject",
+                    resource_id=data["subject_id"],
+                    purpose=actor.purpose,
+                )
             raise ValidationFailed.field("subject_id", "No such subject.")
     referral = Referral(
         id=uuid.uuid4(),

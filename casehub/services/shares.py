@@ -186,6 +186,16 @@ def acknowledge_share(
     view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     share = _share_of(session, view, share_id)
     if share.agency_code != actor.agency:
+        # Someone else's share: refused, and the refusal is audited.
+        record_on(
+            session,
+            actor,
+            "share.acknowledge",
+            view,
+            outcome="denied",
+            resource_type="share",
+            resource_id=share.id,
+        )
         if view.access.is_lead:
             raise Forbidden("Only the recipient agency acknowledges a share.")
         raise NotFound("No such share.")
@@ -213,7 +223,18 @@ def revoke_share(
     view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     if not view.access.is_lead:
         share = session.get(Share, share_id)
-        if share is None or share.referral_id != referral_id or share.agency_code != actor.agency:
+        if share is None or share.referral_id != referral_id:
+            raise NotFound("No such share.")
+        if share.agency_code != actor.agency:  # another recipient's share: invisible, audited
+            record_on(
+                session,
+                actor,
+                "share.revoke",
+                view,
+                outcome="denied",
+                resource_type="share",
+                resource_id=share.id,
+            )
             raise NotFound("No such share.")
     require_lead(session, view, actor, "share.revoke")
     share = _share_of(session, view, share_id)
