@@ -592,3 +592,34 @@ def test_agency_auditors_cannot_verify_the_whole_chain(client, factory):
     response = client.get("/v1/audit/verify", headers=auditor.headers())
     assert response.status_code == 403
     assert 'scope="audit:read:all"' in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("method", ["basic", "post"])
+def test_an_unknown_client_id_costs_what_a_wrong_secret_costs(client, btp, monkeypatch, method):
+    """Issue 9: a wrong secret for a known client ran scrypt, an unknown id did not, so the time
+    of the refusal told an attacker which client ids exist. Both now run it exactly once."""
+    import hashlib
+
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("n", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+
+    def attempt(client_id: str) -> int:
+        calls.clear()
+        data = {"grant_type": "client_credentials"}
+        headers = {}
+        if method == "basic":
+            raw = f"{client_id}:chs_wrong".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        else:
+            data.update(client_id=client_id, client_secret="chs_wrong")
+        response = client.post("/oauth/token", data=data, headers=headers)
+        assert response.status_code == 401
+        return len(calls)
+
+    assert attempt(btp.client_id) == attempt("chc_000000000000000000000000") == 1

@@ -38,7 +38,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion, JWTBearerGrant
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
-from flask import Flask
+from flask import Flask, current_app
 from joserfc import jws
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -49,7 +49,7 @@ from casehub.auth import assertions
 from casehub.auth import scopes as scope_registry
 from casehub.auth.actor import Actor, load_actor
 from casehub.auth.keys import ALGORITHM, KeyStore
-from casehub.auth.secrets import verify_secret
+from casehub.auth.secrets import hash_secret, verify_secret
 from casehub.auth.tokens import AccessTokenValidator
 from casehub.db import get_session
 from casehub.errors import Unauthorized
@@ -230,6 +230,18 @@ def _claimed_client_id(request: Any) -> str | None:
     return claimed[:_ID_LENGTH] if claimed else None
 
 
+_UNKNOWN_CLIENT_PROBE = "casehub-unknown-client"  # hashed to spend time, never stored
+
+
+def _offered_secret(request: Any) -> bool:
+    """Whether the failed caller offered a client secret (Basic or in the form)."""
+    try:
+        _, secret = extract_basic_authorization(request.headers)
+    except (ValueError, TypeError):
+        secret = None
+    return bool(secret or request.form.get("client_secret"))
+
+
 def _presented_methods(request: Any) -> int:
     form = request.form
     return sum(
@@ -247,9 +259,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
     def validate_requested_scope(self) -> None:
         client: OAuthClient = self.request.client
-        client.granted_scope = grant_scope(
-            self.request.payload.scope, frozenset(client.row.scopes)
-        )
+        client.granted_scope = grant_scope(self.request.payload.scope, frozenset(client.row.scopes))
 
 
 class UserAssertionGrant(JWTBearerGrant):
@@ -312,11 +322,15 @@ class UserAssertionGrant(JWTBearerGrant):
             if "@" not in subject or len(subject) > 254:
                 return None
             condition = User.email == subject.strip().lower()
-        row = get_session().execute(
-            select(User.id, User.roles).where(
-                condition, User.agency_code == client.row.agency_code, User.active
+        row = (
+            get_session()
+            .execute(
+                select(User.id, User.roles).where(
+                    condition, User.agency_code == client.row.agency_code, User.active
+                )
             )
-        ).one_or_none()
+            .one_or_none()
+        )
         return TokenUser(row.id, tuple(row.roles.split())) if row is not None else None
 
     def resolve_issuer_client(self, issuer: str) -> Any:
@@ -453,11 +467,15 @@ class CasehubAuthorizationServer(AuthorizationServer):
     def query_client(self, client_id: str) -> OAuthClient | None:
         if not isinstance(client_id, str) or len(client_id) > _ID_LENGTH:
             return None
-        row = get_session().execute(
-            select(Client)
-            .join(Agency, Agency.code == Client.agency_code)
-            .where(Client.client_id == client_id, Client.active, Agency.active)
-        ).scalar_one_or_none()
+        row = (
+            get_session()
+            .execute(
+                select(Client)
+                .join(Agency, Agency.code == Client.agency_code)
+                .where(Client.client_id == client_id, Client.active, Agency.active)
+            )
+            .scalar_one_or_none()
+        )
         return OAuthClient(row) if row is not None else None
 
     def authenticate_client(
@@ -486,6 +504,10 @@ class CasehubAuthorizationServer(AuthorizationServer):
             agency = session.execute(
                 select(Client.agency_code).where(Client.client_id == claimed)
             ).scalar_one_or_none()
+        if agency is None and _offered_secret(request):
+            # An unknown id must cost what a wrong secret costs (one scrypt), or the time of
+            # the refusal says which client ids exist.
+            hash_secret(_UNKNOWN_CLIENT_PROBE, n=current_app.config["CLIENT_SECRET_SCRYPT_N"])
         audit.record(
             session,
             AuditActor(agency, claimed),
