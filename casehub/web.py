@@ -20,7 +20,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -362,9 +362,14 @@ def _finish_request(response: Response) -> Response:
         # Two requests with one Idempotency-Key at once: the other one won.
         log.warning("idempotency race", extra={"request_id": g.request_id})
         return _finalise(problem(409, detail="A request with this Idempotency-Key is in progress."))
-    except Exception:
-        session.rollback()
+    except Exception as error:
+        try:
+            session.rollback()
+        except Exception:  # the connection may be gone: nothing was committed
+            session.invalidate()
         audit.discard_pending(session)
+        if _database_gone(error):
+            return _finalise(_unavailable())
         log.exception("commit failed", extra={"request_id": g.request_id})
         return _finalise(
             problem(500, detail="The request could not be completed; nothing was saved.")
@@ -421,14 +426,34 @@ def _handle_stale(error: StaleDataError) -> Response:
     return problem(412, detail="The record has changed; fetch it again and retry.")
 
 
-def _handle_operational_error(error: OperationalError) -> Response:
+RETRY_AFTER_SECONDS = "2"
+
+
+def _database_gone(error: BaseException) -> bool:
+    """The database (or the connection to it) went away, as opposed to a bug or a conflict."""
+    return isinstance(error, OperationalError | InterfaceError) or bool(
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
+
+
+def _unavailable() -> Response:
     log.error("database unavailable", extra={"request_id": g.get("request_id")})
-    return problem(503, detail="The database is unavailable; try again shortly.")
+    return problem(
+        503,
+        detail="The database is unavailable; nothing was saved. Try again shortly.",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+def _handle_operational_error(error: OperationalError) -> Response:
+    return _unavailable()
 
 
 def _handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return current_app.extensions["casehub.api"].handle_http_exception(error)  # type: ignore[no-any-return]
+    if _database_gone(error):
+        return _unavailable()
     log.exception("unhandled error", extra={"request_id": g.get("request_id")})
     return problem(500, detail="An unexpected error occurred; nothing was saved.")
 
@@ -440,5 +465,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(CasehubError, _handle_domain_error)
     app.register_error_handler(IntegrityError, _handle_integrity_error)
     app.register_error_handler(OperationalError, _handle_operational_error)
+    app.register_error_handler(InterfaceError, _handle_operational_error)
     app.register_error_handler(StaleDataError, _handle_stale)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -1,0 +1,69 @@
+"""When PostgreSQL connections die mid-request (during the work, the audit write or the
+commit), the answer is 503 with Retry-After, never a 500, and nothing is half-saved (issue 9)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from casehub import audit
+from casehub.models import Referral
+from tests.helpers import referral_body
+
+
+def _gone(kind: type[DBAPIError]) -> DBAPIError:
+    error = kind("COMMIT", None, Exception("server closed the connection unexpectedly"))
+    error.connection_invalidated = True
+    return error
+
+
+@pytest.fixture
+def btp(factory):
+    return factory.partner("btp", kind="police")
+
+
+@pytest.mark.parametrize("kind", [OperationalError, InterfaceError, DBAPIError])
+@pytest.mark.parametrize("where", ["commit", "audit write"])
+def test_a_connection_lost_while_saving_is_503_and_saves_nothing(
+    client, db_session, btp, monkeypatch, kind, where
+):
+    headers = btp.headers()
+    before = db_session.execute(select(func.count()).select_from(Referral)).scalar_one()
+    if where == "commit":
+        real = Session.commit
+
+        def commit(self):
+            if self is not db_session:
+                raise _gone(kind)
+            return real(self)
+
+        monkeypatch.setattr(Session, "commit", commit)
+    else:
+
+        def write_pending(*args, **kwargs):
+            raise _gone(kind)
+
+        monkeypatch.setattr(audit, "write_pending", write_pending)
+    response = client.post("/v1/referrals", json=referral_body(), headers=headers)
+    assert response.status_code == 503, response.get_data(as_text=True)[:300]
+    assert response.headers["Retry-After"] == "2"
+    assert response.get_json()["status"] == 503
+    monkeypatch.undo()
+    db_session.rollback()
+    assert db_session.execute(select(func.count()).select_from(Referral)).scalar_one() == before
+
+
+def test_a_connection_lost_during_the_work_is_503(client, btp, monkeypatch):
+    from casehub.services import referrals
+
+    headers = btp.headers()
+
+    def list_referrals(*args, **kwargs):
+        raise _gone(DBAPIError)
+
+    monkeypatch.setattr(referrals, "list_referrals", list_referrals)
+    response = client.get("/v1/referrals", headers=headers)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
