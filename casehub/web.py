@@ -430,10 +430,15 @@ RETRY_AFTER_SECONDS = "2"
 
 
 def _database_gone(error: BaseException) -> bool:
-    """The database (or the connection to it) went away, as opposed to a bug or a conflict."""
-    return isinstance(error, OperationalError | InterfaceError) or bool(
-        isinstance(error, DBAPIError) and error.connection_invalidated
-    )
+    """The connection to the database went away (or the server is shutting down), as opposed to
+    a bug, a conflict or a full disk: PostgreSQL's SQLSTATE classes 08 (connection exception)
+    and 57P (operator intervention), or a connection SQLAlchemy found dead."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated or isinstance(error, InterfaceError):
+        return True
+    state = str(getattr(error.orig, "sqlstate", "") or "")
+    return state.startswith(("08", "57P"))
 
 
 def _unavailable() -> Response:

@@ -67,3 +67,26 @@ def test_a_connection_lost_during_the_work_is_503(client, btp, monkeypatch):
     response = client.get("/v1/referrals", headers=headers)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__("terminating connection due to administrator command")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["57P01", "08006", "08003"])
+def test_a_terminated_backend_at_commit_is_503(client, db_session, btp, monkeypatch, sqlstate):
+    """pg_terminate_backend, a server restart or a broken socket, as psycopg reports them."""
+    headers = btp.headers()
+    real = Session.commit
+
+    def commit(self):
+        if self is not db_session:
+            raise OperationalError("COMMIT", None, _PgError(sqlstate))
+        return real(self)
+
+    monkeypatch.setattr(Session, "commit", commit)
+    response = client.post("/v1/referrals", json=referral_body(), headers=headers)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"

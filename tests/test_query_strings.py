@@ -7,7 +7,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from casehub.web import PUBLIC_ENDPOINTS, _view_target
-from tests.conftest import Factory
+from tests.conftest import ALL_SCOPES, Factory
 from tests.test_route_inventory import concrete_path, routes
 
 OAUTH_FORMS = {"/oauth/token", "/oauth/introspect", "/oauth/revoke"}
@@ -16,7 +16,8 @@ OAUTH_FORMS = {"/oauth/token", "/oauth/introspect", "/oauth/revoke"}
 def test_every_operation_refuses_an_unknown_query_parameter(
     app: Flask, client: FlaskClient, factory: Factory
 ) -> None:
-    partner = factory.partner("qs-police")
+    factory.agency("qs-police", "police", platform=True)  # platform-only routes are in reach
+    partner = factory.partner("qs-police", ALL_SCOPES + " monitoring:read audit:read:all")
     headers = partner.headers()
     problems = []
     checked = 0
@@ -48,8 +49,9 @@ def test_a_known_parameter_on_a_single_record_read_is_refused_too(
     client: FlaskClient, factory: Factory
 ) -> None:
     """`limit` means something on a list; on a single read it is a mistake, not ignored."""
-    partner = factory.partner("qs-police")
-    response = client.get("/v1/audit/verify?limit=5", headers=partner.headers("audit:read"))
+    factory.agency("qs-platform", "other", platform=True)
+    partner = factory.partner("qs-platform", "audit:read:all")
+    response = client.get("/v1/audit/verify?limit=5", headers=partner.headers())
     assert response.status_code == 422
     assert response.get_json()["errors"] == {"query": {"limit": ["Unknown field."]}}
 
