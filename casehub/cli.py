@@ -305,7 +305,7 @@ def webhooks_worker(once: bool) -> None:
     # Unless the deployment configured logging: one line per attempt on standard error.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     attempts = worker.run(current_app._get_current_object(), once=once)  # type: ignore[attr-defined]
-    click.echo(f"made {attempts} delivery attempts")
+    click.echo(f"made {attempts} delivery attempt{'' if attempts == 1 else 's'}")
 
 
 def _aware_datetime(

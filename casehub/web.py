@@ -21,6 +21,7 @@ from typing import Any
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -244,7 +245,7 @@ def _idempotency_replay(actor: Actor) -> Response | None:
     return None
 
 
-def _authorise_replay(session: Any, actor: Actor, record: IdempotencyRecord) -> None:
+def _authorise_replay(session: Session, actor: Actor, record: IdempotencyRecord) -> None:
     """A replay discloses what the first response did, so it passes the same gate as a read of
     it now (404, audited as denied, when the caller's agency no longer sees the referral or the
     child) and is audited like the original: same resource and children, today's basis."""

@@ -8,7 +8,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from casehub.schemas import enums
-from casehub.schemas.common import ListArgsSchema, StrictSchema
+from casehub.schemas.common import ListArgsSchema, StrictSchema, page_of
 from casehub.webhooks.targets import MAX_URL_LENGTH
 
 
@@ -156,13 +156,9 @@ class EventSchema(ma.Schema):
     data = ma.fields.Nested(EventDataSchema, required=True)
 
 
-class EventPageSchema(ma.Schema):
-    items = ma.fields.List(ma.fields.Nested(EventSchema), required=True)
-    next_cursor = ma.fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "Pass as `cursor` for the next page; null at the end."},
-    )
+class EventPageSchema(page_of(EventSchema)):  # type: ignore[misc]
+    """A list page like any other, plus where to resume polling from."""
+
     poll_cursor = ma.fields.String(
         required=True,
         allow_none=True,
