@@ -9,7 +9,6 @@ from flask import current_app, url_for
 from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor, problem_response
-from casehub.audit import record as audit_record
 from casehub.db import get_session, utcnow
 from casehub.schemas.common import ListArgsSchema, page_of
 from casehub.schemas.webhook import (
@@ -197,17 +196,13 @@ class Events(MethodView):
         ),
     )
     def get(self, args: dict[str, Any]) -> events.FeedPage:
-        session = get_session()
-        actor = current_actor()
-        page = events.feed(
-            session,
-            actor=actor,
+        return events.feed(
+            get_session(),
+            actor=current_actor(),
             types=args.get("type") or [],
             limit=args["limit"],
             cursor=args.get("cursor"),
         )
-        audit_record(session, actor, "event.list", resource_type="event")
-        return page
 
 
 def document_deliveries(spec: Any) -> None:

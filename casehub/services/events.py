@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, literal_column, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
+from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import UTCDateTime
 from casehub.errors import ValidationFailed
@@ -244,4 +245,5 @@ def feed(
     more = len(rows) > limit
     rows = rows[:limit]
     last = encode_cursor([rows[-1].tx, rows[-1].pos]) if rows else cursor
+    audit.record(session, actor, "event.list", resource_type="event")
     return FeedPage(rows, next_cursor=last if more else None, poll_cursor=last)
