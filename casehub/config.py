@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 MIB = 1024 * 1024
+LOG_FORMATS = ("json", "text")  # casehub/logs.py; either may be given in upper case
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(RuntimeError):
@@ -30,11 +32,25 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_TTL": 24 * 3600,
     "CLIENT_SECRET_SCRYPT_N": 2**14,
     "SQL_ECHO": False,
+    "LOG_FORMAT": "json",  # json: one JSON object per line (casehub/logs.py); text: the demo's
+    "LOG_LEVEL": "info",  # debug, info, warning, error or critical
     # How many reverse proxies in front of casehub set X-Forwarded-For/-Proto/-Host (0: none).
     "TRUSTED_PROXIES": 0,
     "AUDIT_SEQUENCER": True,  # serving processes chain audit events in a background thread
     "AUDIT_SEQUENCE_INTERVAL_MS": 500,
     "AUDIT_CHECKPOINT_KEY_FILE": None,  # None: instance/audit-checkpoint-key.pem (Ed25519)
+    # Rate limits (casehub/limits.py): per client and route class; per address without a token;
+    # failed client authentications per claimed client id and per address.
+    "RATE_LIMITS_ENABLED": True,
+    "RATE_LIMIT_STORAGE": "memory://",  # production: redis://host:6379/0, shared by every process
+    "RATE_LIMIT_KEY_PREFIX": "casehub",
+    "RATE_LIMIT_READ": "1200/minute",
+    "RATE_LIMIT_WRITE": "300/minute",
+    "RATE_LIMIT_SEARCH": "120/minute",
+    "RATE_LIMIT_AUDIT": "120/minute",
+    "RATE_LIMIT_PUBLIC": "300/minute",
+    "RATE_LIMIT_AUTH_FAILURES": "10/minute",
+    "RATE_LIMIT_AUTH_FAILURES_ADDRESS": "30/minute",
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
@@ -79,6 +95,20 @@ def validate(settings: Mapping[str, Any]) -> None:
         raise ConfigError("CASEHUB_WEBHOOK_LEASE_SECONDS must be at least 20 (deliveries take 15)")
     if settings["EVENTS_RETENTION_DAYS"] < 2:
         raise ConfigError("CASEHUB_EVENTS_RETENTION_DAYS must be at least 2 (retries last a day)")
+    if str(settings["LOG_FORMAT"]).lower() not in LOG_FORMATS:
+        raise ConfigError("CASEHUB_LOG_FORMAT must be json or text")
+    if str(settings["LOG_LEVEL"]).lower() not in LOG_LEVELS:
+        raise ConfigError("CASEHUB_LOG_LEVEL must be " + ", ".join(LOG_LEVELS))
+    from casehub import limits
+
+    bad_limits = limits.check_settings(dict(settings))
+    if bad_limits:
+        raise ConfigError(
+            ", ".join(bad_limits) + " must be a rate limit such as 600/minute or 10/second"
+        )
+    storage = str(settings["RATE_LIMIT_STORAGE"])
+    if not storage.startswith(("memory://", "redis://", "rediss://", "redis+sentinel://")):
+        raise ConfigError("CASEHUB_RATE_LIMIT_STORAGE must be memory:// or a redis:// URL")
     if settings["ENV"] == "production":
         missing = [
             f"CASEHUB_{key}"
@@ -91,3 +121,6 @@ def validate(settings: Mapping[str, Any]) -> None:
             raise ConfigError("production needs an https CASEHUB_ISSUER")
         if settings["WEBHOOKS_ALLOW_PRIVATE"]:
             raise ConfigError("CASEHUB_WEBHOOKS_ALLOW_PRIVATE is for local demos and tests only")
+        if settings["RATE_LIMITS_ENABLED"] and storage.startswith("memory://"):
+            # Each process would keep its own counters: N pods would allow N times the limit.
+            raise ConfigError("production needs a shared CASEHUB_RATE_LIMIT_STORAGE (redis://...)")

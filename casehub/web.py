@@ -1,7 +1,7 @@
 """The request lifecycle every route passes through.
 
 before: request id → token (401) → scope (403) → transport form (413/415) → Purpose-Of-Use
-        (422) → Idempotency-Key replay.
+        (422) → rate limit (429, limits.py) → Idempotency-Key replay.
 after:  success → audit events and idempotency record join the request's transaction → one
         commit; failure → rollback, then refused attempts are audited in their own transaction.
 """
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from casehub import audit, jsonbody
+from casehub import audit, jsonbody, limits
 from casehub.auth.actor import Actor, invalid_token, load_actor
 from casehub.db import get_session, utcnow
 from casehub.errors import (
@@ -148,7 +148,16 @@ def _authorize() -> Response | None:
                 errors={"headers": {"Purpose-Of-Use": ["Unknown purpose of use."]}},
             )
         g.actor = actor = replace(actor, purpose=purpose)
-    if request.method == "POST" and getattr(target, "_casehub_idempotent", False):
+    return None
+
+
+def _replay() -> Response | None:
+    """After the rate limit (casehub/limits.py): a replay is a request like any other."""
+    actor = g.get("actor")
+    if actor is None or request.method != "POST":
+        return None
+    target = _view_target(current_app, request.endpoint, request.method)
+    if getattr(target, "_casehub_idempotent", False):
         return _idempotency_replay(actor)
     return None
 
@@ -467,6 +476,8 @@ def _handle_unexpected(error: Exception) -> Response:
 def init_app(app: Flask) -> None:
     app.before_request(_start_request)
     app.before_request(_authorize)
+    limits.init_app(app)  # its check runs here: the caller is known, nothing is served yet
+    app.before_request(_replay)
     app.after_request(_finish_request)
     app.register_error_handler(CasehubError, _handle_domain_error)
     app.register_error_handler(IntegrityError, _handle_integrity_error)

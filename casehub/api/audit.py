@@ -40,6 +40,7 @@ class AuditEvents(MethodView):
     @blp.arguments(AuditEventQueryArgsSchema, location="query")
     @blp.response(200, page_of(AuditEventSchema))
     @blp.doc(operationId="listAuditEvents", summary="List audit events", description=VISIBILITY)
+    @blp.rate_class("audit")
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args.pop("limit")
         cursor = args.pop("cursor", None)
@@ -71,6 +72,7 @@ class AuditExport(MethodView):
             }
         },
     )
+    @blp.rate_class("audit")
     def get(self, args: dict[str, Any]) -> Response:
         fmt = args.pop("format")
         session = get_session()
@@ -93,6 +95,7 @@ class SubjectAccesses(MethodView):
         "went and on what basis (a share's id, or the lead). " + VISIBILITY,
         responses={"404": problem_response("subject_id is not a UUID.")},
     )
+    @blp.rate_class("audit")
     def get(self, args: dict[str, Any], subject_id: uuid.UUID) -> dict[str, Any]:
         items, next_cursor = audit_queries.subject_accesses(
             get_session(),
@@ -118,6 +121,7 @@ class Verify(MethodView):
             "it is for the partnership's auditors (`audit:read:all`, platform agency only)."
         ),
     )
+    @blp.rate_class("audit")
     def get(self) -> dict[str, Any]:
         result = audit_queries.verify_trail(
             get_session(), actor=current_actor(), key=app_key(current_app)
@@ -140,6 +144,7 @@ class ReferralAccesses(MethodView):
         ),
         responses={"404": problem_response("No such referral, or the caller does not lead it.")},
     )
+    @blp.rate_class("audit")
     def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:
         items, next_cursor = audit_queries.referral_accesses(
             get_session(),

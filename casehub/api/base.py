@@ -87,6 +87,39 @@ WWW_AUTHENTICATE = {
 }
 
 
+RATE_CLASS_KEY = "x-rate-limit-class"
+RATE_LIMIT_POLICY_HEADER = "RATE_LIMIT_POLICY"  # components/headers
+RATE_LIMIT_HEADER = "RATE_LIMIT"
+RETRY_AFTER_HEADER = "RETRY_AFTER"
+_RATE_BUDGETS = {
+    "read": "its client's `read` budget (`CASEHUB_RATE_LIMIT_READ`, default 1200/minute)",
+    "write": "its client's `write` budget (`CASEHUB_RATE_LIMIT_WRITE`, default 300/minute)",
+    "search": "its client's `search` budget (`CASEHUB_RATE_LIMIT_SEARCH`, default 120/minute)",
+    "audit": "its client's `audit` budget (`CASEHUB_RATE_LIMIT_AUDIT`, default 120/minute)",
+    "public": "its address's `public` budget (`CASEHUB_RATE_LIMIT_PUBLIC`, default 300/minute)",
+    "client-auth": (
+        "the failed client authentications of the claimed client id "
+        "(`CASEHUB_RATE_LIMIT_AUTH_FAILURES`, default 10/minute) or of the address "
+        "(`CASEHUB_RATE_LIMIT_AUTH_FAILURES_ADDRESS`, default 30/minute); while either is "
+        "spent no credentials are checked, right or wrong"
+    ),
+}
+
+
+def _too_many_requests(rate_class: str) -> dict[str, Any]:
+    return {
+        "description": f"Rate limited: this request would exceed {_RATE_BUDGETS[rate_class]}. "
+        "Nothing was done; retry after `Retry-After` seconds.",
+        # The plugin runs after schemas are resolved: name the component, not the class.
+        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "headers": {
+            "Retry-After": RETRY_AFTER_HEADER,
+            "RateLimit-Policy": RATE_LIMIT_POLICY_HEADER,
+            "RateLimit": RATE_LIMIT_HEADER,
+        },
+    }
+
+
 def _doc(func: F, *, parameters: list[dict[str, Any]] | None = None, **kwargs: Any) -> F:
     """flask-smorest's `doc`, except that header parameters are appended to the parameters the
     decorators generate (flask-smorest's manual doc would replace that list, and with it every
@@ -140,12 +173,22 @@ class ContractPlugin(BasePlugin):
                     f"{method.upper()} {path} has no operationId: add one with "
                     '@blp.doc(operationId="verbNoun")'
                 )
-            operation.setdefault("security", [])
+            security = operation.setdefault("security", [])
             responses = operation.setdefault("responses", {})
             responses.setdefault("422", http.HTTPStatus.UNPROCESSABLE_ENTITY.name)
-            for response in responses.values():
+            rate_class = operation.pop(RATE_CLASS_KEY, None) or (
+                "public" if not security else ("read" if method in ("get", "head") else "write")
+            )
+            if rate_class != "none":
+                operation[RATE_CLASS_KEY] = rate_class
+                responses["429"] = _too_many_requests(rate_class)
+            for status, response in responses.items():
                 if isinstance(response, dict) and "$ref" not in response:
-                    response.setdefault("headers", {})["X-Request-Id"] = REQUEST_ID_HEADER
+                    headers = response.setdefault("headers", {})
+                    headers["X-Request-Id"] = REQUEST_ID_HEADER
+                    if rate_class != "none" and str(status).startswith("2"):
+                        headers["RateLimit-Policy"] = RATE_LIMIT_POLICY_HEADER
+                        headers["RateLimit"] = RATE_LIMIT_HEADER
 
 
 class Api(flask_smorest.Api):
@@ -164,6 +207,32 @@ class Api(flask_smorest.Api):
                 "description": "The X-Request-Id the caller sent, if it was at most 128 of "
                 "`[A-Za-z0-9._-]`; otherwise a fresh one. The audit event records it.",
                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+            },
+        )
+
+        self.spec.components.header(
+            RATE_LIMIT_POLICY_HEADER,
+            {
+                "description": "draft-ietf-httpapi-ratelimit-headers: the limits this request "
+                'counted against, e.g. `"read";q=1200;w=60` (quota q per w seconds, per '
+                "client and class; `x-rate-limit-class` names the operation's class).",
+                "schema": {"type": "string"},
+            },
+        )
+        self.spec.components.header(
+            RATE_LIMIT_HEADER,
+            {
+                "description": "draft-ietf-httpapi-ratelimit-headers: what is left of each "
+                'policy, e.g. `"read";r=1187;t=42` (r remaining, t seconds until the window '
+                "frees a unit).",
+                "schema": {"type": "string"},
+            },
+        )
+        self.spec.components.header(
+            RETRY_AFTER_HEADER,
+            {
+                "description": "Whole seconds to wait before retrying (RFC 9110 §10.2.3).",
+                "schema": {"type": "integer", "minimum": 1},
             },
         )
 
@@ -292,6 +361,18 @@ class Blueprint(flask_smorest.Blueprint):
                     "A Purpose-Of-Use that is not a known purpose."
                 )
             return _doc(func, **doc)
+
+        return decorator
+
+    @staticmethod
+    def rate_class(name: str) -> Callable[[F], F]:
+        """Put a view in a rate-limit class other than its method's (casehub/limits.py):
+        `search`, `audit`, `client-auth` (budgeted by failed client authentications) or
+        `none` (never limited: liveness and readiness)."""
+
+        def decorator(func: F) -> F:
+            func._casehub_rate_class = name  # type: ignore[attr-defined]
+            return _doc(func, **{RATE_CLASS_KEY: name})
 
         return decorator
 

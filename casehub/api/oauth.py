@@ -225,6 +225,7 @@ _GRANT_FIELDS = {
     ["grant_type"],
     TokenSchema,
 )
+@blp.rate_class("client-auth")
 @public
 def token() -> Response:
     return _oauth_response(_server().create_token_response)
@@ -257,6 +258,7 @@ _FORM_LIMITS = {
     ["token"],
     IntrospectionSchema,
 )
+@blp.rate_class("client-auth")
 @public
 def introspect() -> Response:
     return _oauth_response(lambda: _server().create_endpoint_response("introspection"))
@@ -273,6 +275,7 @@ def introspect() -> Response:
     ["token"],
     RevocationSchema,
 )
+@blp.rate_class("client-auth")
 @public
 def revoke() -> Response:
     return _oauth_response(lambda: _server().create_endpoint_response("revocation"))

@@ -60,6 +60,7 @@ _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schema
         }
     },
 )
+@blp.rate_class("none")
 @public
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -75,6 +76,7 @@ def healthz() -> dict[str, str]:
         "503": {"description": "Not ready.", "content": _PROBLEM},
     },
 )
+@blp.rate_class("none")
 @public
 def readyz() -> Any:
     # The request's own session: readiness then means "a request can get a connection from

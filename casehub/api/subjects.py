@@ -59,6 +59,7 @@ class Subjects(MethodView):
             "exactly once."
         ),
     )
+    @blp.rate_class("search")
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         items, next_cursor = subjects.search_subjects(
             get_session(),
