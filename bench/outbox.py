@@ -54,6 +54,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from bench.audit_data import _libpq, database_url
+from bench.audit_server import RATE_LIMITS
 from casehub import create_app, migrate
 from casehub.db import get_db, make_engine, session_scope
 from casehub.services import agencies, events
@@ -102,6 +103,8 @@ def settings(url: str, folder: Path) -> dict[str, str]:
         "CASEHUB_WEBHOOKS_ALLOW_PRIVATE": "1",
         "CASEHUB_LOG_LEVEL": "warning",
         "CASEHUB_ACCESS_LOG": "",
+        # A load test's one client is meant to exceed any partner's budget (still counted).
+        **{f"CASEHUB_{key}": "100000000/minute" for key in RATE_LIMITS},
     }
 
 
@@ -114,6 +117,7 @@ def make_app(env: dict[str, str]) -> Flask:
         "AUDIT_CHECKPOINT_KEY_FILE": env["CASEHUB_AUDIT_CHECKPOINT_KEY_FILE"],
         "CLIENT_SECRET_SCRYPT_N": 1024,
         "WEBHOOKS_ALLOW_PRIVATE": True,
+        **{key: env[f"CASEHUB_{key}"] for key in RATE_LIMITS},
     }
     return create_app(overrides)
 
