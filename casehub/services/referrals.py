@@ -83,13 +83,16 @@ def share_grants(session: Session, referral_id: uuid.UUID, agency: str) -> list[
 def reach_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralView:
-    """The referral and the caller's access to it, or NotFound — audited as a refusal when the
-    referral exists but the caller's agency may not see it."""
+    """The referral and the caller's access to it, or NotFound, audited as a refusal.
+
+    A referral the caller may not see and an id that names nothing take the same path — one
+    visibility-filtered query that finds nothing, one denied event naming the id — so neither
+    the answer nor its timing tells a prober which ids exist."""
     # One query for the referral and its lists; a second only when the caller is not the lead.
     referral = (
         session.execute(
             select(Referral)
-            .where(Referral.id == referral_id)
+            .where(Referral.id == referral_id, policy.referral_visible(actor, now))
             .options(joinedload(Referral.category_rows), joinedload(Referral.indicator_rows))
         )
         .unique()
@@ -106,17 +109,16 @@ def reach_referral(
             actor.agency, lead_agency=referral.lead_agency, shares=shares, now=now
         )
     if referral is None or access is None:
-        if referral is not None:
-            audit.record(
-                session,
-                actor,
-                "access.denied",
-                outcome="denied",
-                resource_type="referral",
-                resource_id=referral_id,
-                referral_id=referral_id,
-                purpose=actor.purpose,
-            )
+        audit.record(
+            session,
+            actor,
+            "access.denied",
+            outcome="denied",
+            resource_type="referral",
+            resource_id=referral_id,
+            referral_id=referral_id,
+            purpose=actor.purpose,
+        )
         raise NotFound("No such referral.")
     return ReferralView(referral, access)
 

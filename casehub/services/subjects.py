@@ -138,15 +138,14 @@ def _sync_name_keys(subject: Subject) -> None:
 def require_visible_subject(
     session: Session, *, actor: Actor, subject_id: uuid.UUID, now: datetime
 ) -> Subject:
-    """The subject if the actor's agency may see it; otherwise NotFound, exactly as for a
-    subject that does not exist, with the attempt on an existing one audited as denied."""
+    """The subject if the actor's agency may see it; otherwise NotFound, audited as denied.
+    An invisible subject and an id that names nothing take the same path (no second query to
+    tell them apart), so neither the answer nor its timing says which ids exist."""
     subject = session.execute(
         policy.visible_subjects(actor, now).where(Subject.id == subject_id)
     ).scalar_one_or_none()
     if subject is None:
-        exists = session.execute(select(Subject.id).where(Subject.id == subject_id)).first()
-        if exists is not None:
-            _record_denied(session, actor, subject_id)
+        _record_denied(session, actor, subject_id)
         raise NotFound("No such subject.")
     return subject
 
