@@ -58,3 +58,21 @@ def test_a_lone_surrogate_in_a_subject_name_is_400(client, btp):
         "/v1/subjects", data=body, headers={**btp.headers(), "Content-Type": "application/json"}
     )
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("label", "number"),
+    [
+        ("NaN, a Python extension", b"NaN"),
+        ("Infinity", b"-Infinity"),
+        ("out of range", b"1e400"),
+        ("5,000 digits", b"9" * 5000),  # past Python's int conversion limit: a 500 before
+    ],
+)
+def test_a_number_json_cannot_carry_is_400(client, btp, label, number):
+    raw = b'{"given_name": "Sam", "family_name": "Okafor", "estimated_birth_year": ' + number + b"}"
+    response = client.post(
+        "/v1/subjects", data=raw, headers={**btp.headers(), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, (label, response.get_data(as_text=True)[:200])
+    assert response.get_json()["errors"] == {"json": ["Invalid JSON body."]}

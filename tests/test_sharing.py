@@ -169,11 +169,30 @@ def _call(client, scenario, relation, operation, scope):
 CELLS = [(op, rel) for op in OPERATIONS for rel in RELATIONS]
 
 
+def _matrix_figures(record_property, relation, expected, response) -> None:
+    """One cell of the matrix: a leak is an answer that did more than the cell allows (a
+    success where a refusal was due), whichever refusal it should have been."""
+    leaked = int(expected >= 400 and response.status_code < 400)
+    record_property(
+        "figures",
+        (
+            "authorization matrix",
+            {
+                "cells": 1,
+                "mismatches": int(response.status_code != expected),
+                "cross-agency attempts": int(relation != "lead"),
+                "leaks": leaked,
+            },
+        ),
+    )
+
+
 @pytest.mark.parametrize(("operation", "relation"), CELLS)
-def test_matrix_with_scope(client, factory, scenario, operation, relation):
+def test_matrix_with_scope(client, factory, scenario, operation, relation, record_property):
     factory.agency("hub-new", "local_authority")
     expected = OPERATIONS[operation][4].get(relation, 404)
     response = _call(client, scenario, relation, operation, ALL_SCOPES)
+    _matrix_figures(record_property, relation, expected, response)
     assert response.status_code == expected, (operation, relation, response.get_json())
     if expected == 404:
         body = response.get_json()
@@ -183,10 +202,11 @@ def test_matrix_with_scope(client, factory, scenario, operation, relation):
 
 
 @pytest.mark.parametrize(("operation", "relation"), CELLS)
-def test_matrix_without_scope(client, scenario, operation, relation):
+def test_matrix_without_scope(client, scenario, operation, relation, record_property):
     needed = OPERATIONS[operation][2]
     scope = " ".join(s for s in ALL_SCOPES.split() if s != needed)
     response = _call(client, scenario, relation, operation, scope)
+    _matrix_figures(record_property, relation, 403, response)
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
 
