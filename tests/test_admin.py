@@ -224,7 +224,7 @@ def test_the_platform_agency_cannot_be_deactivated(platform, client):
 def test_a_new_clients_secret_is_shown_once_and_gets_tokens(btp, client, db_session):
     created = client.post(
         "/v1/admin/clients",
-        json={"name": "Niche RMS", "scopes": ["referrals:read", "subjects:read"]},
+        json={"name": "Niche RMS", "scopes": ["referrals:read", "webhooks:manage"]},
         headers=btp.headers(),
     )
     assert created.status_code == 201, created.get_json()
@@ -232,14 +232,16 @@ def test_a_new_clients_secret_is_shown_once_and_gets_tokens(btp, client, db_sess
     secret = body["client_secret"]
     assert secret.startswith("chs_")
     assert body["agency"] == "btp"
-    assert body["scopes"] == ["referrals:read", "subjects:read"]
+    assert body["scopes"] == ["referrals:read", "webhooks:manage"]
+    assert body["pending_scopes"] == []  # a system passing on a case scope it holds
+    assert body["created_by"] == {"agency": "btp", "client_id": btp.client_id, "user_id": None}
     assert body["active"] is True
     assert body["jwks"] is None
     assert created.headers["Cache-Control"] == "no-store"
 
     issued = token_for(client, body["client_id"], secret)
     assert issued.status_code == 200, issued.get_json()
-    assert issued.get_json()["scope"] == "referrals:read subjects:read"
+    assert issued.get_json()["scope"] == "referrals:read webhooks:manage"
     access = bearer(issued.get_json()["access_token"])
     assert client.get("/v1/agencies", headers=access).status_code == 200
     too_much = token_for(client, body["client_id"], secret, "admin")
@@ -260,6 +262,10 @@ def test_a_new_clients_secret_is_shown_once_and_gets_tokens(btp, client, db_sess
             "agency",
             "name",
             "scopes",
+            "pending_scopes",
+            "created_by",
+            "approved_by",
+            "approved_at",
             "jwks",
             "active",
             "created_at",
@@ -652,7 +658,7 @@ def test_weak_rsa_keys_are_refused_at_registration(client, factory):
     admin = factory.partner("btp", scopes="admin")
     response = client.post(
         "/v1/admin/clients",
-        json={"name": "Weak key system", "scopes": ["referrals:read"], "jwks": {"keys": [weak]}},
+        json={"name": "Weak key system", "scopes": ["webhooks:manage"], "jwks": {"keys": [weak]}},
         headers=admin.headers(),
     )
     assert response.status_code == 422

@@ -33,8 +33,11 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy.orm import Session
 
 from casehub.openapi import spec_dict
+from casehub.services import agencies as agency_service
 from tests.conftest import ALL_SCOPES, Factory
 from tests.helpers import referral_body, subject_body
+from tests.oauth_support import JWT_BEARER, basic
+from tests.test_jwt_bearer import new_key, public_jwk, user_assertion
 
 REPO = Path(__file__).resolve().parent.parent
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
@@ -92,6 +95,7 @@ class World:
     bearer: str
     basic: str
     spare_token: str
+    approver_bearer: str  # a second administrator, in person: approvals are a person's act
     ids: dict[str, list[str]]  # per path parameter: the first is the caller's own record
     pairs: list[tuple[str, str]]  # (referral_id, share_id): ours out, theirs in
 
@@ -126,22 +130,57 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
     )
     hooks = {"url": "http://127.0.0.1:9/hooks", "events": ["referral.shared"]}
     ours, theirs_hook = post("/v1/webhooks", hooks, mine), post("/v1/webhooks", hooks, theirs)
+    asker, approver = _administrators_in_person(client, factory)
+    awaiting = post("/v1/admin/clients", {"name": "Awaiting", "scopes": ["referrals:read"]}, asker)
     referrals = [led, shared_with_us, hidden]
     return World(
         bearer=mine["Authorization"],
         basic=caller.basic(),
         spare_token=caller.token(),
+        approver_bearer=approver["Authorization"],
         ids={
             "referral_id": [r["id"] for r in referrals],
             "subject_id": [r["subject_id"] for r in referrals],
             "share_id": [shared_out["id"], shared_in["id"]],
             "user_id": [user["id"]],
-            "client_id": [spare.client_id, other.client_id],
+            "client_id": [awaiting["client_id"], spare.client_id, other.client_id],
             "code": ["fz-health", "fz-police", "fz-la"],
             "webhook_id": [ours["id"], theirs_hook["id"]],
         },
         pairs=[(led["id"], shared_out["id"]), (shared_with_us["id"], shared_in["id"])],
     )
+
+
+def _administrators_in_person(
+    client: FlaskClient, factory: Factory
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Two of the caller's agency's administrators, each with a token of their own (jwt-bearer
+    through an admin console with keys): one asks for case scopes, the other approves."""
+    key = new_key("ES256")
+    console, secret = agency_service.add_client(
+        factory.session, agency_code="fz-police", name="Admin console", scope="admin",
+        jwks={"keys": [public_jwk(key)]}, scrypt_n=2**10,
+    )
+    assert secret is not None
+    people = [
+        agency_service.add_user(
+            factory.session, agency_code="fz-police", email=f"fuzz.admin{n}@example.org",
+            name=f"Fuzz Admin {n}", roles=["agency_admin"],
+        )
+        for n in (1, 2)
+    ]
+    factory.session.commit()
+    headers = []
+    for person in people:
+        issued = client.post(
+            "/oauth/token",
+            data={"grant_type": JWT_BEARER,
+                  "assertion": user_assertion(key, console.client_id, str(person.id))},
+            headers={"Authorization": basic(console.client_id, secret)},
+        )
+        assert issued.status_code == 200, issued.get_json()
+        headers.append({"Authorization": f"Bearer {issued.get_json()['access_token']}"})
+    return headers[0], headers[1]
 
 
 def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
@@ -169,6 +208,7 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/v1/admin/agencies"): {"code": "fz-new", "name": "New", "kind": "health"},
         ("PATCH", "/v1/admin/agencies/{code}"): {"name": "Renamed"},
         ("POST", "/v1/admin/clients"): {"name": "Case system", "scopes": ["referrals:read"]},
+        ("POST", "/v1/admin/clients/{client_id}/approval"): {"scopes": ["referrals:read"]},
         ("POST", "/v1/admin/users"): {
             "email": "new.person@example.org", "name": "New Person", "roles": ["caseworker"],
         },
@@ -180,6 +220,8 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _credentials(case: Any, world: World) -> dict[str, str]:
+    if case.path.endswith("/approval"):
+        return {"Authorization": world.approver_bearer}
     if case.path not in OAUTH_PATHS:
         return {"Authorization": world.bearer}
     # Client authentication takes one method per request: ours, so credentials the generator
@@ -375,6 +417,7 @@ FOUND = [
     ("get", "/v1/audit/events?client_id=a%00", {}, 422),
     ("patch", "/v1/admin/agencies/fz%00x", {"json": {"name": "Renamed"}}, 404),
     ("delete", "/v1/admin/clients/chc%00", {}, 404),
+    ("post", "/v1/admin/clients/chc%00/approval", {"json": {"scopes": ["referrals:read"]}}, 404),
     ("post", "/v1/admin/agencies", {"json": {"code": "fz-x", "name": "X", "kind": "health",
                                              "area": " " * 10 + "a" * 195}}, 422),
     ("post", "/v1/subjects", {"json": subject_body(), "headers": {"Idempotency-Key": "\x00"}}, 422),

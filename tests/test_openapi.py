@@ -244,6 +244,7 @@ OPERATION_IDS = {
     ("get", "/v1/admin/clients"): "listClients",
     ("post", "/v1/admin/clients"): "createClient",
     ("delete", "/v1/admin/clients/{client_id}"): "deactivateClient",
+    ("post", "/v1/admin/clients/{client_id}/approval"): "approveClientScopes",
     ("get", "/v1/admin/users"): "listUsers",
     ("post", "/v1/admin/users"): "createUser",
     ("patch", "/v1/admin/users/{user_id}"): "updateUser",

@@ -10,10 +10,11 @@ from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor, problem_response
 from casehub.db import get_session
-from casehub.models import Agency, User
+from casehub.models import Agency, Client, User
 from casehub.schemas.admin import (
     AgencyCreateSchema,
     AgencyUpdateSchema,
+    ClientApprovalSchema,
     ClientCreatedSchema,
     ClientCreateSchema,
     ClientQueryArgsSchema,
@@ -121,7 +122,17 @@ class Clients(MethodView):
             "the first response with `client_secret: null`, because the secret is never stored; "
             "if it was lost, delete that client and register a new one. An agency admin may "
             "grant any scope except `audit:read:all` and `monitoring:read`, which only the "
-            "platform agency may hold."
+            "platform agency may hold.\n\n"
+            "**Case scopes need a second administrator.** Case scopes are every scope that "
+            "gives sight of case content: all but `admin`, `webhooks:manage`, `audit:read`, "
+            "`audit:read:all` and `monitoring:read`. Registered by a person (a token from the "
+            "jwt-bearer grant), the system gets its other scopes at once and its case scopes "
+            "in `pending_scopes`, which no token carries — asking for one is `invalid_scope` — "
+            "until another administrator approves them with `approveClientScopes`. The audit "
+            "event `admin.client.create` then has `basis: approval_pending`. A system acting "
+            "as itself (client_credentials) may ask only for case scopes it holds itself, which "
+            "are granted at once; any other is 422. Systems the operator adds on the server "
+            "(`casehub clients add`) need no approval."
         ),
     )
     def post(self, args: dict[str, Any]) -> admin.NewClient:
@@ -132,6 +143,39 @@ class Clients(MethodView):
             scopes=args["scopes"],
             jwks=args.get("jwks"),
             scrypt_n=current_app.config["CLIENT_SECRET_SCRYPT_N"],
+        )
+
+
+@blp.route("/clients/<string:client_id>/approval")
+class ClientApproval(MethodView):
+    @blp.requires("admin")
+    @blp.arguments(ClientApprovalSchema)
+    @blp.response(200, ClientSchema)
+    @problems(
+        _404="No such client in the caller's agency (the platform agency sees every agency's).",
+        _409="Nothing of this client awaits approval.",
+    )
+    @blp.doc(
+        operationId="approveClientScopes",
+        summary="Approve a partner system's pending case scopes",
+        description=(
+            "The second pair of eyes on case access: moves the listed scopes from "
+            "`pending_scopes` to `scopes`, so the system's next tokens may carry them (tokens "
+            "already issued do not change). Scopes not listed stay pending; to refuse them, "
+            "deactivate the client (`deactivateClient`) and register one with the right "
+            "scopes.\n\n"
+            "The approver is a person — a token from the jwt-bearer grant for an administrator, "
+            "not a system's own token — other than the person who registered the client, "
+            "of the client's agency or of the platform agency; otherwise 403, or 404 for "
+            "another agency's client, both audited as denied (`admin.client.approve`, outcome "
+            "`denied`). An approval is audited as `admin.client.approve` (allowed) and shown "
+            "in the client's `approved_by` and `approved_at`. A system that also holds `admin` "
+            "may pass its approved case scopes on to systems it registers."
+        ),
+    )
+    def post(self, args: dict[str, Any], client_id: str) -> Client:
+        return admin.approve_client_scopes(
+            get_session(), actor=current_actor(), client_id=client_id, scopes=args["scopes"]
         )
 
 

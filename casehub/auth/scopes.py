@@ -22,6 +22,15 @@ SCOPES: dict[str, str] = {
 }
 # Scopes over the whole partnership: only the platform agency's clients may hold them.
 PLATFORM_ONLY = frozenset({"audit:read:all", "monitoring:read"})
+# Scopes that give no sight of case content (referrals, notes, shares, children's records):
+# administration, webhook subscriptions (payloads carry ids only), the audit trail and metrics.
+# Every other scope is a case scope, so a scope added later is one unless it is listed here.
+WITHOUT_CASE_CONTENT = frozenset(
+    {"admin", "webhooks:manage", "audit:read", "audit:read:all", "monitoring:read"}
+)
+# Case scopes on a client registered by a person need a second administrator's approval
+# (casehub.services.admin) before any token carries them.
+CASE_SCOPES = frozenset(SCOPES) - WITHOUT_CASE_CONTENT
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "caseworker": frozenset(

@@ -37,7 +37,13 @@ class Agency(Base):
 
 
 class Client(Base):
-    """A partner system. Its secret is kept only as a slow hash (see auth.secrets)."""
+    """A partner system. Its secret is kept only as a slow hash (see auth.secrets).
+
+    `scope` is what its tokens may carry; `pending_scope` holds the case scopes a person asked
+    for when registering it, which no token carries until a second administrator approves
+    them (`approved_by_*`, the latest approval). `created_by_*` is null for a client the
+    operator added with the CLI.
+    """
 
     __tablename__ = "clients"
 
@@ -46,14 +52,25 @@ class Client(Base):
     name: Mapped[str] = mapped_column(String(200))
     secret_hash: Mapped[str | None] = mapped_column(String(255))
     scope: Mapped[str] = mapped_column(Text)
+    pending_scope: Mapped[str] = mapped_column(Text, default="", server_default="")
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     tokens_not_before: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_client_id: Mapped[str | None] = mapped_column(String(64))
+    created_by_user_id: Mapped[uuid.UUID | None]
+    approved_by_agency: Mapped[str | None] = mapped_column(String(40))
+    approved_by_client_id: Mapped[str | None] = mapped_column(String(64))
+    approved_by_user_id: Mapped[uuid.UUID | None]
+    approved_at: Mapped[datetime | None]
 
     @property
     def scopes(self) -> list[str]:
         return self.scope.split()
+
+    @property
+    def pending_scopes(self) -> list[str]:
+        return self.pending_scope.split()
 
 
 class User(Base):

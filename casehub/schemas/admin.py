@@ -10,6 +10,7 @@ from marshmallow import validate
 from casehub.auth.scopes import SCOPES
 from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
+from casehub.schemas.referral import ActorRefSchema, actor_ref
 
 AGENCY_CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{1,39}$"
 
@@ -77,9 +78,12 @@ class ClientCreateSchema(StrictSchema):
         validate=validate.Length(min=1, max=len(SCOPES)),
         metadata={
             "description": (
-                "The most this system may ever be granted. An agency admin may grant any scope "
-                "except `audit:read:all` and `monitoring:read`, which only the platform agency "
-                "may hold."
+                "The most this system may ever be granted. Any scope except `audit:read:all` "
+                "and `monitoring:read`, which only the platform agency may hold. Case scopes "
+                "(every scope but `admin`, `webhooks:manage`, `audit:read`, `audit:read:all` "
+                "and `monitoring:read`) asked for by a person wait in `pending_scopes` for a "
+                "second administrator's approval; a system acting as itself may ask only for "
+                "case scopes it holds."
             )
         },
     )
@@ -94,10 +98,56 @@ class ClientSchema(ma.Schema):
     client_id = ma.fields.String(required=True)
     agency = ma.fields.String(required=True, attribute="agency_code")
     name = ma.fields.String(required=True)
-    scopes = ma.fields.List(enums.SCOPE.field(), required=True)
+    scopes = ma.fields.List(
+        enums.SCOPE.field(),
+        required=True,
+        metadata={"description": "What the system's tokens may carry now."},
+    )
+    pending_scopes = ma.fields.List(
+        enums.SCOPE.field(),
+        required=True,
+        metadata={
+            "description": (
+                "Case scopes awaiting a second administrator's approval (POST "
+                "/v1/admin/clients/{client_id}/approval): no token carries them yet. Empty when "
+                "nothing waits."
+            )
+        },
+    )
+    created_by = ma.fields.Nested(
+        ActorRefSchema,
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": (
+                "Who registered the system over the API (`user_id` null for a system acting "
+                "as itself); null when the operator added it on the server."
+            )
+        },
+    )
+    approved_by = ma.fields.Nested(
+        ActorRefSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "The administrator who last approved case scopes; or null."},
+    )
+    approved_at = ma.fields.AwareDateTime(required=True, allow_none=True)
     jwks = ma.fields.Nested(JwksSchema, allow_none=True, required=True)
     active = ma.fields.Boolean(required=True)
     created_at = ma.fields.AwareDateTime(required=True)
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        if attr == "created_by":
+            if obj.created_by_client_id is None:
+                return None
+            return actor_ref(obj.agency_code, obj.created_by_client_id, obj.created_by_user_id)
+        if attr == "approved_by":
+            if obj.approved_by_client_id is None:
+                return None
+            return actor_ref(
+                obj.approved_by_agency, obj.approved_by_client_id, obj.approved_by_user_id
+            )
+        return super().get_attribute(obj, attr, default)
 
 
 class ClientCreatedSchema(ClientSchema):
@@ -118,6 +168,20 @@ class ClientCreatedSchema(ClientSchema):
         if attr == "client_secret":
             return obj.secret
         return super().get_attribute(obj.client, attr, default)
+
+
+class ClientApprovalSchema(StrictSchema):
+    scopes = ma.fields.List(
+        enums.SCOPE.field(),
+        required=True,
+        validate=validate.Length(min=1, max=len(SCOPES)),
+        metadata={
+            "description": (
+                "The pending scopes approved; each must be in the client's `pending_scopes`. "
+                "Those not listed stay pending."
+            )
+        },
+    )
 
 
 class ClientQueryArgsSchema(ListArgsSchema):

@@ -3,6 +3,11 @@
 Deactivation takes effect on the very next request because `auth.actor.load_actor` checks
 `active` on every call; it also moves `tokens_not_before` past every token issued so far, so
 turning a principal back on never revives a token issued before it was turned off.
+
+Case scopes (`auth.scopes.CASE_SCOPES`) on a client are where the role split between
+administrators and caseworkers lives, so no one person can mint case access: those a person
+asks for wait for a second administrator (`approve_client_scopes`); a partner system acting as
+itself may pass on only the case scopes it holds.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from casehub import audit
+from casehub.auth import scopes as scope_registry
 from casehub.auth.actor import Actor
 from casehub.db import utcnow
-from casehub.errors import Conflict, Forbidden, NotFound
+from casehub.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from casehub.models import Agency, Client, User
 from casehub.services import agencies
 from casehub.services.pagination import keyset_page
@@ -106,9 +112,27 @@ def create_client(
 ) -> NewClient:
     """Register a partner system of the actor's agency, with its one-time secret.
 
-    Any scope may be granted except `audit:read:all`, reserved to the platform agency
-    (enforced by `agencies.add_client`).
+    Any scope may be asked for except the platform agency's own (`agencies.add_client`).
+    Case scopes asked for by a person are held as pending until another administrator
+    approves them; a system acting as itself (no person behind the token) may ask only for
+    case scopes it holds itself — passing those on gives whoever holds its secret nothing it
+    did not have, and for any other there would be no first person to be the second one to.
     """
+    case = [s for s in dict.fromkeys(scopes) if s in scope_registry.CASE_SCOPES]
+    hold_back: list[str] = []
+    if actor.user_id is not None:
+        hold_back = case
+    elif case:
+        caller = session.get(Client, actor.client_id)
+        held = set(caller.scopes) if caller is not None else set()
+        not_held = [s for s in case if s not in held]
+        if not_held:
+            raise ValidationFailed.field(
+                "scopes",
+                f"Not held by the calling system: {' '.join(not_held)}. A system may pass on "
+                "only the case scopes it holds; others need a person's request and a second "
+                "administrator's approval.",
+            )
     client, secret = agencies.add_client(
         session,
         agency_code=actor.agency,
@@ -116,12 +140,80 @@ def create_client(
         scope=" ".join(scopes),
         jwks=jwks,
         scrypt_n=scrypt_n,
+        hold_back=hold_back,
     )
     assert secret is not None  # add_client issues a secret by default
+    client.created_by_client_id = actor.client_id
+    client.created_by_user_id = actor.user_id
+    session.flush()
     audit.record(
-        session, actor, "admin.client.create", resource_type="client", resource_id=client.client_id
+        session,
+        actor,
+        "admin.client.create",
+        resource_type="client",
+        resource_id=client.client_id,
+        basis="approval_pending" if client.pending_scope else None,
     )
     return NewClient(client=client, secret=secret)
+
+
+def approve_client_scopes(
+    session: Session, *, actor: Actor, client_id: str, scopes: list[str]
+) -> Client:
+    """A second administrator approves pending case scopes; tokens carry them from now on.
+
+    The approver is a person (not a system acting as itself) other than the one who asked, of
+    the client's agency or the platform agency; anyone else's attempt is refused and audited.
+    Pending scopes not listed stay pending.
+    """
+    client = session.execute(
+        select(Client).where(Client.client_id == client_id).with_for_update(of=Client)
+    ).scalar_one_or_none()
+
+    def refuse(error: Exception) -> Exception:
+        audit.record(
+            session,
+            actor,
+            "admin.client.approve",
+            outcome="denied",
+            resource_type="client",
+            resource_id=client_id[:64],
+        )
+        return error
+
+    if client is None or not (actor.is_platform or client.agency_code == actor.agency):
+        raise refuse(NotFound("No such client."))
+    if actor.user_id is None:
+        raise refuse(
+            Forbidden(
+                "Case scopes are approved by a person: use a token obtained for an "
+                "administrator (the jwt-bearer grant), not a system's own token."
+            )
+        )
+    if actor.user_id == client.created_by_user_id:
+        raise refuse(
+            Forbidden(
+                "Another administrator must approve the case scopes of a client you asked for."
+            )
+        )
+    pending = client.pending_scopes
+    if not pending:
+        raise Conflict("Nothing of this client awaits approval.")
+    approved = list(dict.fromkeys(scopes))
+    not_pending = [s for s in approved if s not in pending]
+    if not_pending:
+        raise ValidationFailed.field("scopes", f"Not awaiting approval: {' '.join(not_pending)}.")
+    client.scope = " ".join([*client.scopes, *approved])
+    client.pending_scope = " ".join(s for s in pending if s not in approved)
+    client.approved_by_agency = actor.agency
+    client.approved_by_client_id = actor.client_id
+    client.approved_by_user_id = actor.user_id
+    client.approved_at = utcnow()
+    session.flush()
+    audit.record(
+        session, actor, "admin.client.approve", resource_type="client", resource_id=client_id
+    )
+    return client
 
 
 def list_clients(

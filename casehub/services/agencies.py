@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from joserfc.errors import JoseError
@@ -58,8 +59,13 @@ def add_client(
     jwks: dict[str, Any] | None = None,
     with_secret: bool = True,
     scrypt_n: int = 2**14,
+    hold_back: Collection[str] = (),
 ) -> tuple[Client, str | None]:
-    """Register a partner system; return it and its secret, which is never retrievable again."""
+    """Register a partner system; return it and its secret, which is never retrievable again.
+
+    Requested scopes in `hold_back` are stored as pending, for a second administrator to
+    approve (services.admin); no token carries them meanwhile.
+    """
     agency = session.get(Agency, agency_code)
     if agency is None:
         raise ValidationFailed.field("agency", "No such agency.")
@@ -81,7 +87,8 @@ def add_client(
         client_id=generate_client_id(),
         agency_code=agency_code,
         name=name,
-        scope=" ".join(wanted),
+        scope=" ".join(s for s in wanted if s not in hold_back),
+        pending_scope=" ".join(s for s in wanted if s in hold_back),
         secret_hash=hash_secret(secret, n=scrypt_n) if secret else None,
         jwks=jwks,
         active=True,
