@@ -106,6 +106,30 @@ def _refuse_query_string(target: Any) -> None:
     )
 
 
+def _refuse_body(target: Any) -> None:
+    """An operation that declares no body takes none: fields sent to it (`{"id": ...}` to an
+    acknowledgement) are 422 naming them, as unknown fields are everywhere, never ignored.
+    An empty body, `{}` or `null` is no body."""
+    if request.method not in BODY_METHODS or target is None or not hasattr(target, "_apidoc"):
+        return
+    if getattr(target, "_casehub_body", False) or not request.get_data(cache=True):
+        return
+    try:
+        sent = jsonbody.loads(request.get_data(cache=True))
+    except ValueError:
+        sent = ...
+    if sent in ({}, None):
+        return
+    if isinstance(sent, dict):
+        raise ValidationFailed(
+            "This operation takes no body.",
+            errors={"json": {str(name)[:100]: ["Unknown field."] for name in sent}},
+        )
+    raise ValidationFailed(
+        "This operation takes no body.", errors={"json": ["This operation takes no body."]}
+    )
+
+
 def _authorize() -> Response | None:
     app = current_app
     kind, accepted = endpoint_policy(app, request.endpoint, request.method)
@@ -138,6 +162,7 @@ def _authorize() -> Response | None:
             },
         )
     _check_transport()
+    _refuse_body(target)
     _refuse_query_string(target)
     purpose = request.headers.get("Purpose-Of-Use")
     if purpose is not None:

@@ -318,7 +318,9 @@ class Blueprint(flask_smorest.Blueprint):
             return decorator  # type: ignore[no-any-return]
 
         def with_refusals(func: F) -> F:
-            return _doc(decorator(func), responses=BODY_REFUSALS)
+            parsed = decorator(func)
+            parsed._casehub_body = True  # type: ignore[attr-defined]  # web.py: takes a body
+            return _doc(parsed, responses=BODY_REFUSALS)
 
         return with_refusals
 
