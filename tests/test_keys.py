@@ -241,6 +241,7 @@ def test_production_starts_without_a_key_file_but_is_not_ready_until_one_is_made
         "SIGNING_KEYS_FILE": str(keys),
         "WEBHOOK_KEY_FILE": str(webhook_key),
         "ISSUER": "https://casehub.example",
+        "RATE_LIMIT_STORAGE": "redis://127.0.0.1:6379/0",  # production refuses per-process ones
     }
     app = create_app(settings)
     engine = get_db(app).engine

@@ -241,8 +241,15 @@ def test_a_limit_that_is_not_a_limit_refuses_to_start(setting, value):
         create_app({setting: value})
 
 
-def test_production_refuses_per_process_counters(tmp_path):
-    with pytest.raises(ConfigError, match="RATE_LIMIT_STORAGE"):
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({}, "RATE_LIMIT_STORAGE"),
+        ({"RATE_LIMITS_ENABLED": False, "RATE_LIMIT_STORAGE": REDIS_URL}, "RATE_LIMITS_ENABLED"),
+    ],
+)
+def test_production_refuses_per_process_counters_or_no_limits(tmp_path, settings, named):
+    with pytest.raises(ConfigError, match=named):
         create_app(
             {
                 "ENV": "production",
@@ -250,6 +257,7 @@ def test_production_refuses_per_process_counters(tmp_path):
                 "ISSUER": "https://casehub.example",
                 "SIGNING_KEYS_FILE": str(tmp_path / "keys.json"),
                 "WEBHOOK_KEY_FILE": str(tmp_path / "webhook-key"),
+                **settings,
             }
         )
 
