@@ -111,6 +111,15 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
         # another agency's client: refused, and the refusal is audited
         ["admin.client.deactivate:denied"],
     ),
+    ("POST", "/v1/admin/clients/<string:client_id>/approval"): (
+        lambda w: (
+            w.lead,
+            f"/v1/admin/clients/{w.other.client_id}/approval",
+            {"json": {"scopes": ["referrals:read"]}},
+        ),
+        # another agency's client: refused and audited (test_client_approval has the approvals)
+        ["admin.client.approve:denied"],
+    ),
     ("GET", "/v1/admin/users"): (lambda w: (w.lead, "/v1/admin/users", {}), ["admin.user.list"]),
     ("POST", "/v1/admin/users"): (
         lambda w: (
@@ -338,7 +347,7 @@ CASE_ROUTES = [
 
 @pytest.mark.parametrize(("method", "rule"), CASE_ROUTES)
 def test_an_invisible_record_is_404_and_audited_as_denied(
-    client, db_session, factory, world, method, rule
+    client, db_session, factory, world, method, rule, record_property
 ):
     stranger = factory.partner("leics-police", EVERYTHING, kind="police")
     call, _ = ROUTES[(method, rule)]
@@ -359,7 +368,105 @@ def test_an_invisible_record_is_404_and_audited_as_denied(
     )
     response, events = _events_during(db_session, lambda: missing(method))
     assert response.status_code == 404
-    assert events == []  # nothing existed, so nothing was refused
+    # An id that names nothing is refused alike: telling the two apart would take a query
+    # whose time a prober could measure (tests/test_probe_equality.py).
+    assert events == ["access.denied:denied"]
+    _count(record_property, requests=2, refusals=2)
+
+
+def _count(record_property, *, requests: int, refusals: int, missing: int = 0) -> None:
+    """The walk's figures: requests made, refusals among them, requests without their event."""
+    record_property(
+        "figures",
+        ("audit walk", {"requests": requests, "refusals": refusals, "missing events": missing}),
+    )
+
+
+def _expect_one_refusal(record_property, events: list[str], expected: str) -> None:
+    _count(record_property, requests=1, refusals=1, missing=0 if events else 1)
+    assert events == [expected]
+
+
+@pytest.mark.parametrize(("method", "rule"), sorted(ROUTES))
+def test_every_route_audits_a_request_without_a_valid_token(
+    client, db_session, world, method, rule, record_property
+):
+    call, _ = ROUTES[(method, rule)]
+    _, path, kwargs = call(world)
+    kwargs = {k: v for k, v in kwargs.items() if k != "headers"}
+    response, events = _events_during(
+        db_session,
+        lambda: client.open(
+            path, method=method, headers={"Authorization": "Bearer forged"}, **kwargs
+        ),
+    )
+    assert response.status_code == 401
+    _expect_one_refusal(record_property, events, "auth.failure:denied")
+
+
+@pytest.mark.parametrize(("method", "rule"), sorted(ROUTES))
+def test_every_route_audits_an_unknown_purpose_of_use(
+    client, db_session, world, method, rule, record_property
+):
+    call, _ = ROUTES[(method, rule)]
+    partner, path, kwargs = call(world)
+    opener = _open(
+        client,
+        partner,
+        path,
+        {**kwargs, "headers": {**kwargs.get("headers", {}), "Purpose-Of-Use": "curiosity"}},
+    )
+    response, events = _events_during(db_session, lambda: opener(method))
+    assert response.status_code == 422
+    _expect_one_refusal(record_property, events, "access.denied:denied")
+
+
+@pytest.fixture
+def tight_limits(app):
+    """Every route class allows one request a minute, for this test only, on an empty store."""
+    limiter = app.extensions["casehub.limiter"]
+    saved = dict(app.config)
+    limiter.reset()
+    for setting in ("READ", "WRITE", "SEARCH", "AUDIT"):
+        app.config[f"RATE_LIMIT_{setting}"] = "1/minute"
+    yield
+    limiter.reset()
+    app.config.update(saved)
+
+
+@pytest.mark.parametrize(("method", "rule"), sorted(ROUTES))
+def test_every_route_audits_a_rate_limited_request(
+    client, db_session, world, tight_limits, method, rule, record_property
+):
+    call, _ = ROUTES[(method, rule)]
+    partner, path, kwargs = call(world)
+    opener = _open(client, partner, path, kwargs)
+    assert opener(method).status_code != 429  # the minute's one request
+    response, events = _events_during(db_session, lambda: opener(method))
+    assert response.status_code == 429
+    _expect_one_refusal(record_property, events, "rate.limited:denied")
+
+
+@pytest.mark.parametrize(("method", "rule"), CASE_ROUTES)
+def test_a_share_recipient_is_audited_whatever_it_may_or_may_not_do(
+    client, db_session, world, method, rule, record_property
+):
+    """The other agency holds a `view` share of the referral: each case route either serves it
+    (and audits what it saw or did) or refuses it (and audits one denied event)."""
+    call, _ = ROUTES[(method, rule)]
+    _, path, kwargs = call(world)
+    opener = _open(client, world.other, path, kwargs)
+    response, events = _events_during(db_session, lambda: opener(method))
+    if response.status_code < 400:
+        _count(record_property, requests=1, refusals=0, missing=0 if events else 1)
+        assert events, f"{method} {rule} served a share recipient without an audit event"
+        assert all(not e.endswith(":denied") for e in events)
+    elif response.status_code in (403, 404):
+        _count(record_property, requests=1, refusals=1, missing=0 if events else 1)
+        assert len(events) == 1 and events[0].endswith(":denied"), events
+    else:
+        # Precondition and form answers (409, 412, 422) before any record was touched.
+        assert response.status_code in (409, 412, 422), response.get_data(as_text=True)[:300]
 
 
 def test_a_request_without_a_valid_token_is_audited_as_an_auth_failure(client, db_session, world):

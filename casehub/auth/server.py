@@ -128,15 +128,23 @@ def _actor(client: OAuthClient, user: TokenUser | None = None) -> AuditActor:
     return AuditActor(client.row.agency_code, client.client_id, user.id if user else None)
 
 
-def grant_scope(requested: str | None, *ceilings: frozenset[str]) -> str:
-    """Requested scope (default: everything allowed) within every ceiling, or invalid_scope."""
+def grant_scope(
+    requested: str | None, *ceilings: frozenset[str], pending: frozenset[str] = frozenset()
+) -> str:
+    """Requested scope (default: everything allowed) within every ceiling, or invalid_scope.
+
+    `pending` (the client's case scopes awaiting approval) is never granted; it only explains
+    the refusal."""
     allowed = frozenset(scope_registry.SCOPES)
     for ceiling in ceilings:
         allowed &= ceiling
+    awaiting = " (its case scopes await a second administrator's approval)" if pending else ""
     if requested is None or not requested.strip():
         granted = [s for s in scope_registry.SCOPES if s in allowed]
         if not granted:
-            raise InvalidScopeError(description="No scope can be granted to this client.")
+            raise InvalidScopeError(
+                description=f"No scope can be granted to this client{awaiting}."
+            )
         return " ".join(granted)
     wanted = scope_registry.normalise(requested)
     outside = [s for s in wanted if s not in allowed]
@@ -144,8 +152,10 @@ def grant_scope(requested: str | None, *ceilings: frozenset[str]) -> str:
         # Only registered scope names are echoed: authlib turns a description holding characters
         # RFC 6749 §5.2 excludes (e.g. non-ASCII) into a 500, and made-up text is no help.
         known = [s for s in outside if s in scope_registry.SCOPES]
+        waiting = [s for s in known if s in pending]
         raise InvalidScopeError(
-            description="Scope not allowed: " + " ".join(known) if known else "Unknown scope."
+            description=("Scope not allowed: " + " ".join(known) if known else "Unknown scope.")
+            + ("; awaiting approval: " + " ".join(waiting) if waiting else "")
         )
     return " ".join(wanted)
 
@@ -259,7 +269,11 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
     def validate_requested_scope(self) -> None:
         client: OAuthClient = self.request.client
-        client.granted_scope = grant_scope(self.request.payload.scope, frozenset(client.row.scopes))
+        client.granted_scope = grant_scope(
+            self.request.payload.scope,
+            frozenset(client.row.scopes),
+            pending=frozenset(client.row.pending_scopes),
+        )
 
 
 class UserAssertionGrant(JWTBearerGrant):
@@ -306,6 +320,7 @@ class UserAssertionGrant(JWTBearerGrant):
             self.request.payload.scope,
             frozenset(client.row.scopes),
             scope_registry.for_roles(list(user.roles)),
+            pending=frozenset(client.row.pending_scopes),
         )
 
     def get_audiences(self) -> list[str]:
@@ -508,13 +523,16 @@ class CasehubAuthorizationServer(AuthorizationServer):
             # An unknown id must cost what a wrong secret costs (one scrypt), or the time of
             # the refusal says which client ids exist.
             hash_secret(_UNKNOWN_CLIENT_PROBE, n=current_app.config["CLIENT_SECRET_SCRYPT_N"])
+        # An id that names no client is only what was typed: a secret or a child's name pasted
+        # into the wrong field, as likely as a client id. The event keeps the ids of clients.
+        known = claimed if agency is not None else None
         audit.record(
             session,
-            AuditActor(agency, claimed),
+            AuditActor(agency, known),
             "auth.client_failed",
             outcome="denied",
             resource_type="client",
-            resource_id=claimed,
+            resource_id=known,
         )
 
     def create_token_response(self, request: Any = None) -> Any:
