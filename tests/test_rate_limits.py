@@ -338,6 +338,7 @@ def test_two_gunicorn_workers_share_one_budget_through_redis(tmp_path):
                     auth=(registered["client_id"], registered["client_secret"]),
                     timeout=10,
                 ).json()["access_token"]
+                _until_both_workers_answer(server)
                 statuses: Counter[int] = Counter()
 
                 def call(n: int) -> httpx.Response:
@@ -363,6 +364,30 @@ def test_two_gunicorn_workers_share_one_budget_through_redis(tmp_path):
                 store.delete(key)
     assert statuses == {200: budget, 429: 8}, statuses
     assert len(workers) == 2, f"one worker served everything: {workers}"
+
+
+def _until_both_workers_answer(server: Any) -> None:
+    """/readyz answered once one worker was up; the other may still be importing the app.
+    Unlimited probes, several at once, until the access log shows both workers serving."""
+    deadline = time.monotonic() + 30
+    round_ = 0
+    while time.monotonic() < deadline:
+        round_ += 1
+        with ThreadPoolExecutor(6) as pool:
+            list(
+                pool.map(
+                    lambda n: httpx.get(
+                        f"{server.base_url}/healthz",
+                        headers={"X-Request-Id": f"warm-{n}"},
+                        timeout=10,
+                    ),
+                    range(round_ * 6, round_ * 6 + 6),
+                )
+            )
+        time.sleep(0.2)
+        if len(_workers_that_served(server.log.read_text(), "warm-")) == 2:
+            return
+    raise AssertionError(f"the second worker never answered:\n{server.log_tail()}")
 
 
 def _workers_that_served(log: str, request_prefix: str) -> set[str]:
