@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -61,6 +61,9 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+CONNECT_TIMEOUT = 5  # seconds to open a PostgreSQL connection (libpq's connect_timeout)
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine tuned per backend; parameters are never echoed into logs or errors."""
     if url.startswith("sqlite"):
@@ -84,6 +87,12 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    # libpq waits for ever for a server that accepts the TCP connection but never answers (a
+    # frozen host, a dead path behind a load balancer): bound it, so a request answers 503 in
+    # seconds instead of hanging. A connect_timeout in the URL wins.
+    connect_args = (
+        {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
+    )
     return create_engine(
         url,
         echo=echo,
@@ -92,6 +101,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         pool_size=5,
         max_overflow=5,
         pool_timeout=10,
+        connect_args=connect_args,
     )
 
 
