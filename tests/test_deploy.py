@@ -350,12 +350,13 @@ def test_one_audit_sequencer_and_migrations_apart_from_the_start() -> None:
     assert commands["CronJob/casehub-audit-verify"][:3] == ["casehub", "audit", "verify"]
     for name in ("casehub-audit-checkpoint", "casehub-audit-verify"):
         assert named("CronJob", name)["spec"]["concurrencyPolicy"] == "Forbid"
-    # Only the API serves requests; the rest run without rate limits, so without Redis.
+    # Production needs the shared rate-limit storage set for every command (only the API
+    # connects to it: see the network policy test), and no workload turns the limits off.
     for where, _, pod in workloads():
         env = environment(pod["containers"][0])
-        limited = env.get("CASEHUB_RATE_LIMITS_ENABLED", {}).get("value", "1") != "0"
-        assert limited == (where == "Deployment/casehub-api"), where
-        assert limited == ("CASEHUB_RATE_LIMIT_STORAGE" in env), where
+        assert "CASEHUB_RATE_LIMITS_ENABLED" not in env, where
+        storage = env["CASEHUB_RATE_LIMIT_STORAGE"]["valueFrom"]["secretKeyRef"]
+        assert storage == {"name": "casehub-redis", "key": "url"}, where
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -436,6 +437,9 @@ def test_compose_migrates_before_the_api_and_the_worker_start() -> None:
     assert services["sequencer"]["command"] == ["casehub", "audit", "sequence"]
     api_env = services["api"]["environment"]
     assert api_env["CASEHUB_RATE_LIMIT_STORAGE"] == "redis://redis:6379/0"
+    assert all(
+        "CASEHUB_RATE_LIMITS_ENABLED" not in services[n]["environment"] for n in CASEHUB_SERVICES
+    )
     assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert api_env["CASEHUB_AUDIT_SEQUENCER"] == "0"
     assert services["api"]["ports"] == ["127.0.0.1:8000:8000"], "published on loopback only"
