@@ -109,6 +109,8 @@ def demo() -> int:
     ensure_installed(None)
     # The demo's webhook receiver is on loopback over http: allowed for demos only.
     os.environ["CASEHUB_WEBHOOKS_ALLOW_PRIVATE"] = "1"
+    # Lines a person reads in a terminal, unless asked otherwise (production logs JSON).
+    os.environ.setdefault("CASEHUB_LOG_FORMAT", "text")
     secret_file = ROOT / "instance" / "demo-webhook-secret"
     receiver_url = f"http://127.0.0.1:{DEMO_RECEIVER_PORT}/webhooks"
     check(casehub("db", "upgrade"))

@@ -11,7 +11,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from casehub import config as config_module
-from casehub import web
+from casehub import logs, web
 from casehub.api import docs, register_blueprints
 from casehub.api.base import SECURITY_SCHEME, Api
 from casehub.api.ops import init_metrics
@@ -46,6 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    logs.init_app(app)  # first: whatever starts up below logs in the configured format
 
     db = Database()
     db.init_app(app)

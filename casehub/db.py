@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,12 @@ CONNECT_TIMEOUT = 5  # seconds to open a PostgreSQL connection (libpq's connect_
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine tuned per backend; parameters are never echoed into logs or errors."""
+    if echo:
+        # SQLAlchemy's echo adds its own plain-text handler on standard output unless its
+        # logger has one: with this, statements reach only the root handler (casehub.logs).
+        engine_log = logging.getLogger("sqlalchemy.engine.Engine")
+        if not engine_log.handlers:
+            engine_log.addHandler(logging.NullHandler())
     if url.startswith("sqlite"):
         engine = create_engine(
             url, echo=echo, hide_parameters=True, connect_args={"timeout": 30}

@@ -2,7 +2,7 @@
 
 Every knob comes from the environment so one file serves the laptop demo and production:
 CASEHUB_BIND, CASEHUB_WORKERS (or WEB_CONCURRENCY), CASEHUB_THREADS, CASEHUB_TIMEOUT,
-CASEHUB_FORWARDED_ALLOW_IPS, CASEHUB_ACCESS_LOG.
+CASEHUB_FORWARDED_ALLOW_IPS, CASEHUB_ACCESS_LOG, CASEHUB_LOG_LEVEL and CASEHUB_LOG_FORMAT.
 """
 
 from __future__ import annotations
@@ -54,15 +54,26 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 # The access log never carries query strings (subject searches hold children's names and
-# dates of birth), the referrer (a partner's URL may hold them too) or the Basic-auth user. A line
-# is: client address, time, method, path, protocol, status, size, duration in ms, the worker's
-# pid, and the X-Request-Id that ties it to the audit trail. Paths hold ids, never names.
+# dates of birth), the referrer (a partner's URL may hold them too) or the Basic-auth user.
+# CASEHUB_LOG_FORMAT=json (the default) writes each line as JSON with the app's keys (see
+# casehub/logs.py and the runbook's "Logs"): the route template, never the concrete path.
+# CASEHUB_LOG_FORMAT=text (the demo) writes this format: client address, time, method, path,
+# protocol, status, size, duration in ms, the worker's pid, and the X-Request-Id that ties it to
+# the audit trail. Paths hold ids, never names. The logger refuses any other atom.
+logger_class = "casehub.logs.GunicornLogger"
 accesslog = os.environ.get("CASEHUB_ACCESS_LOG", "-") or None
 access_log_format = (
     '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms worker=%(p)s rid=%({x-request-id}o)s'
 )
 errorlog = "-"
-loglevel = os.environ.get("CASEHUB_LOG_LEVEL", "info")
+loglevel = os.environ.get("CASEHUB_LOG_LEVEL", "info").lower()
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """gunicorn's default writes each request's concrete path at debug level (a path that routes
+    nowhere holds whatever the caller typed): the app's request line, with the route template,
+    says what it would have said."""
+
 
 proc_name = "casehub"
 

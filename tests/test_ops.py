@@ -275,6 +275,7 @@ def gunicorn_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         CASEHUB_DATABASE_URL=database,
         CASEHUB_SIGNING_KEYS_FILE=keys,
         CASEHUB_ISSUER=f"http://127.0.0.1:{port}",
+        CASEHUB_LOG_FORMAT="text",  # the demo's lines, read below (JSON: test_log_canary.py)
     )
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as log:
