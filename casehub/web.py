@@ -21,6 +21,7 @@ from typing import Any
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -375,10 +376,12 @@ def _finish_request(response: Response) -> Response:
         audit.write_pending(session, info, status=response.status_code)
         session.commit()
         return response
+    committing = False
     try:
         if response.status_code < 400:
             _keep_idempotent_response(response)
             audit.write_pending(session, info, status=response.status_code)
+            committing = True
             session.commit()
         else:
             session.rollback()
@@ -404,7 +407,9 @@ def _finish_request(response: Response) -> Response:
             session.invalidate()
         audit.discard_pending(session)
         if _database_gone(error):
-            return _finalise(_unavailable())
+            # Lost while COMMIT was on its way, the server may have committed before the
+            # connection died: the outcome is unknown, and only a retry can tell.
+            return _finalise(_unavailable(outcome_unknown=committing))
         log.exception("commit failed", extra={"request_id": g.request_id})
         return _finalise(
             problem(500, detail="The request could not be completed; nothing was saved.")
@@ -467,7 +472,10 @@ RETRY_AFTER_SECONDS = "2"
 def _database_gone(error: BaseException) -> bool:
     """The connection to the database went away (or the server is shutting down), as opposed to
     a bug, a conflict or a full disk: PostgreSQL's SQLSTATE classes 08 (connection exception)
-    and 57P (operator intervention), or a connection SQLAlchemy found dead."""
+    and 57P (operator intervention), a connection SQLAlchemy found dead, or no connection to be
+    had from the pool within its timeout (every one is stuck on a server that does not answer)."""
+    if isinstance(error, PoolTimeout):
+        return True
     if not isinstance(error, DBAPIError):
         return False
     if error.connection_invalidated or isinstance(error, InterfaceError):
@@ -476,13 +484,16 @@ def _database_gone(error: BaseException) -> bool:
     return state.startswith(("08", "57P"))
 
 
-def _unavailable() -> Response:
+def _unavailable(*, outcome_unknown: bool = False) -> Response:
     log.error("database unavailable", extra={"request_id": g.get("request_id")})
-    return problem(
-        503,
-        detail="The database is unavailable; nothing was saved. Try again shortly.",
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
+    detail = "The database is unavailable; nothing was saved. Try again shortly."
+    if outcome_unknown:
+        detail = (
+            "The database connection was lost while the request was being committed, so it "
+            "may or may not have been saved. Retry it with the same Idempotency-Key: a saved "
+            "request is answered again, one that was not is done."
+        )
+    return problem(503, detail=detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def _handle_operational_error(error: OperationalError) -> Response:
@@ -508,5 +519,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(IntegrityError, _handle_integrity_error)
     app.register_error_handler(OperationalError, _handle_operational_error)
     app.register_error_handler(InterfaceError, _handle_operational_error)
+    app.register_error_handler(PoolTimeout, _handle_operational_error)
     app.register_error_handler(StaleDataError, _handle_stale)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -50,6 +50,12 @@ def test_a_connection_lost_while_saving_is_503_and_saves_nothing(
     assert response.status_code == 503, response.get_data(as_text=True)[:300]
     assert response.headers["Retry-After"] == "2"
     assert response.get_json()["status"] == 503
+    # Lost at COMMIT, the server may have saved it: the answer must not say it did not.
+    detail = response.get_json()["detail"]
+    if where == "commit":
+        assert "may or may not have been saved" in detail and "Idempotency-Key" in detail
+    else:
+        assert "nothing was saved" in detail
     monkeypatch.undo()
     db_session.rollback()
     assert db_session.execute(select(func.count()).select_from(Referral)).scalar_one() == before
@@ -90,3 +96,31 @@ def test_a_terminated_backend_at_commit_is_503(client, db_session, btp, monkeypa
     response = client.post("/v1/referrals", json=referral_body(), headers=headers)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
+
+
+def test_no_connection_from_the_pool_in_time_is_503(client, btp, monkeypatch):
+    """Every pooled connection stuck on a server that does not answer: the pool's timeout is a
+    503 with Retry-After like any lost database, not a 500."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from casehub.services import referrals
+
+    def list_referrals(*args, **kwargs):
+        raise PoolTimeout("QueuePool limit of size 5 overflow 5 reached, connection timed out")
+
+    monkeypatch.setattr(referrals, "list_referrals", list_referrals)
+    response = client.get("/v1/referrals", headers=btp.headers())
+    assert response.status_code == 503, response.get_data(as_text=True)[:300]
+    assert response.headers["Retry-After"] == "2"
+
+
+def test_readiness_says_when_to_ask_again(client, monkeypatch):
+    from casehub.auth.keys import KeysUnavailable, KeyStore
+
+    def published(self):
+        raise KeysUnavailable("no key file")
+
+    monkeypatch.setattr(KeyStore, "published", published)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"

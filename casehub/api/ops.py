@@ -66,6 +66,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _not_ready(detail: str) -> Response:
+    # An orchestrator (and a load balancer) asks again; Retry-After says when it is worth it.
+    return problem(503, detail=detail, headers={"Retry-After": "5"})
+
+
 @blp.route("/readyz")
 @blp.doc(
     operationId="getReadiness",
@@ -73,7 +78,11 @@ def healthz() -> dict[str, str]:
     description="200 when the database answers and its schema is at the newest migration.",
     responses={
         "200": {"description": "Ready.", "content": {"application/json": {"schema": _READY}}},
-        "503": {"description": "Not ready.", "content": _PROBLEM},
+        "503": {
+            "description": "Not ready (no database, an old schema, no signing or webhook key).",
+            "content": _PROBLEM,
+            "headers": {"Retry-After": {"$ref": "#/components/headers/RETRY_AFTER"}},
+        },
     },
 )
 @blp.rate_class("none")
@@ -86,18 +95,18 @@ def readyz() -> Any:
         connection.execute(text("SELECT 1"))
         current = migrate.current_revision(connection)
     except SQLAlchemyError:
-        return problem(503, detail="The database is not reachable.")
+        return _not_ready("The database is not reachable.")
     head = migrate.head_revision()
     if current != head:
-        return problem(503, detail="The database schema is not at the newest migration.")
+        return _not_ready("The database schema is not at the newest migration.")
     try:
         current_app.extensions["casehub.keys"].published()
     except KeysUnavailable:
-        return problem(503, detail="No token-signing key is configured.")
+        return _not_ready("No token-signing key is configured.")
     try:
         webhook_secrets.load_key(current_app)
     except webhook_secrets.WebhookKeyError:
-        return problem(503, detail="No webhook key is configured.")
+        return _not_ready("No webhook key is configured.")
     return {"status": "ready", "schema": current}
 
 
