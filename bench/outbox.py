@@ -118,6 +118,7 @@ def make_app(env: dict[str, str]) -> Flask:
         "CLIENT_SECRET_SCRYPT_N": 1024,
         "WEBHOOKS_ALLOW_PRIVATE": True,
         **{key: env[f"CASEHUB_{key}"] for key in RATE_LIMITS},
+        "LOG_LEVEL": env["CASEHUB_LOG_LEVEL"],  # a line per request would be measured too
     }
     return create_app(overrides)
 
