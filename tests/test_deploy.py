@@ -33,8 +33,8 @@ BIN = Path(sys.executable).parent
 TIMEOUT = 120
 # A password in a URL's user part (scheme://user:password@host).
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-# kubernetes-validate's default (its newest schemas), and the oldest release the manifests are
-# meant for: CronJob.timeZone is GA from 1.27; 1.29 is the oldest still widely supported.
+# kubernetes-validate's default (its newest schemas) and an older release still in service: the
+# manifests use nothing newer (CronJob.timeZone is GA from 1.27).
 KUBERNETES_VERSIONS = (None, "1.29.0")
 UID = 10001
 IMAGE = "registry.example.org/casehub:0.1.0"
