@@ -48,7 +48,9 @@ RUN_DIR=""
 CREATED_DB=0
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    # A second signal (timeout's, say) must not cut the cleaning short: it is bounded anyway.
+    trap - EXIT
+    trap '' INT TERM
     set +e
     if [ "$status" -ne 0 ] && podman container exists "$API" 2>/dev/null; then
         echo "-- last lines of the API container's log --" >&2
@@ -188,8 +190,8 @@ run_once() {
         "${ENV_ARGS[@]}" "${options[@]}" "$IMAGE" "$@"
 }
 
-# What a run killed outright (SIGKILL) left behind: its containers, image and database, each
-# named by its pid.
+# What a run killed outright (SIGKILL) left behind: its containers, image, database and key
+# folder, each named by its pid. (Its Redis counters expire by themselves within minutes.)
 sweep_dead_runs() {
     local name pid
     for name in $(podman ps -a --format '{{.Names}}' --filter 'name=^casehub-smoke-' 2>/dev/null); do
@@ -206,6 +208,12 @@ sweep_dead_runs() {
         pid="${name##*_}"
         kill -0 "$pid" 2>/dev/null || dropdb "${PG_ADMIN[@]}" --if-exists "$name" || true
     done
+    for name in /tmp/casehub-smoke-*.*; do
+        [ -d "$name" ] || continue
+        pid="${name#/tmp/casehub-smoke-}"
+        pid="${pid%%.*}"
+        kill -0 "$pid" 2>/dev/null || rm -rf "$name"
+    done
 }
 
 main() {
@@ -216,7 +224,7 @@ main() {
     ensure_base_image
     build_image
 
-    RUN_DIR="$(mktemp -d /tmp/casehub-smoke.XXXXXX)"
+    RUN_DIR="$(mktemp -d "/tmp/casehub-smoke-$$.XXXXXX")"
     local secrets="$RUN_DIR/secrets" signing="$RUN_DIR/checkpoint-signing" port
     # secrets/: what the API and worker read (read-only mounts); checkpoint-signing/: the
     # private checkpoint key, for `casehub audit checkpoint` alone.
