@@ -178,8 +178,10 @@ _FIGURES: dict[str, Counter[str]] = {}
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """A test adds to its suite's figures with `record_property("figures", (suite, counts))`;
-    under xdist the reports carry them to the controller, which adds them up."""
-    if report.when != "call":
+    under xdist the reports carry them to the controller, which adds them up. The teardown
+    report carries everything recorded in setup, call and teardown (a fixture may record after
+    its test), once."""
+    if report.when != "teardown":
         return
     for name, value in report.user_properties:
         if name == "figures":

@@ -115,7 +115,7 @@ def test_no_connection_from_the_pool_in_time_is_503(client, btp, monkeypatch):
 
 
 def test_readiness_says_when_to_ask_again(client, monkeypatch):
-    from casehub.auth.keys import KeysUnavailable, KeyStore
+    from casehub.auth.keys import KeyStore, KeysUnavailable
 
     def published(self):
         raise KeysUnavailable("no key file")
