@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import uuid
 from datetime import datetime
@@ -21,7 +22,9 @@ from casehub.services import agencies as agency_service
 def _create_app() -> object:
     from casehub import create_app
 
-    return create_app()
+    # Commands serve no requests: the settings only serving needs (rate-limit storage) are
+    # not asked of them, so a migration Job or a key rotation holds no Redis credentials.
+    return create_app({"SERVING": False})
 
 
 @click.group(
@@ -237,7 +240,17 @@ def audit_sequence(once: bool, interval: float) -> None:
     if once:
         click.echo(f"chained {chain.sequence_all(engine)} events")
         return
-    chain.BackgroundSequencer(engine, interval=interval).run()
+    sequencer = chain.BackgroundSequencer(engine, interval=interval)
+
+    def finish(signum: int, _frame: object) -> None:
+        # Each pass is one transaction: stopping between passes loses nothing. As PID 1 in a
+        # container nothing else would answer SIGTERM, and a stop would wait out its grace.
+        sequencer._stop.set()
+
+    signal.signal(signal.SIGTERM, finish)
+    signal.signal(signal.SIGINT, finish)
+    sequencer.run()
+    click.echo("audit sequencer stopped")
 
 
 @audit_group.command("verify")

@@ -121,8 +121,9 @@ def validate(settings: Mapping[str, Any]) -> None:
             raise ConfigError("production needs an https CASEHUB_ISSUER")
         if settings["WEBHOOKS_ALLOW_PRIVATE"]:
             raise ConfigError("CASEHUB_WEBHOOKS_ALLOW_PRIVATE is for local demos and tests only")
-        if not settings["RATE_LIMITS_ENABLED"]:
+        serving = settings.get("SERVING", True)  # False for `casehub` commands
+        if serving and not settings["RATE_LIMITS_ENABLED"]:
             raise ConfigError("production needs rate limits (CASEHUB_RATE_LIMITS_ENABLED=1)")
-        if storage.startswith("memory://"):
+        if serving and storage.startswith("memory://"):
             # Each process would keep its own counters: N pods would allow N times the limit.
             raise ConfigError("production needs a shared CASEHUB_RATE_LIMIT_STORAGE (redis://...)")

@@ -181,7 +181,7 @@ def too_many_requests(error: RateLimitExceeded) -> Response:
 
 def init_app(app: Flask) -> Limiter | None:
     """Bind a limiter to `app` (after web.py's authorisation, so the caller is known)."""
-    if not app.config["RATE_LIMITS_ENABLED"]:
+    if not app.config["RATE_LIMITS_ENABLED"] or not app.config.get("SERVING", True):
         return None
     storage = str(app.config["RATE_LIMIT_STORAGE"])
     limiter = Limiter(

@@ -234,8 +234,8 @@ main() {
     log "database $DATABASE on 127.0.0.1:5432"
     createdb "${PG_ADMIN[@]}" "$DATABASE"
     CREATED_DB=1
-    # Production's settings, for every container (every casehub command needs the rate-limit
-    # storage set; only the API connects to it), and the API's own.
+    # Production's settings, for every container, and the API's own (the rate-limit storage:
+    # only serving processes need it, and commands are not given it).
     ENV_ARGS=(
         -e CASEHUB_ENV=production
         -e "CASEHUB_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/$DATABASE"
@@ -244,10 +244,10 @@ main() {
         -e CASEHUB_WEBHOOK_KEY_FILE=/run/casehub/webhook-key
         -e CASEHUB_AUDIT_CHECKPOINT_KEY_FILE=/run/casehub/audit-checkpoint-key.pem
         -e CASEHUB_AUDIT_SEQUENCER=0
-        -e "CASEHUB_RATE_LIMIT_STORAGE=$REDIS_URL"
-        -e "CASEHUB_RATE_LIMIT_KEY_PREFIX=$REDIS_PREFIX"
     )
     API_ENV=(
+        -e "CASEHUB_RATE_LIMIT_STORAGE=$REDIS_URL"
+        -e "CASEHUB_RATE_LIMIT_KEY_PREFIX=$REDIS_PREFIX"
         -e CASEHUB_TRUSTED_PROXIES=1
         -e "CASEHUB_BIND=127.0.0.1:$port"
     )

@@ -350,13 +350,16 @@ def test_one_audit_sequencer_and_migrations_apart_from_the_start() -> None:
     assert commands["CronJob/casehub-audit-verify"][:3] == ["casehub", "audit", "verify"]
     for name in ("casehub-audit-checkpoint", "casehub-audit-verify"):
         assert named("CronJob", name)["spec"]["concurrencyPolicy"] == "Forbid"
-    # Production needs the shared rate-limit storage set for every command (only the API
-    # connects to it: see the network policy test), and no workload turns the limits off.
+    # The API's processes share the rate-limit storage (production refuses per-process
+    # counters); commands serve nothing and hold no Redis credentials. Nothing turns limits off.
     for where, _, pod in workloads():
         env = environment(pod["containers"][0])
         assert "CASEHUB_RATE_LIMITS_ENABLED" not in env, where
-        storage = env["CASEHUB_RATE_LIMIT_STORAGE"]["valueFrom"]["secretKeyRef"]
-        assert storage == {"name": "casehub-redis", "key": "url"}, where
+        if where == "Deployment/casehub-api":
+            storage = env["CASEHUB_RATE_LIMIT_STORAGE"]["valueFrom"]["secretKeyRef"]
+            assert storage == {"name": "casehub-redis", "key": "url"}, where
+        else:
+            assert "CASEHUB_RATE_LIMIT_STORAGE" not in env, where
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -437,6 +440,11 @@ def test_compose_migrates_before_the_api_and_the_worker_start() -> None:
     assert services["sequencer"]["command"] == ["casehub", "audit", "sequence"]
     api_env = services["api"]["environment"]
     assert api_env["CASEHUB_RATE_LIMIT_STORAGE"] == "redis://redis:6379/0"
+    assert all(
+        "CASEHUB_RATE_LIMIT_STORAGE" not in services[n]["environment"]
+        for n in CASEHUB_SERVICES
+        if n != "api"
+    )
     assert all(
         "CASEHUB_RATE_LIMITS_ENABLED" not in services[n]["environment"] for n in CASEHUB_SERVICES
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from casehub import create_app, migrate
 from casehub.db import get_db, session_scope
@@ -60,6 +61,28 @@ def test_readyz_when_schema_is_behind(unmigrated_app: Flask) -> None:
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     assert "migration" in response.get_json()["detail"]
+
+
+def test_readyz_on_a_schema_one_migration_behind_and_one_release_ahead(
+    unmigrated_app: Flask,
+) -> None:
+    """Behind (a migration this code needs has not run): not ready. Ahead (the next release's
+    additive migration ran first, as a rolling upgrade does): the old pods stay ready."""
+    engine = get_db(unmigrated_app).engine
+    assert engine is not None
+    head = migrate.head_revision()
+    script = migrate.ScriptDirectory.from_config(migrate.alembic_config())
+    previous = script.get_revision(head).down_revision
+    migrate.upgrade(engine, str(previous))
+    behind = unmigrated_app.test_client().get("/readyz")
+    assert behind.status_code == 503
+    assert behind.headers["Retry-After"] == "5"
+    migrate.upgrade(engine)
+    with engine.begin() as connection:  # as if a newer release had migrated past this one
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_next_release'"))
+    ahead = unmigrated_app.test_client().get("/readyz")
+    assert ahead.status_code == 200, ahead.get_json()
+    assert ahead.get_json()["schema"] == "9999_next_release"
 
 
 def test_readyz_when_database_is_unreachable(tmp_path: Path) -> None:
@@ -411,3 +434,39 @@ def test_behind_a_trusted_proxy_the_audit_trail_records_the_callers_address(tmp_
         ).scalar_one()
     assert listed == "203.0.113.9"
     get_db(app).engine.dispose()
+
+
+def test_the_audit_sequencer_command_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    """`casehub audit sequence` is PID 1 of its container: SIGTERM must end it between passes,
+    not leave the orchestrator to wait out its grace period and kill it."""
+    from tests.live_server import BIN, REPO, casehub
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASEHUB_")}
+    env.update(
+        CASEHUB_DATABASE_URL=f"sqlite:///{tmp_path / 'seq.db'}",
+        CASEHUB_SIGNING_KEYS_FILE=str(tmp_path / "keys.json"),
+        CASEHUB_AUDIT_CHECKPOINT_KEY_FILE=str(tmp_path / "checkpoint.pem"),
+        CASEHUB_LOG_FORMAT="text",
+    )
+    casehub(env, ["db", "upgrade"])
+    process = subprocess.Popen(
+        [str(BIN / "casehub"), "audit", "sequence", "--interval", "0.2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # imports, then its first passes
+        assert process.poll() is None, process.communicate()[0]
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=5)
+        assert process.returncode == 0, output
+        assert time.monotonic() - stopped_at < 2
+        assert "audit sequencer stopped" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

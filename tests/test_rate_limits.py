@@ -406,3 +406,25 @@ def _workers_that_served(log: str, request_prefix: str) -> set[str]:
         if isinstance(entry, dict) and entry.get("worker"):
             workers.add(str(entry["worker"]))
     return workers
+
+
+def test_commands_serve_nothing_so_production_does_not_ask_them_for_redis(tmp_path, monkeypatch):
+    """A migration Job or an offline key rotation holds no Redis credentials it never uses."""
+    from click.testing import CliRunner
+
+    from casehub.cli import main
+
+    for name, value in {
+        "ENV": "production",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.db'}",
+        "ISSUER": "https://casehub.example",
+        "SIGNING_KEYS_FILE": str(tmp_path / "keys.json"),
+        "WEBHOOK_KEY_FILE": str(tmp_path / "webhook-key"),
+        "AUDIT_SEQUENCER": "0",
+    }.items():
+        monkeypatch.setenv(f"CASEHUB_{name}", value)
+    for command in (["db", "upgrade"], ["keys", "rotate"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 0, result.output
+    with pytest.raises(ConfigError, match="RATE_LIMIT_STORAGE"):
+        create_app()  # the serving app still refuses

@@ -75,7 +75,9 @@ def _not_ready(detail: str) -> Response:
 @blp.doc(
     operationId="getReadiness",
     summary="Readiness",
-    description="200 when the database answers and its schema is at the newest migration.",
+    description="200 when the database answers, its schema is this release's or newer (during a "
+    "rolling upgrade the previous release stays ready on the migrated schema), and the signing "
+    "and webhook keys are there.",
     responses={
         "200": {"description": "Ready.", "content": {"application/json": {"schema": _READY}}},
         "503": {
@@ -96,9 +98,8 @@ def readyz() -> Any:
         current = migrate.current_revision(connection)
     except SQLAlchemyError:
         return _not_ready("The database is not reachable.")
-    head = migrate.head_revision()
-    if current != head:
-        return _not_ready("The database schema is not at the newest migration.")
+    if migrate.schema_behind(current):
+        return _not_ready("The database schema is older than this release: run the migration.")
     try:
         current_app.extensions["casehub.keys"].published()
     except KeysUnavailable:
