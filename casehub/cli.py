@@ -8,6 +8,7 @@ import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import current_app
@@ -62,6 +63,28 @@ def agencies_group() -> None:
     """Agencies."""
 
 
+def _cut_off(what: str, cut: Any) -> None:
+    from casehub import audit
+
+    try:
+        with session_scope() as session:
+            cut(session)
+            audit.write_pending(session, None, status=200)
+    except CasehubError as error:
+        _fail(error)
+    click.echo(f"{what} deactivated: its tokens are refused from the next request")
+
+
+@agencies_group.command("deactivate")
+@click.argument("code")
+@with_appcontext
+def agencies_deactivate(code: str) -> None:
+    """Cut a whole agency off (incident response): its clients, users and tokens stop at once."""
+    from casehub.services import admin
+
+    _cut_off(f"agency {code}", lambda session: admin.cut_off_agency(session, code=code))
+
+
 @agencies_group.command("add")
 @click.argument("code")
 @click.option("--name", required=True)
@@ -84,6 +107,18 @@ def agencies_add(code: str, name: str, kind: str, area: str | None, platform: bo
 @main.group("clients")
 def clients_group() -> None:
     """Partner systems (OAuth clients)."""
+
+
+@clients_group.command("deactivate")
+@click.argument("client_id")
+@with_appcontext
+def clients_deactivate(client_id: str) -> None:
+    """Cut one partner system off (incident response), whichever agency it belongs to."""
+    from casehub.services import admin
+
+    _cut_off(
+        f"client {client_id}", lambda session: admin.cut_off_client(session, client_id=client_id)
+    )
 
 
 @clients_group.command("add")

@@ -310,3 +310,49 @@ def update_user(
     session.flush()
     audit.record(session, actor, "admin.user.update", resource_type="user", resource_id=user.id)
     return user
+
+
+# -- operators (the `casehub` command on the server: incident response) --------------------------
+def cut_off_client(session: Session, *, client_id: str) -> Client:
+    """Switch a partner system off from the command line, whichever agency it belongs to: its
+    live tokens are refused from the next request. Audited with no actor (the command line)."""
+    client = session.execute(
+        select(Client).where(Client.client_id == client_id).with_for_update(of=Client)
+    ).scalar_one_or_none()
+    if client is None:
+        raise NotFound("No such client.")
+    if client.active:
+        client.active = False
+        client.tokens_not_before = _tokens_cut_off()
+        session.flush()
+    audit.record(
+        session,
+        None,
+        "admin.client.deactivate",
+        resource_type="client",
+        resource_id=client_id,
+    )
+    return client
+
+
+def cut_off_agency(session: Session, *, code: str) -> Agency:
+    """Switch a whole agency off from the command line: every client, user and token of it is
+    refused from the next request. Never the platform agency (nobody could switch it back on
+    through the API)."""
+    agency = session.get(Agency, code, with_for_update=True)
+    if agency is None:
+        raise NotFound("No such agency.")
+    if agency.is_platform:
+        raise Conflict("The platform agency cannot be deactivated.")
+    if agency.active:
+        agency.active = False
+        agency.tokens_not_before = _tokens_cut_off()
+        session.flush()
+    audit.record(
+        session,
+        None,
+        "admin.agency.update",
+        resource_type="agency",
+        resource_id=code,
+    )
+    return agency
