@@ -4,6 +4,7 @@ from casehub.models.agency import Agency, AgencyKind, Client, RevokedToken, Used
 from casehub.models.audit import AuditEvent
 from casehub.models.idempotency import IdempotencyRecord
 from casehub.models.referral import (
+    REFERENCE_SEQUENCE,
     Note,
     ReferenceCounter,
     Referral,
@@ -22,6 +23,7 @@ from casehub.models.webhook import (
 )
 
 __all__ = [
+    "REFERENCE_SEQUENCE",
     "Agency",
     "AgencyKind",
     "AuditEvent",

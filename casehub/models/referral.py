@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, Sequence, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from casehub.db import Base, new_id, utcnow
@@ -79,8 +79,14 @@ class ReferralIndicator(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
+# PostgreSQL's source of reference numbers (migration 0006): no row lock, so creates do not
+# queue. Migrations are the schema's source; this names it for queries.
+REFERENCE_SEQUENCE = Sequence("referral_reference_seq")
+
+
 class ReferenceCounter(Base):
-    """The last number used for readable references (CH-2026-000123), per year."""
+    """The last number used for readable references (CH-2026-000123), per year: SQLite's source
+    of reference numbers (PostgreSQL uses REFERENCE_SEQUENCE)."""
 
     __tablename__ = "reference_counters"
 

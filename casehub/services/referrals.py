@@ -8,13 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed
 from casehub.models import (
+    REFERENCE_SEQUENCE,
     Note,
     ReferenceCounter,
     Referral,
@@ -215,11 +216,15 @@ def _set_indicators(referral: Referral, codes: list[str]) -> None:
 
 
 def next_reference(session: Session, year: int) -> str:
-    """CH-<year>-<n>: one counter row per year, incremented atomically on both databases."""
+    """CH-<year>-<n>. PostgreSQL takes n from a sequence, which holds no lock, so concurrent
+    creates do not queue (numbers are unique and increasing, with gaps where a create rolled
+    back; they do not restart each year). SQLite, one writer at a time, keeps a counter row."""
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    if dialect == "postgresql":
+        number = session.execute(select(REFERENCE_SEQUENCE.next_value())).scalar_one()
+        return f"CH-{year}-{number:06d}"
     stmt = (
-        insert(ReferenceCounter)
+        sqlite.insert(ReferenceCounter)
         .values(year=year, last=1)
         .on_conflict_do_update(
             index_elements=[ReferenceCounter.year], set_={"last": ReferenceCounter.last + 1}
