@@ -83,8 +83,20 @@ def test_an_event_has_the_contract_shape_and_links_into_the_chain(client, trail)
     reads = [e for e in items if e["action"] == "referral.read"]
     read = next(e for e in reads if e["actor"]["agency"] == "tcs")
     assert set(read) == {
-        "id", "seq", "occurred_at", "actor", "action", "outcome", "resource", "referral_id",
-        "subject_ids", "basis", "purpose", "request", "prev_hash", "hash",
+        "id",
+        "seq",
+        "occurred_at",
+        "actor",
+        "action",
+        "outcome",
+        "resource",
+        "referral_id",
+        "subject_ids",
+        "basis",
+        "purpose",
+        "request",
+        "prev_hash",
+        "hash",
     }
     rid = trail["referral"]["id"]
     assert read["outcome"] == "allowed"
@@ -239,13 +251,23 @@ def test_subject_accesses_say_who_saw_the_child_when_and_on_what_basis(client, t
     assert by_agency[("btp", "referral.create")]["basis"] == "lead"
     assert all(a["outcome"] == "allowed" for a in items)
     assert set(items[0]) == {
-        "seq", "occurred_at", "actor", "action", "outcome", "resource", "referral_id", "basis",
+        "seq",
+        "occurred_at",
+        "actor",
+        "action",
+        "outcome",
+        "resource",
+        "referral_id",
+        "basis",
         "purpose",
     }
     # An agency auditor sees the accesses on referrals its agency leads, and nobody else's.
-    assert client.get(
-        f"/v1/audit/subjects/{subject_id}/accesses", headers=trail["other"].headers()
-    ).get_json()["items"] == []
+    assert (
+        client.get(
+            f"/v1/audit/subjects/{subject_id}/accesses", headers=trail["other"].headers()
+        ).get_json()["items"]
+        == []
+    )
     unknown = client.get(
         f"/v1/audit/subjects/{uuid.uuid4()}/accesses", headers=trail["auditor"].headers()
     )
@@ -275,7 +297,11 @@ def test_anyone_but_the_lead_gets_404_for_the_feed_and_is_audited(client, trail,
     assert missing.get_json()["detail"] == response.get_json()["detail"]
     chain_now(db_session)
     refused = events(
-        client, trail["auditor"], "audit:read:all", agency=partner.agency, outcome="denied",
+        client,
+        trail["auditor"],
+        "audit:read:all",
+        agency=partner.agency,
+        outcome="denied",
         referral_id=rid,
     )["items"]
     assert refused[-1]["request"]["path"] == f"/v1/referrals/{rid}/accesses"
@@ -364,8 +390,12 @@ def test_verify_says_ok_and_then_names_the_first_tampered_seq(
     assert body["events"] == body["head"]["seq"] > 5
 
     victim = events(client, auditor, action="access.denied")["items"][0]
-    _tamper(db_session, is_postgres, "UPDATE audit_events SET outcome = 'allowed' WHERE id = :id",
-            id=victim["id"])
+    _tamper(
+        db_session,
+        is_postgres,
+        "UPDATE audit_events SET outcome = 'allowed' WHERE id = :id",
+        id=victim["id"],
+    )
     body = client.get("/v1/audit/verify", headers=auditor.headers()).get_json()
     assert body["ok"] is False
     assert body["first_bad_seq"] == victim["seq"]
@@ -388,3 +418,83 @@ def _tamper(db_session, is_postgres: bool, sql: str, **params) -> None:
     connection.execute(text("DROP TRIGGER audit_events_no_update"))
     connection.execute(text(sql), params)
     connection.execute(text(trigger))
+
+
+def test_verify_recomputes_only_what_came_after_the_newest_checkpoint(
+    app, client, trail, db_session, is_postgres
+):
+    """The endpoint's work is the tail since the last signed checkpoint (hourly), not the
+    whole trail: a break after the checkpoint, or in the row it signs, is found; a break
+    before it is `casehub audit verify`'s to find (it recomputes everything)."""
+    from casehub.audit.checkpoints import app_key
+    from casehub.audit.verify import make_checkpoint
+
+    auditor = trail["auditor"]
+    key = app_key(app, create=True)
+    signed, _ = make_checkpoint(db_session.connection(), key)
+    assert signed is not None
+    before_checkpoint = events(client, auditor, action="access.denied")["items"][0]
+    assert before_checkpoint["seq"] <= signed.seq
+    # Work after the checkpoint, chained: the tail.
+    client.get(f"/v1/referrals/{trail['referral']['id']}", headers=trail["btp"].headers())
+    chain_now(db_session)
+    body = client.get("/v1/audit/verify", headers=auditor.headers()).get_json()
+    assert body["ok"] is True, body
+    assert body["from_seq"] == signed.seq
+    assert body["events"] == body["head"]["seq"] - signed.seq < body["head"]["seq"]
+
+    # A change after the checkpoint is found by the endpoint.
+    tail = events(client, auditor, "audit:read:all", action="referral.read")["items"][-1]
+    assert tail["seq"] > signed.seq
+    _tamper(
+        db_session,
+        is_postgres,
+        "UPDATE audit_events SET purpose = 'curiosity' WHERE id = :id",
+        id=tail["id"],
+    )
+    body = client.get("/v1/audit/verify", headers=auditor.headers()).get_json()
+    assert (body["ok"], body["first_bad_seq"]) == (False, tail["seq"])
+
+
+def test_verify_finds_a_changed_row_under_the_checkpoint_and_the_cli_finds_older_ones(
+    app, client, trail, db_session, is_postgres
+):
+    from casehub.audit.checkpoints import app_key
+    from casehub.audit.verify import make_checkpoint, verify
+
+    auditor = trail["auditor"]
+    key = app_key(app, create=True)
+    signed, _ = make_checkpoint(db_session.connection(), key)
+    assert signed is not None
+    old = events(client, auditor, action="access.denied")["items"][0]
+    _tamper(
+        db_session,
+        is_postgres,
+        "UPDATE audit_events SET outcome = 'allowed' WHERE id = :id",
+        id=old["id"],
+    )
+    # Before the checkpoint: vouched for by its signature; the full recomputation finds it.
+    assert client.get("/v1/audit/verify", headers=auditor.headers()).get_json()["ok"] is True
+    full = verify(db_session.connection(), key=key)
+    assert (full.ok, full.first_bad_seq) == (False, old["seq"])
+
+    # The row the checkpoint signs, changed: found by the endpoint.
+    connection = db_session.connection()
+    change = text("UPDATE audit_chain SET hash = :h WHERE seq = :s")
+    values = {"h": "0" * 64, "s": signed.seq}
+    if is_postgres:
+        connection.execute(text("SET LOCAL session_replication_role = replica"))
+        connection.execute(change, values)
+        connection.execute(text("SET LOCAL session_replication_role = origin"))
+    else:
+        triggers = connection.execute(
+            text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
+            {"t": "audit_chain"},
+        ).all()
+        for name, _ in triggers:
+            connection.execute(text(f'DROP TRIGGER "{name}"'))
+        connection.execute(change, values)
+        for _, sql in triggers:
+            connection.execute(text(sql))
+    body = client.get("/v1/audit/verify", headers=auditor.headers()).get_json()
+    assert (body["ok"], body["first_bad_seq"]) == (False, signed.seq)

@@ -115,10 +115,13 @@ class Verify(MethodView):
         operationId="verifyAuditChain",
         summary="Verify the audit chain",
         description=(
-            "Recomputes every hash of the chain and checks every signed checkpoint. `ok` is "
-            "true only when all hold; otherwise `first_bad_seq` names where the chain first "
-            "breaks. This reads the whole trail, so it takes a few seconds per million events; "
-            "it is for the partnership's auditors (`audit:read:all`, platform agency only)."
+            "Checks every signed checkpoint, that the newest one still matches its row, and "
+            "recomputes every hash after it (`from_seq`): the events since the last checkpoint "
+            "(they are signed hourly), not the whole trail, so it answers in moments at any "
+            "size. `ok` is true only when all hold; otherwise `first_bad_seq` names where the "
+            "chain first breaks. The whole recomputation, from the first event, is `casehub "
+            "audit verify` (run daily). For the partnership's auditors (`audit:read:all`, "
+            "platform agency only)."
         ),
     )
     @blp.rate_class("audit")

@@ -46,6 +46,7 @@ class VerifyResult:
     first_bad_seq: int | None = None
     problem: str | None = None
     seconds: float = 0.0
+    from_seq: int = 0  # hashes were recomputed after this seq (0: the whole chain)
 
     def fail(self, seq: int, problem: str) -> None:
         """Keep the earliest break: the first bad seq is what an investigator needs."""
@@ -63,6 +64,7 @@ class VerifyResult:
             "first_bad_seq": self.first_bad_seq,
             "problem": self.problem,
             "seconds": round(self.seconds, 3),
+            "from_seq": self.from_seq,
         }
 
 
@@ -97,6 +99,16 @@ def verify(
         elif checkpoint.seq > start_seq:
             signed.setdefault(checkpoint.seq, []).append(checkpoint)
 
+    result.from_seq = start_seq
+    if start_seq > 0:
+        # The trusted start must still be the chain's row at that seq: a changed hash there
+        # would otherwise pass, since the next row links to the trusted value, not the stored.
+        with _connection(bind) as connection:
+            stored = connection.execute(
+                sql_select(AuditChain.hash).where(AuditChain.seq == start_seq)
+            ).scalar_one_or_none()
+        if stored != start_hash:
+            result.fail(start_seq, f"seq {start_seq} no longer matches its signed checkpoint")
     if head_seq < start_seq or (head_seq == start_seq and head_hash != start_hash):
         result.fail(head_seq if head_seq == start_seq else head_seq + 1, "the chain lost its head")
     rows = (_pg_records if fast else _records)(bind, start_seq, head_seq)
@@ -140,6 +152,21 @@ def verify(
     return result
 
 
+def newest_checkpoint(connection: Connection, key: CheckpointKey | None) -> tuple[int, str] | None:
+    """(seq, hash) of the newest checkpoint whose signature holds: the chain up to it was
+    verified when it was signed."""
+    trusted = [c for c in load_checkpoints(connection) if signature_holds(c, key)]
+    newest = max(trusted, key=lambda c: (c.seq, c.id), default=None)
+    return (newest.seq, newest.hash) if newest else None
+
+
+def verify_tail(connection: Connection, *, key: CheckpointKey | None) -> VerifyResult:
+    """What `GET /v1/audit/verify` answers: every checkpoint's signature, the newest one
+    still matching its row, and every hash after it recomputed — the work since the last
+    checkpoint, not since the first event. The whole recomputation is `casehub audit verify`."""
+    return verify(connection, key=key, after=newest_checkpoint(connection, key))
+
+
 def make_checkpoint(
     connection: Connection, key: CheckpointKey
 ) -> tuple[Checkpoint | None, VerifyResult]:
@@ -147,9 +174,7 @@ def make_checkpoint(
 
     Nothing is signed (None) when verification fails: a checkpoint vouches for the chain.
     """
-    trusted = [c for c in load_checkpoints(connection) if signature_holds(c, key)]
-    newest = max(trusted, key=lambda c: (c.seq, c.id), default=None)
-    result = verify(connection, key=key, after=(newest.seq, newest.hash) if newest else None)
+    result = verify(connection, key=key, after=newest_checkpoint(connection, key))
     if not result.ok:
         return None, result
     return sign_head(connection, key, (result.head_seq, result.head_hash)), result

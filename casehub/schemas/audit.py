@@ -131,3 +131,11 @@ class VerifySchema(ma.Schema):
     first_bad_seq = ma.fields.Integer(required=True, allow_none=True)
     problem = ma.fields.String(required=True, allow_none=True)
     seconds = ma.fields.Float(required=True)
+    from_seq = ma.fields.Integer(
+        required=True,
+        metadata={
+            "description": "Hashes were recomputed after this seq: the newest signed checkpoint "
+            "(0: from the first event). The chain up to it was verified when it was signed; "
+            "`casehub audit verify` recomputes it all."
+        },
+    )

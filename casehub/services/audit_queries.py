@@ -389,7 +389,8 @@ def _csv_rows(rows: Iterator[list[object]] | list[tuple[str, ...]]) -> str:
 def verify_trail(
     session: Session, *, actor: Actor, key: CheckpointKey | None
 ) -> chain_verify.VerifyResult:
-    """Recompute the chain and check every checkpoint, inside the request's transaction."""
+    """Check every checkpoint and recompute the chain after the newest signed one, inside the
+    request's transaction (the whole chain is `casehub audit verify`'s work)."""
     reach = audit_reach(actor)
     _record_read(session, actor, reach, "audit.verify", resource_type="audit_chain")
-    return chain_verify.verify(session.connection(), key=key)
+    return chain_verify.verify_tail(session.connection(), key=key)
