@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_SEQUENCER": True,  # serving processes chain audit events in a background thread
     "AUDIT_SEQUENCE_INTERVAL_MS": 500,
     "AUDIT_CHECKPOINT_KEY_FILE": None,  # None: instance/audit-checkpoint-key.pem (Ed25519)
+    # Comma-separated PEM files of the public halves of earlier checkpoint keys: after a
+    # rotation, checkpoints they signed still verify.
+    "AUDIT_CHECKPOINT_RETIRED_KEYS": "",
     # Rate limits (casehub/limits.py): per client and route class; per address without a token;
     # failed client authentications per claimed client id and per address.
     "RATE_LIMITS_ENABLED": True,

@@ -25,7 +25,7 @@ class Actor:
         self.purpose = None
 
 
-AWKWARD = "t\tn\nb\\q\"r\rv\vf\fbel\x07 é 日本 \U0001f600"  # fits basis (60)
+AWKWARD = 't\tn\nb\\q"r\rv\vf\fbel\x07 é 日本 \U0001f600'  # fits basis (60)
 
 
 def write(db_session, count: int = 1, **fields) -> None:
@@ -343,3 +343,61 @@ def test_an_interrupted_verification_read_leaves_the_connection_usable(db_sessio
     reader.close()  # cancels the COPY; the savepoint absorbs the aborted statement
     assert db_session.scalar(select(func.count()).select_from(AuditChain)) == 50
     assert verify(db_session.connection(), key=key).ok
+
+
+def test_a_rotated_checkpoint_key_keeps_its_old_checkpoints_verifying(db_session, key, tmp_path):
+    """Rotation: a new signing key, the old one's public half listed as retired. Checkpoints
+    the old key signed still verify (and still anchor the incremental verification); without
+    the retired key they are reported as unsigned."""
+    from cryptography.hazmat.primitives import serialization
+
+    from casehub.audit.checkpoints import load_public_key
+
+    write(db_session, 3)
+    chain(db_session)
+    old, _ = make_checkpoint(db_session.connection(), key)
+    assert old is not None
+    retired_file = tmp_path / "retired.pem"
+    retired_file.write_bytes(
+        key.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    new_key = CheckpointKey.generate()
+    alone = verify(db_session.connection(), key=new_key)
+    assert not alone.ok and "no valid signature" in alone.problem
+
+    new_key.retire(load_public_key(retired_file))
+    write(db_session, 2)
+    chain(db_session)
+    new, result = make_checkpoint(db_session.connection(), new_key)
+    assert new is not None and result.events == 2  # anchored on the old key's checkpoint
+    assert (new.key_id, old.key_id) == (new_key.key_id, key.key_id)
+    full = verify(db_session.connection(), key=new_key)
+    assert full.ok and full.checkpoints == 2
+
+
+def test_the_retired_keys_setting_reaches_the_apps_key(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from casehub import create_app
+    from casehub.audit.checkpoints import app_key
+
+    old = CheckpointKey.generate()
+    public = tmp_path / "old.pem"
+    public.write_bytes(
+        old.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    app = create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+            "SIGNING_KEYS_FILE": str(tmp_path / "keys.json"),
+            "AUDIT_CHECKPOINT_KEY_FILE": str(tmp_path / "new.pem"),
+            "AUDIT_CHECKPOINT_RETIRED_KEYS": f" {public} ",
+            "AUDIT_SEQUENCER": False,
+        }
+    )
+    key = app_key(app, create=True)
+    assert key is not None and set(key.retired) == {old.key_id}

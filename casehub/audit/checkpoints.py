@@ -30,6 +30,24 @@ class CheckpointKeyError(RuntimeError):
     """No usable checkpoint key (missing file, or a public key where signing needs a private)."""
 
 
+def _key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (a private key's file gives its public half)."""
+    data = path.read_bytes()
+    if b"PUBLIC KEY" in data:
+        public = serialization.load_pem_public_key(data)
+    else:
+        private = serialization.load_pem_private_key(data, password=None)
+        public = private.public_key() if isinstance(private, Ed25519PrivateKey) else None
+    if not isinstance(public, Ed25519PublicKey):
+        raise CheckpointKeyError(f"{path} is not an Ed25519 key")
+    return public
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -44,8 +62,26 @@ class CheckpointKey:
     def __init__(self, public: Ed25519PublicKey, private: Ed25519PrivateKey | None = None) -> None:
         self.public = public
         self.private = private
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+        self.key_id = _key_id(public)
+        # Public halves of keys that signed earlier checkpoints (CASEHUB_AUDIT_CHECKPOINT_
+        # RETIRED_KEYS): their checkpoints still verify after the signing key is rotated.
+        self.retired: dict[str, Ed25519PublicKey] = {}
+
+    def retire(self, public: Ed25519PublicKey) -> None:
+        self.retired[_key_id(public)] = public
+
+    def verifies_as(self, key_id: str, signature: str, message: bytes) -> bool:
+        """Whether the key named `key_id` — this one or a retired one — made `signature`."""
+        if key_id == self.key_id:
+            return self.verifies(signature, message)
+        public = self.retired.get(key_id)
+        if public is None:
+            return False
+        try:
+            public.verify(_unb64(signature), message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
     @classmethod
     def generate(cls) -> CheckpointKey:
@@ -108,7 +144,11 @@ def app_key(app: Flask, *, create: bool = False) -> CheckpointKey | None:
     path = key_path(app)
     if not path.exists() and not create:
         return None
-    return CheckpointKey.load(path, create=create and app.config.get("ENV") != "production")
+    key = CheckpointKey.load(path, create=create and app.config.get("ENV") != "production")
+    for retired in str(app.config.get("AUDIT_CHECKPOINT_RETIRED_KEYS") or "").split(","):
+        if retired.strip():
+            key.retire(load_public_key(Path(retired.strip())))
+    return key
 
 
 def message(seq: int, head_hash: str, signed_at: datetime) -> bytes:
@@ -140,16 +180,16 @@ class Checkpoint:
 def load_checkpoints(connection: Connection) -> list[Checkpoint]:
     table = AuditCheckpoint.__table__
     rows = connection.execute(select(table).order_by(table.c.seq, table.c.id))
-    return [
-        Checkpoint(r.id, r.seq, r.hash, r.signed_at, r.key_id, r.signature) for r in rows
-    ]
+    return [Checkpoint(r.id, r.seq, r.hash, r.signed_at, r.key_id, r.signature) for r in rows]
 
 
 def signature_holds(checkpoint: Checkpoint, key: CheckpointKey | None) -> bool:
-    if key is None or checkpoint.key_id != key.key_id:
+    if key is None:
         return False
-    return key.verifies(
-        checkpoint.signature, message(checkpoint.seq, checkpoint.hash, checkpoint.signed_at)
+    return key.verifies_as(
+        checkpoint.key_id,
+        checkpoint.signature,
+        message(checkpoint.seq, checkpoint.hash, checkpoint.signed_at),
     )
 
 
