@@ -185,11 +185,22 @@ def keys_group() -> None:
 
 
 @keys_group.command("rotate")
+@click.option(
+    "--publish-first",
+    type=click.IntRange(0, 86400),
+    default=0,
+    show_default=True,
+    help="Seconds the new key is only published before it signs: longer than it takes every "
+    "host to read the new file (e.g. 300 for a Kubernetes Secret).",
+)
 @with_appcontext
-def keys_rotate() -> None:
+def keys_rotate(publish_first: int) -> None:
     """Start signing with a new key; the old one stays published until its tokens expire."""
-    kid = current_app.extensions["casehub.keys"].rotate()
-    click.echo(f"now signing with key {kid}")
+    kid = current_app.extensions["casehub.keys"].rotate(publish_first=publish_first)
+    if publish_first:
+        click.echo(f"key {kid} published; it signs from {publish_first} s from now")
+    else:
+        click.echo(f"now signing with key {kid}")
 
 
 @main.group("openapi")

@@ -73,6 +73,47 @@ def test_a_retired_key_is_published_until_its_last_token_expired(key_file, clock
     assert [e["private"]["kid"] for e in entries] == [second, third]  # dead keys leave the file
 
 
+def test_a_key_published_first_verifies_everywhere_before_it_signs(key_file, clock):
+    """`casehub keys rotate --publish-first 300`: every host that reads the new file within
+    five minutes knows the key before any token signed with it can reach it."""
+    store = KeyStore(key_file, token_ttl=TTL, create=True, clock=clock)
+    first = signing_kid(store)
+    clock.now += 10
+    second = store.rotate(publish_first=300)
+    assert published_kids(store) == [first, second]
+    assert store.key_for(second) is not None
+    assert signing_kid(store) == first  # the old key signs during the delay
+    clock.now += 299
+    assert signing_kid(store) == first
+    clock.now += 2  # no change to the file: time alone hands over
+    assert signing_kid(store) == second
+    # The old key retired at the handover: published until its last token has expired.
+    clock.now += TTL + RETIRE_MARGIN - 2
+    assert first in published_kids(store)
+    clock.now += 2
+    assert published_kids(store) == [second]
+
+
+def test_the_cli_publishes_first(key_file, clock, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from casehub.cli import main
+
+    for name, value in {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "SIGNING_KEYS_FILE": str(key_file),
+        "AUDIT_SEQUENCER": "0",
+    }.items():
+        monkeypatch.setenv(f"CASEHUB_{name}", value)
+    result = CliRunner().invoke(main, ["keys", "rotate", "--publish-first", "300"])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(key_file.read_text())["keys"]
+    # The app made the first key at start; the rotation published a second that signs later.
+    assert "signs from 300 s from now" in result.output
+    assert entries[-1]["active_at"] == entries[-1]["created_at"] + 300
+    assert entries[0]["retired_at"] == entries[-1]["active_at"]
+
+
 def test_published_keys_are_public_and_marked_for_signing(key_file, clock):
     store = KeyStore(key_file, token_ttl=TTL, create=True, clock=clock)
     (jwk,) = store.published()["keys"]

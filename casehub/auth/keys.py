@@ -106,10 +106,17 @@ class KeyStore:
 
     def _load(self, identity: _FileIdentity, now: float) -> _Snapshot:
         entries = _read(self.path)
-        active = [e for e in entries if e.get("retired_at") is None]
-        if not active:
+        # A key signs from its `active_at` (its creation, unless it was published first) until
+        # it is retired; a retirement may be set for the moment the next key starts signing.
+        signers = [
+            e
+            for e in entries
+            if _active_at(e) <= now and (e.get("retired_at") is None or e["retired_at"] > now)
+        ]
+        if not signers:
             raise KeysUnavailable(f"{self.path} holds no active signing key")
         live = [e for e in entries if e.get("retired_at") is None or self._until(e) > now]
+        upcoming = [_active_at(e) for e in live if _active_at(e) > now]
         verifying: dict[str, ECKey] = {}
         public = []
         for entry in live:
@@ -118,7 +125,7 @@ class KeyStore:
             jwk = key.as_dict(private=False)
             jwk.update({"use": "sig", "alg": ALGORITHM})
             public.append(jwk)
-        signing = ECKey.import_key(active[-1]["private"])
+        signing = ECKey.import_key(max(signers, key=_active_at)["private"])
         retiring = [self._until(e) for e in live if e.get("retired_at") is not None]
         return _Snapshot(
             identity=identity,
@@ -126,7 +133,8 @@ class KeyStore:
             verifying=verifying,
             published={"keys": public},
             checked_at=now,
-            stale_at=min(retiring, default=math.inf),
+            # Rebuilt when a retired key drops out or a published one starts signing.
+            stale_at=min([*retiring, *upcoming], default=math.inf),
         )
 
     def _until(self, entry: dict[str, Any]) -> float:
@@ -162,8 +170,13 @@ class KeyStore:
         with self._lock:
             self._snapshot = None
 
-    def rotate(self) -> str:
-        """Add a new active key and retire the previous ones; return the new key id.
+    def rotate(self, *, publish_first: int = 0) -> str:
+        """Add a new key and retire the previous ones; return the new key id.
+
+        With `publish_first` seconds, the new key is published (and verifies) at once but signs
+        only after that delay, the previous key signing until then: every host that reads its
+        copy of the file within the delay (a Kubernetes Secret takes a minute or two to reach
+        every pod) knows the key before any token signed with it arrives.
 
         Keys whose tokens have all expired are removed from the file. An exclusive lock on a
         side file keeps two concurrent rotations from losing one another's keys.
@@ -175,19 +188,31 @@ class KeyStore:
             try:
                 key = ECKey.generate_key("P-256", auto_kid=True)
                 now = int(self.clock())
+                starts = now + max(0, publish_first)
                 entries = _read(self.path)
+                if not entries:
+                    starts = now  # nothing else could sign meanwhile
                 for entry in entries:
-                    if entry.get("retired_at") is None:
-                        entry["retired_at"] = now
+                    if entry.get("retired_at") is None or entry["retired_at"] > starts:
+                        entry["retired_at"] = starts
                 entries = [e for e in entries if self._until(e) > now]
-                entries.append(
-                    {"private": key.as_dict(private=True), "created_at": now, "retired_at": None}
-                )
+                new_entry: dict[str, Any] = {
+                    "private": key.as_dict(private=True),
+                    "created_at": now,
+                    "retired_at": None,
+                }
+                if starts > now:
+                    new_entry["active_at"] = starts
+                entries.append(new_entry)
                 _write(self.path, entries)
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
         self.reload()
         return str(key.kid)
+
+
+def _active_at(entry: dict[str, Any]) -> float:
+    return float(entry.get("active_at", entry.get("created_at", 0)))
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
