@@ -16,17 +16,19 @@ from tests.helpers import referral_body, subject_body
 
 
 @contextmanager
-def counted_statements(engine) -> Iterator[list[str]]:
+def counted_statements(connection) -> Iterator[list[str]]:
+    """The statements run on the test's connection (the app's sessions run on it too); engine
+    events would not reach a connection opened before they were listened for."""
     seen: list[str] = []
 
     def count(conn, cursor, statement, *_):
         seen.append(statement.split(None, 1)[0].upper())
 
-    event.listen(engine, "before_cursor_execute", count)
+    event.listen(connection, "before_cursor_execute", count)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        event.remove(connection, "before_cursor_execute", count)
 
 
 PROBES = [
@@ -53,7 +55,7 @@ def test_an_invisible_referral_and_a_random_id_are_answered_alike(
     )
     answers, work = {}, {}
     for kind, target in (("invisible", hidden["id"]), ("random", str(uuid.uuid4()))):
-        with counted_statements(engine) as statements:
+        with counted_statements(db_session.connection()) as statements:
             response = client.open(
                 f"/v1/referrals/{target}{suffix}",
                 method=method,
@@ -77,6 +79,7 @@ def test_an_invisible_referral_and_a_random_id_are_answered_alike(
     assert answers["invisible"][0] == 404
     assert answers["invisible"] == answers["random"]
     assert work["invisible"] == work["random"], work
+    assert "SELECT" in work["random"]  # the count saw the request's statements
 
 
 @pytest.mark.parametrize("method", ["GET", "PATCH"])
@@ -89,7 +92,7 @@ def test_an_invisible_subject_and_a_random_id_are_answered_alike(
     headers = notts.headers(**{"If-Match": '"x"'})
     answers, work = {}, {}
     for kind, target in (("invisible", hidden["id"]), ("random", str(uuid.uuid4()))):
-        with counted_statements(engine) as statements:
+        with counted_statements(db_session.connection()) as statements:
             response = client.open(
                 f"/v1/subjects/{target}",
                 method=method,
@@ -111,3 +114,4 @@ def test_an_invisible_subject_and_a_random_id_are_answered_alike(
     assert answers["invisible"][0] == 404
     assert answers["invisible"] == answers["random"]
     assert work["invisible"] == work["random"], work
+    assert "SELECT" in work["random"]  # the count saw the request's statements
