@@ -4,9 +4,9 @@ place access to case data is decided; get, list, search, notes, shares and subje
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 
@@ -15,24 +15,6 @@ from casehub.models import Referral, Share, Subject
 
 
 # -- pure decisions ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShareGrant:
-    id: uuid.UUID
-    agency: str
-    access: str  # read | contribute
-    purpose: str
-    revoked_at: datetime | None
-    ended_at: datetime | None
-    expires_at: datetime | None
-
-    def active_at(self, now: datetime) -> bool:
-        return (
-            self.revoked_at is None
-            and self.ended_at is None
-            and (self.expires_at is None or self.expires_at > now)
-        )
-
-
 @dataclass(frozen=True)
 class Access:
     """How the caller's agency reaches a referral: as its lead, or through one active share."""
@@ -46,21 +28,27 @@ class Access:
         return actor.purpose or self.purpose
 
 
-def referral_access(
-    agency: str, *, lead_agency: str, shares: Iterable[ShareGrant], now: datetime
+def access_through(
+    agency: str,
+    *,
+    lead_agency: str,
+    share_id: uuid.UUID | None,
+    share_access: str | None,
+    share_purpose: str | None,
 ) -> Access | None:
-    """The caller's access to one referral, or None: then the referral does not exist for it."""
+    """The caller's access to one referral, or None (then it does not exist for the caller):
+    as its lead, or through its agency's one active share, which `active_share_columns` reads
+    in the same SELECT as the referral."""
     if agency == lead_agency:
         return Access(basis="lead", is_lead=True, can_contribute=True, purpose="case_work")
-    for share in shares:
-        if share.agency == agency and share.active_at(now):
-            return Access(
-                basis=f"share:{share.id}",
-                is_lead=False,
-                can_contribute=share.access == "contribute",
-                purpose=share.purpose,
-            )
-    return None
+    if share_id is None or share_purpose is None:
+        return None
+    return Access(
+        basis=f"share:{share_id}",
+        is_lead=False,
+        can_contribute=share_access == "contribute",
+        purpose=share_purpose,
+    )
 
 
 # -- query builders -------------------------------------------------------------------------
@@ -70,6 +58,27 @@ def active_share_clause(agency: str, now: datetime) -> ColumnElement[bool]:
         Share.revoked_at.is_(None),
         Share.ended_at.is_(None),
         or_(Share.expires_at.is_(None), Share.expires_at > now),
+    )
+
+
+def active_share_columns(agency: str, now: datetime) -> tuple[Any, Any, Any]:
+    """The id, access and purpose of the agency's active share of the Referral in the same
+    SELECT (NULL without one): a partial unique index allows one open share per agency."""
+
+    def column(attribute: Any, label: str) -> Any:
+        return (
+            select(attribute)
+            .where(Share.referral_id == Referral.id, active_share_clause(agency, now))
+            .limit(1)
+            .correlate(Referral)
+            .scalar_subquery()
+            .label(label)
+        )
+
+    return (
+        column(Share.id, "share_id"),
+        column(Share.access, "share_access"),
+        column(Share.purpose, "share_purpose"),
     )
 
 

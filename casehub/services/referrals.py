@@ -22,7 +22,6 @@ from casehub.models import (
     ReferralCategory,
     ReferralHistory,
     ReferralIndicator,
-    Share,
     Subject,
 )
 from casehub.services import events, policy
@@ -63,24 +62,6 @@ def _with_children(stmt: Select[tuple[Referral]]) -> Select[tuple[Referral]]:
     return stmt.options(selectinload(Referral.category_rows), selectinload(Referral.indicator_rows))
 
 
-def share_grants(session: Session, referral_id: uuid.UUID, agency: str) -> list[policy.ShareGrant]:
-    rows = session.execute(
-        select(Share).where(Share.referral_id == referral_id, Share.agency_code == agency)
-    ).scalars()
-    return [
-        policy.ShareGrant(
-            id=s.id,
-            agency=s.agency_code,
-            access=s.access,
-            purpose=s.purpose,
-            revoked_at=s.revoked_at,
-            ended_at=s.ended_at,
-            expires_at=s.expires_at,
-        )
-        for s in rows
-    ]
-
-
 def reach_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralView:
@@ -89,25 +70,25 @@ def reach_referral(
     A referral the caller may not see and an id that names nothing take the same path — one
     visibility-filtered query that finds nothing, one denied event naming the id — so neither
     the answer nor its timing tells a prober which ids exist."""
-    # One query for the referral and its lists; a second only when the caller is not the lead.
-    referral = (
+    # One query for the referral, its lists and the caller's active share, lead or not.
+    row = (
         session.execute(
-            select(Referral)
+            select(Referral, *policy.active_share_columns(actor.agency, now))
             .where(Referral.id == referral_id, policy.referral_visible(actor, now))
             .options(joinedload(Referral.category_rows), joinedload(Referral.indicator_rows))
         )
         .unique()
-        .scalar_one_or_none()
+        .one_or_none()
     )
-    access = None
-    if referral is not None:
-        shares = (
-            []
-            if referral.lead_agency == actor.agency
-            else share_grants(session, referral.id, actor.agency)
-        )
-        access = policy.referral_access(
-            actor.agency, lead_agency=referral.lead_agency, shares=shares, now=now
+    referral, access = None, None
+    if row is not None:
+        referral = row.Referral
+        access = policy.access_through(
+            actor.agency,
+            lead_agency=referral.lead_agency,
+            share_id=row.share_id,
+            share_access=row.share_access,
+            share_purpose=row.share_purpose,
         )
     if referral is None or access is None:
         audit.record(
