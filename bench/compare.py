@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from psycopg.types.json import Jsonb
 
 from bench.audit_data import _libpq, database_url
 from bench.audit_server import ROOT, casehub_env, register_client
+from tests import helpers
 
 DATABASE = "casehub_bench_compare"
 LEADS = ("btp", "notts-police")
@@ -63,46 +63,18 @@ RISKS = ("low", "medium", "high")
 CONFIG = ROOT / "deploy" / "gunicorn.conf.py"
 
 
-# -- request bodies (tests/helpers.py referral_body, tests/test_sharing.py share_body) ----------
+# -- request bodies: the tests' own, with a name and risk that vary for search and filters ------
 def referral_body(rng: random.Random) -> dict[str, Any]:
-    return {
-        "subject": {
-            "given_name": rng.choice(GIVEN),
-            "family_name": rng.choice(FAMILY),
-            "date_of_birth": f"20{rng.randint(8, 13):02d}-{rng.randint(1, 12):02d}-"
-            f"{rng.randint(1, 28):02d}",
-            "gender": rng.choice(["male", "female"]),
-        },
-        "categories": ["county_lines", "missing"],
-        "indicators": ["TRV-01", "PHN-01"],
-        "summary": "Boy travelling alone in school hours with two phones at Nottingham station.",
-        "narrative": "Seen by BTP officers at 10:40; would not say where he was going.",
-        "observed_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat(),
-        "location": {
-            "description": "Platform 4",
-            "postcode": "ng2 3aq",
-            "transport_hub": "Nottingham",
-        },
-        "risk_level": rng.choice(RISKS),
-    }
-
-
-def share_body(agency: str) -> dict[str, Any]:
-    return {
-        "agency": agency,
-        "access": "read",
-        "purpose": "safeguard_assess",
-        "necessity": "Children's services must assess the risk of exploitation (s47).",
-        "lawful_basis": {
-            "article_6": "public_task",
-            "condition": "dpa2018_sch1_para18_safeguarding",
-            "gateway": "Children Act 2004 s11",
-        },
-        "consent": {
-            "status": "not_sought",
-            "rationale": "Seeking consent would place the child at risk.",
-        },
-    }
+    birth = f"20{rng.randint(8, 13):02d}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    return helpers.referral_body(
+        subject=helpers.subject_body(
+            given_name=rng.choice(GIVEN),
+            family_name=rng.choice(FAMILY),
+            date_of_birth=birth,
+            gender=rng.choice(["male", "female"]),
+        ),
+        risk_level=rng.choice(RISKS),
+    )
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -441,7 +413,7 @@ def seed(port: int, agencies: dict[str, Agency], count: int) -> dict[str, list[s
                 recipients.append(RECIPIENTS[1 + (n // 6) % (len(RECIPIENTS) - 1)])
             for agency in recipients:
                 path = f"/v1/referrals/{rid}/shares"
-                body = share_body(agency)
+                body = helpers.share_body(agency)
                 jobs.append(lambda p=path, b=body, t=token: call(port, "POST", p, t, b))
                 targets.append((agency, rid))
     started = time.monotonic()
@@ -532,7 +504,7 @@ def share_reqs(url: str, agencies: dict[str, Agency], limit: int) -> list[Req]:
     reqs = []
     for n, (lead, rid, agency) in enumerate(unshared_pairs(url, limit)):
         tokens = agencies[lead].tokens
-        body = json.dumps(share_body(agency))
+        body = json.dumps(helpers.share_body(agency))
         reqs.append(Req("POST", f"/v1/referrals/{rid}/shares", tokens[n % len(tokens)], body, True))
     return reqs
 

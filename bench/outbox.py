@@ -58,6 +58,7 @@ from bench.audit_server import RATE_LIMITS
 from casehub import create_app, migrate
 from casehub.db import get_db, make_engine, session_scope
 from casehub.services import agencies, events
+from tests.helpers import share_body
 
 TARGET = 0.10  # the outbox may add at most 10 % to a request
 LEAD = "btp"
@@ -162,24 +163,6 @@ def referral_body(i: int) -> dict[str, Any]:
         "observed_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat(),
         "location": {"description": "Platform 4", "postcode": "ng2 3aq"},
         "risk_level": "high",
-    }
-
-
-def share_body(agency: str) -> dict[str, Any]:
-    return {
-        "agency": agency,
-        "access": "read",
-        "purpose": "safeguard_assess",
-        "necessity": "Children's services must assess the risk of exploitation (s47).",
-        "lawful_basis": {
-            "article_6": "public_task",
-            "condition": "dpa2018_sch1_para18_safeguarding",
-            "gateway": "Children Act 2004 s11",
-        },
-        "consent": {
-            "status": "not_sought",
-            "rationale": "Seeking consent would place the child at risk.",
-        },
     }
 
 

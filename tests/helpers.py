@@ -34,3 +34,23 @@ def referral_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def share_body(agency: str, access: str = "read", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "agency": agency,
+        "access": access,
+        "purpose": "safeguard_assess",
+        "necessity": "Children's services must assess the risk of exploitation (s47).",
+        "lawful_basis": {
+            "article_6": "public_task",
+            "condition": "dpa2018_sch1_para18_safeguarding",
+            "gateway": "Children Act 2004 s11",
+        },
+        "consent": {
+            "status": "not_sought",
+            "rationale": "Seeking consent would place the child at risk.",
+        },
+    }
+    body.update(overrides)
+    return body

@@ -14,8 +14,7 @@ from sqlalchemy import func, select
 from casehub.models import AuditEvent
 from casehub.web import endpoint_policy
 from tests.conftest import ALL_SCOPES
-from tests.helpers import referral_body, subject_body
-from tests.test_sharing import share_body
+from tests.helpers import referral_body, share_body, subject_body
 
 EVERYTHING = ALL_SCOPES + " audit:read"
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.helpers import referral_body
+from tests.helpers import referral_body, share_body
 from tests.test_jwt_bearer import grant, keyed, person, user_assertion
-from tests.test_sharing import share_body
 
 __all__ = ["keyed", "person"]  # fixtures, imported for pytest
 

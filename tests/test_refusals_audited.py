@@ -5,8 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from casehub.models import AuditEvent
-from tests.helpers import referral_body
-from tests.test_sharing import share_body
+from tests.helpers import referral_body, share_body
 
 
 def _denied(db_session, agency):

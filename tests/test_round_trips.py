@@ -4,9 +4,8 @@ caller's active share, the audit insert — not an extra query for its shares.""
 
 from __future__ import annotations
 
-from tests.helpers import referral_body
+from tests.helpers import referral_body, share_body
 from tests.test_probe_equality import counted_statements
-from tests.test_sharing import share_body
 
 
 def test_a_recipients_read_costs_what_the_leads_does(client, db_session, factory):

@@ -11,29 +11,9 @@ from sqlalchemy import update
 
 from casehub.models import Share
 from tests.conftest import ALL_SCOPES
-from tests.helpers import referral_body
+from tests.helpers import referral_body, share_body
 
 RELATIONS = ("lead", "contribute", "read", "revoked", "expired", "unrelated")
-
-
-def share_body(agency, access="read", **overrides):
-    body = {
-        "agency": agency,
-        "access": access,
-        "purpose": "safeguard_assess",
-        "necessity": "Children's services must assess the risk of exploitation (s47).",
-        "lawful_basis": {
-            "article_6": "public_task",
-            "condition": "dpa2018_sch1_para18_safeguarding",
-            "gateway": "Children Act 2004 s11",
-        },
-        "consent": {
-            "status": "not_sought",
-            "rationale": "Seeking consent would place the child at risk.",
-        },
-    }
-    body.update(overrides)
-    return body
 
 
 @dataclass

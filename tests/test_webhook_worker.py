@@ -42,8 +42,7 @@ from casehub.webhooks import worker as worker_module
 from casehub.webhooks.secrets import load_key
 from casehub.webhooks.targets import system_resolver
 from casehub.webhooks.worker import RETRY_SCHEDULE, Worker, WorkerSettings, retry_delay
-from tests.helpers import referral_body
-from tests.test_sharing import share_body
+from tests.helpers import referral_body, share_body
 
 EVERY_TYPE = sorted(events.EVENT_TYPES)
 

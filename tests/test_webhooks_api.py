@@ -17,8 +17,7 @@ from casehub.models import AuditEvent, Event, Webhook, WebhookDelivery
 from casehub.services import events as event_service
 from casehub.services import webhooks as webhook_service
 from casehub.webhooks import secrets
-from tests.helpers import referral_body, subject_body
-from tests.test_sharing import share_body
+from tests.helpers import referral_body, share_body, subject_body
 
 CANARY = "Zqxcanary"
 
