@@ -45,6 +45,20 @@ def _tokens_cut_off() -> datetime:
     return now.replace(microsecond=0) + timedelta(seconds=1)
 
 
+def _switch_off(record: Client | Agency) -> None:
+    """Deactivate a client or an agency: every token issued to it (or, for an agency, to its
+    clients and users) so far is refused from the next request. Repeatable."""
+    if record.active:
+        record.active = False
+        record.tokens_not_before = _tokens_cut_off()
+
+
+def _refuse_platform_off(agency: Agency) -> None:
+    if agency.is_platform:
+        # Switching the platform off would leave nobody able to switch anything back on.
+        raise Conflict("The platform agency cannot be deactivated.")
+
+
 # -- agencies (platform only) ------------------------------------------------------------------
 def _require_platform(session: Session, actor: Actor, action: str, resource_id: str) -> None:
     if not actor.is_platform:
@@ -85,16 +99,15 @@ def update_agency(session: Session, *, actor: Actor, code: str, changes: dict[st
     agency = session.get(Agency, code, with_for_update=True)
     if agency is None:
         raise NotFound("No such agency.")
-    if changes.get("active") is False and agency.is_platform:
-        # Switching the platform off would leave nobody able to switch anything back on.
-        raise Conflict("The platform agency cannot be deactivated.")
+    if changes.get("active") is False:
+        _refuse_platform_off(agency)
     for name in ("name", "kind", "area"):
         if name in changes:
             setattr(agency, name, changes[name])
-    if "active" in changes and changes["active"] != agency.active:
-        agency.active = changes["active"]
-        if not agency.active:
-            agency.tokens_not_before = _tokens_cut_off()
+    if changes.get("active") is False:
+        _switch_off(agency)
+    elif changes.get("active") is True:
+        agency.active = True
     session.flush()
     audit.record(session, actor, "admin.agency.update", resource_type="agency", resource_id=code)
     return agency
@@ -246,10 +259,8 @@ def deactivate_client(session: Session, *, actor: Actor, client_id: str) -> None
             resource_id=client_id[:64],
         )
         raise NotFound("No such client.")
-    if client.active:
-        client.active = False
-        client.tokens_not_before = _tokens_cut_off()
-        session.flush()
+    _switch_off(client)
+    session.flush()
     audit.record(
         session, actor, "admin.client.deactivate", resource_type="client", resource_id=client_id
     )
@@ -321,16 +332,10 @@ def cut_off_client(session: Session, *, client_id: str) -> Client:
     ).scalar_one_or_none()
     if client is None:
         raise NotFound("No such client.")
-    if client.active:
-        client.active = False
-        client.tokens_not_before = _tokens_cut_off()
-        session.flush()
+    _switch_off(client)
+    session.flush()
     audit.record(
-        session,
-        None,
-        "admin.client.deactivate",
-        resource_type="client",
-        resource_id=client_id,
+        session, None, "admin.client.deactivate", resource_type="client", resource_id=client_id
     )
     return client
 
@@ -342,17 +347,8 @@ def cut_off_agency(session: Session, *, code: str) -> Agency:
     agency = session.get(Agency, code, with_for_update=True)
     if agency is None:
         raise NotFound("No such agency.")
-    if agency.is_platform:
-        raise Conflict("The platform agency cannot be deactivated.")
-    if agency.active:
-        agency.active = False
-        agency.tokens_not_before = _tokens_cut_off()
-        session.flush()
-    audit.record(
-        session,
-        None,
-        "admin.agency.update",
-        resource_type="agency",
-        resource_id=code,
-    )
+    _refuse_platform_off(agency)
+    _switch_off(agency)
+    session.flush()
+    audit.record(session, None, "admin.agency.update", resource_type="agency", resource_id=code)
     return agency
