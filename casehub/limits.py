@@ -62,27 +62,32 @@ def check_settings(settings: dict[str, Any]) -> list[str]:
 
 
 def route_class() -> str:
-    """The class of the current request's route: declared on the view, else by method."""
+    """The class of the current request's route: declared on the view, else by method. Asked
+    several times per request by the limiter (limit, scope, exemptions), so worked out once."""
+    cached = g.get("casehub_rate_class")
+    if cached is not None:
+        return str(cached)
     from casehub.web import _view_target
 
     target = _view_target(current_app, request.endpoint, request.method)
     declared = getattr(target, "_casehub_rate_class", None)
     if declared:
-        return str(declared)
-    if g.get("actor") is None:
-        return "public"
-    return "write" if request.method in WRITE_METHODS else "read"
-
-
-def _caller() -> str:
-    actor = g.get("actor")
-    if actor is not None:
-        return f"client:{actor.client_id}"
-    return f"address:{request.remote_addr or 'unknown'}"
+        found = str(declared)
+    elif g.get("actor") is None:
+        found = "public"
+    else:
+        found = "write" if request.method in WRITE_METHODS else "read"
+    g.casehub_rate_class = found
+    return found
 
 
 def _address() -> str:
     return f"address:{request.remote_addr or 'unknown'}"
+
+
+def _caller() -> str:
+    actor = g.get("actor")
+    return f"client:{actor.client_id}" if actor is not None else _address()
 
 
 def _claimed_client() -> str:
