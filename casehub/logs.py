@@ -45,8 +45,6 @@ from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from casehub.config import DEFAULTS, LOG_FORMATS, LOG_LEVELS
 
-FORMATS = LOG_FORMATS
-LEVELS = LOG_LEVELS
 DEFAULT_FORMAT: str = DEFAULTS["LOG_FORMAT"]
 DEFAULT_LEVEL: str = DEFAULTS["LOG_LEVEL"]
 
@@ -118,7 +116,7 @@ class TextFormatter(logging.Formatter):
 
 def formatter(fmt: str) -> logging.Formatter:
     fmt = fmt.lower()
-    if fmt not in FORMATS:
+    if fmt not in LOG_FORMATS:
         raise ValueError(f"the log format is json or text, not {fmt!r}")
     return JsonFormatter() if fmt == "json" else TextFormatter()
 
@@ -185,8 +183,8 @@ def configure(level: str = DEFAULT_LEVEL, fmt: str = DEFAULT_FORMAT) -> None:
     """This process's logging: one handler on the root logger, on standard error. Calling it
     again (another app in the same process) replaces that handler instead of adding one."""
     level = level.lower()
-    if level not in LEVELS:
-        raise ValueError(f"the log level is one of {', '.join(LEVELS)}, not {level!r}")
+    if level not in LOG_LEVELS:
+        raise ValueError(f"the log level is one of {', '.join(LOG_LEVELS)}, not {level!r}")
     install_redaction()
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_casehub", False)]:
@@ -387,7 +385,7 @@ _ATOM = re.compile(r"%\(([^)]*)\)")
 def environ_format(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     fmt = env.get("CASEHUB_LOG_FORMAT", DEFAULT_FORMAT).lower()
-    if fmt not in FORMATS:
+    if fmt not in LOG_FORMATS:
         raise RuntimeError(f"CASEHUB_LOG_FORMAT must be json or text, not {fmt!r}")
     return fmt
 
