@@ -35,6 +35,7 @@ class Server:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [int(pid) for pid in children.read_text().split()]
 
+
 RATE_LIMITS = (
     "RATE_LIMIT_READ",
     "RATE_LIMIT_WRITE",
@@ -73,7 +74,12 @@ def gunicorn(
         CASEHUB_TIMEOUT="600",
     )
     command = [
-        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), app,
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "deploy" / "gunicorn.conf.py"),
+        app,
     ]
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     server = Server(port, process, env)
@@ -125,7 +131,11 @@ def register_client(
 
 
 def token(server: Server, client_id: str, secret: str) -> str:
-    conn = server.connection()
+    return token_over(server.connection(), client_id, secret)
+
+
+def token_over(conn: http.client.HTTPConnection, client_id: str, secret: str) -> str:
+    """A client_credentials access token from /oauth/token over `conn`."""
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
     conn.request(
         "POST",

@@ -23,7 +23,6 @@ ratios; then a mixed run for casehub alone (reads ≫ writes, six agencies' toke
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import os
@@ -37,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -49,7 +47,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bench.audit_data import _libpq, database_url
-from bench.audit_server import ROOT, casehub_env, register_client
+from bench.audit_server import ROOT, casehub_env, register_client, token_over
 from tests import helpers
 
 DATABASE = "casehub_bench_compare"
@@ -162,21 +160,7 @@ def call(
 
 
 def fetch_token(port: int, client_id: str, secret: str) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    conn.request(
-        "POST",
-        "/oauth/token",
-        body=urllib.parse.urlencode({"grant_type": "client_credentials"}),
-        headers={
-            "Authorization": f"Basic {basic}",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
-    )
-    response = conn.getresponse()
-    body = json.loads(response.read())
-    assert response.status == 200, body
-    return str(body["access_token"])
+    return token_over(http.client.HTTPConnection("127.0.0.1", port, timeout=60), client_id, secret)
 
 
 def refresh_tokens(port: int, agencies: dict[str, Agency]) -> None:
