@@ -623,6 +623,14 @@ def main() -> None:
     parser.add_argument("--referrals", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--only", default="", help="run only the operations whose name contains this text"
+    )
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed run")
+    parser.add_argument(
+        "--workers", type=int, help="override casehub's workers (the report says so)"
+    )
+    parser.add_argument("--worker-threads", type=int, help="override casehub's threads per worker")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3, 1
@@ -631,6 +639,12 @@ def main() -> None:
     cores = os.cpu_count() or 1
     bare_workers = 2 * cores + 1
     defaults = production_defaults()
+    overridden = []
+    for key, value in (("workers", args.workers), ("threads", args.worker_threads)):
+        if value is not None and value != defaults[key]:
+            defaults[key] = value
+            overridden.append(key)
+    defaults["overridden"] = overridden
     work = Path(tempfile.mkdtemp(prefix="casehub-bench-compare-"))
     started = time.monotonic()
     print(f"fresh database {DATABASE} ...", flush=True)
@@ -645,6 +659,10 @@ def main() -> None:
         env = casehub_env(url, port, work)
         for name in ("CASEHUB_WORKERS", "WEB_CONCURRENCY", "CASEHUB_THREADS", "CASEHUB_TIMEOUT"):
             env.pop(name, None)
+        if args.workers is not None:
+            env["CASEHUB_WORKERS"] = str(args.workers)
+        if args.worker_threads is not None:
+            env["CASEHUB_THREADS"] = str(args.worker_threads)
         env.update(CASEHUB_BIND=f"127.0.0.1:{port}", CASEHUB_RATE_LIMIT_STORAGE="memory://")
         bare_env = dict(os.environ, BARE_DATABASE_URL=url)
         agencies, auditor = register(env)
@@ -668,29 +686,15 @@ def main() -> None:
                 )
                 report_config(defaults, bare_workers, cores, pg, args, same)
                 share_budget = 8_000
-                ops = operations(url, agencies, auditor, visible, share_budget)
+                ops = [
+                    op
+                    for op in operations(url, agencies, auditor, visible, share_budget)
+                    if args.only in op.name
+                ]
                 table = bench_operations(wrk, ops, port, bare_port, agencies, auditor, args, warmup)
                 print_table(table, args)
-                refresh_tokens(port, agencies)
-                refresh_tokens(port, {"auditor": auditor})
-                estimate = max(r[0].rps for r, _ in table.values())
-                size = int(max(2000, estimate * args.seconds * 1.5))
-                time.sleep(2)
-                mixed = mixed_reqs(url, agencies, auditor, visible, size)
-                result = run_wrk(
-                    wrk, port, mixed, seconds=args.seconds * 2, threads=args.threads,
-                    connections=args.connections,
-                )  # fmt: skip
-                mix = ", ".join(f"{kind} {weight} %" for weight, kind in MIX)
-                clients = sum(len(a.clients) for a in agencies.values()) + 1
-                print(
-                    f"\nmixed run, casehub only, {args.seconds * 2:g} s ({mix}; leads "
-                    f"{'/'.join(LEADS)}, recipients {'/'.join(RECIPIENTS)}, {clients} clients):"
-                    f"\n  {result.rps:,.0f} req/s, p50 {result.p50:.1f} ms, "
-                    f"p99 {result.p99:.1f} ms, non-2xx {result.non2xx}"
-                    + (f" (first {result.first_non2xx})" if result.non2xx else "")
-                    + (f", socket errors {result.socket_errors}" if result.socket_errors else "")
-                )
+                if not args.no_mixed:
+                    mixed_run(url, port, agencies, auditor, visible, table, wrk, args)
             time.sleep(2)  # let the sequencer chain what the last round wrote
         with psycopg.connect(_libpq(url)) as conn:
             counts = conn.execute(
@@ -712,6 +716,34 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def mixed_run(
+    url: str, port: int, agencies: dict[str, Agency], auditor: Agency,
+    visible: dict[str, list[str]], table: dict[str, tuple[list[Result], list[Result]]],
+    wrk: str, args: argparse.Namespace,
+) -> None:  # fmt: skip
+    """The realistic mix (MIX) against casehub alone, for twice a round's length."""
+    refresh_tokens(port, agencies)
+    refresh_tokens(port, {"auditor": auditor})
+    estimate = max(r[0].rps for r, _ in table.values())
+    size = int(max(2000, estimate * args.seconds * 1.5))
+    time.sleep(2)
+    mixed = mixed_reqs(url, agencies, auditor, visible, size)
+    result = run_wrk(
+        wrk, port, mixed, seconds=args.seconds * 2, threads=args.threads,
+        connections=args.connections,
+    )  # fmt: skip
+    mix = ", ".join(f"{kind} {weight} %" for weight, kind in MIX)
+    clients = sum(len(a.clients) for a in agencies.values()) + 1
+    print(
+        f"\nmixed run, casehub only, {args.seconds * 2:g} s ({mix}; leads "
+        f"{'/'.join(LEADS)}, recipients {'/'.join(RECIPIENTS)}, {clients} clients):"
+        f"\n  {result.rps:,.0f} req/s, p50 {result.p50:.1f} ms, "
+        f"p99 {result.p99:.1f} ms, non-2xx {result.non2xx}"
+        + (f" (first {result.first_non2xx})" if result.non2xx else "")
+        + (f", socket errors {result.socket_errors}" if result.socket_errors else "")
+    )
+
+
 def report_config(
     defaults: dict[str, Any], bare_workers: int, cores: int, pg: dict[str, str],
     args: argparse.Namespace, same: bool,
@@ -723,8 +755,13 @@ def report_config(
         f"database: PostgreSQL {pg['server_version']} at 127.0.0.1 ({DATABASE}, fresh; fsync "
         f"{pg['fsync']}, synchronous_commit {pg['synchronous_commit']}, shared_buffers "
         f"{pg['shared_buffers']}); both sides use it\n"
-        f"casehub: gunicorn -c deploy/gunicorn.conf.py wsgi:app — its defaults: "
-        f"{defaults['workers']} workers x {defaults['threads']} threads ({kind} worker), "
+        "casehub: gunicorn -c deploy/gunicorn.conf.py wsgi:app — "
+        + (
+            f"OVERRIDDEN by --{'/--'.join(defaults['overridden'])}, otherwise its defaults: "
+            if defaults["overridden"]
+            else "its defaults: "
+        )
+        + f"{defaults['workers']} workers x {defaults['threads']} threads ({kind} worker), "
         f"keepalive {defaults['keepalive']} s, timeout {defaults['timeout']} s; "
         "CASEHUB_LOG_LEVEL=warning, no access log, rate limits 100000000/minute (memory://), "
         "audit sequencer on, bearer tokens (ES256 JWT, client_credentials)\n"
