@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, exists, or_, select
 
 from casehub.auth.actor import Actor
 from casehub.models import Referral, Share, Subject
@@ -52,7 +52,21 @@ def access_through(
 
 
 # -- query builders -------------------------------------------------------------------------
-def active_share_clause(agency: str, now: datetime) -> ColumnElement[bool]:
+# Statements built once per process name the caller's agency and the moment by these bound
+# parameters instead of literal values (`viewer` gives their values): building a statement costs
+# more CPU than running it, and a statement object built once keeps its compiled form cached.
+VIEWER_AGENCY: BindParameter[str] = bindparam("viewer_agency", type_=Share.agency_code.type)
+VIEWER_NOW: BindParameter[datetime] = bindparam("viewer_now", type_=Share.expires_at.type)
+Agency = str | BindParameter[str]
+Moment = datetime | BindParameter[datetime]
+
+
+def viewer(actor: Actor, now: datetime) -> dict[str, Any]:
+    """The values of VIEWER_AGENCY and VIEWER_NOW for a statement built with them."""
+    return {"viewer_agency": actor.agency, "viewer_now": now}
+
+
+def active_share_clause(agency: Agency, now: Moment) -> ColumnElement[bool]:
     return and_(
         Share.agency_code == agency,
         Share.revoked_at.is_(None),
@@ -61,7 +75,7 @@ def active_share_clause(agency: str, now: datetime) -> ColumnElement[bool]:
     )
 
 
-def active_share_columns(agency: str, now: datetime) -> tuple[Any, Any, Any]:
+def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any]:
     """The id, access and purpose of the agency's active share of the Referral in the same
     SELECT (NULL without one): a partial unique index allows one open share per agency."""
 
@@ -84,12 +98,14 @@ def active_share_columns(agency: str, now: datetime) -> tuple[Any, Any, Any]:
 
 def referral_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
     """True for referrals the actor's agency leads or holds an active share of."""
+    return referral_visible_to(actor.agency, now)
+
+
+def referral_visible_to(agency: Agency, now: Moment) -> ColumnElement[bool]:
     shared = exists(
-        select(Share.id).where(
-            Share.referral_id == Referral.id, active_share_clause(actor.agency, now)
-        )
+        select(Share.id).where(Share.referral_id == Referral.id, active_share_clause(agency, now))
     )
-    return or_(Referral.lead_agency == actor.agency, shared)
+    return or_(Referral.lead_agency == agency, shared)
 
 
 def visible_referrals(actor: Actor, now: datetime) -> Select[tuple[Referral]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import Select, bindparam, exists, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -62,6 +62,16 @@ def _with_children(stmt: Select[tuple[Referral]]) -> Select[tuple[Referral]]:
     return stmt.options(selectinload(Referral.category_rows), selectinload(Referral.indicator_rows))
 
 
+_REACH = (
+    select(Referral, *policy.active_share_columns(policy.VIEWER_AGENCY, policy.VIEWER_NOW))
+    .where(
+        Referral.id == bindparam("referral_id", type_=Referral.id.type),
+        policy.referral_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW),
+    )
+    .options(joinedload(Referral.category_rows), joinedload(Referral.indicator_rows))
+)
+
+
 def reach_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralView:
@@ -72,11 +82,7 @@ def reach_referral(
     the answer nor its timing tells a prober which ids exist."""
     # One query for the referral, its lists and the caller's active share, lead or not.
     row = (
-        session.execute(
-            select(Referral, *policy.active_share_columns(actor.agency, now))
-            .where(Referral.id == referral_id, policy.referral_visible(actor, now))
-            .options(joinedload(Referral.category_rows), joinedload(Referral.indicator_rows))
-        )
+        session.execute(_REACH, {"referral_id": referral_id, **policy.viewer(actor, now)})
         .unique()
         .one_or_none()
     )
