@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from flask import Flask, current_app, g
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -74,9 +77,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         if not engine_log.handlers:
             engine_log.addHandler(logging.NullHandler())
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, echo=echo, hide_parameters=True, connect_args={"timeout": 30}
-        )
+        engine = create_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -100,16 +101,51 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     connect_args = (
         {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
     )
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         hide_parameters=True,
-        pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,
         pool_timeout=10,
         connect_args=connect_args,
     )
+    event.listen(engine, "checkout", _check_alive)
+    event.listen(engine, "checkin", _note_checkin)
+    return engine
+
+
+# A pooled connection is checked before each request uses it, without a round trip (the pool's
+# pre_ping would add one to every request): libpq reads whatever the server sent it while it sat
+# in the pool, so a backend that was terminated or a server that went away (both close the
+# socket) is noticed here and replaced by a fresh connection before the request starts. Only a
+# connection idle for longer than PING_AFTER_IDLE, which a silent network path may have dropped,
+# is pinged. A connection that dies after this check fails its request with a 503 (web.py).
+PING_AFTER_IDLE = 30.0  # seconds
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _check_alive(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    pgconn = dbapi_connection.pgconn
+    try:
+        # Twice: the first read takes the server's goodbye (an error message), the second
+        # meets the closed socket. Neither waits: they read only what has arrived.
+        pgconn.consume_input()
+        pgconn.consume_input()
+    except psycopg.OperationalError as exc:
+        raise DisconnectionError("the server closed the connection") from exc
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise DisconnectionError("the connection is broken")
+    idle = time.monotonic() - record.info.get("checked_in", time.monotonic())
+    if idle > PING_AFTER_IDLE:
+        try:
+            dbapi_connection.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except psycopg.Error as exc:
+            raise DisconnectionError("the connection did not answer a ping") from exc
 
 
 class Database:

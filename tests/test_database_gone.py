@@ -3,12 +3,14 @@ commit), the answer is 503 with Retry-After, never a 500, and nothing is half-sa
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from casehub import audit
+from casehub import audit, db
 from casehub.models import Referral
 from tests.helpers import referral_body
 
@@ -124,3 +126,39 @@ def test_readiness_says_when_to_ask_again(client, monkeypatch):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("idle_ping", [False, True])
+def test_a_pooled_connection_whose_backend_died_is_replaced_before_a_request_uses_it(
+    engine, is_postgres, monkeypatch, idle_ping
+):
+    """The pool checks a connection without a round trip when a request takes it (issue 10:
+    pre_ping cost one per request): a backend terminated while the connection sat in the pool
+    (a restart, an operator's pg_terminate_backend, an idle timeout) is noticed and replaced,
+    so the request never sees it; one idle for longer than PING_AFTER_IDLE is pinged too."""
+    if not is_postgres:
+        pytest.skip("needs PostgreSQL: set CASEHUB_TEST_DATABASE_URL")
+    if idle_ping:
+        monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)
+    pooled = db.make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        with pooled.connect() as connection:
+            first = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
+            for _ in range(100):  # the server closes the socket a moment after the call
+                alive = admin.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": first}
+                ).scalar_one()
+                if not alive:
+                    break
+                time.sleep(0.02)
+            # The backend leaves pg_stat_activity just before its process exits and the
+            # kernel closes the socket: give that moment to pass.
+            time.sleep(0.5)
+        with pooled.connect() as connection:  # no OperationalError: it was replaced
+            second = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert second != first
+    finally:
+        pooled.dispose()
