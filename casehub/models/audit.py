@@ -1,11 +1,12 @@
-"""Audit events and their hash chain: every table here is append-only (enforced by triggers)."""
+"""Audit events and their hash chain, append-only (enforced by triggers), and the indexes the
+sequencer derives from them for auditors' queries."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from casehub.db import Base, new_id, utcnow
@@ -84,6 +85,75 @@ class AuditEventSubject(Base):
 
     subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigId, ForeignKey("audit_chain.seq"), primary_key=True)
+
+
+# The reach of `audit:read:all`: every chained event has one row under it.
+REACH_ALL = "*"  # never an agency code (those match ^[a-z0-9][a-z0-9-]{1,39}$)
+
+
+class AuditEventAgency(Base):
+    """Who may see each chained event, in `seq` order: the reach index behind every audit list.
+
+    An event has a row under its actor's agency, one under the agency that leads its referral
+    (if another), and one under `REACH_ALL`; each copies the event's filter columns, so every
+    filter of `GET /v1/audit/events`, for either auditor scope, is a range scan of one index
+    in `seq` order. The sequencer writes an event's rows in the transaction that chains it.
+
+    Unlike the record, this index is not append-only (no triggers): `audit:read` reaches the
+    events on referrals its agency leads *now*, so a transfer of the lead moves the lead's rows
+    (`casehub.audit.chain.move_lead_reach`). The evidence stays `audit_events` + `audit_chain`;
+    a query trusts this index to narrow its walk, not to decide what an agency may see.
+
+    Rows under `REACH_ALL` also carry the chain's time marks, which turn `from`/`to` into `seq`
+    bounds although `occurred_at` is not quite in `seq` order (events commit out of order):
+    `occurred_max`, the latest `occurred_at` chained up to this seq (it never decreases), and
+    `late_max_us`, the most by which any event chained up to here occurred before an event
+    chained ahead of it, in microseconds (it never decreases either).
+    """
+
+    __tablename__ = "audit_event_agencies"
+    __table_args__ = (
+        Index("ix_audit_event_agencies_actor_agency", "agency", "actor_agency", "seq"),
+        Index("ix_audit_event_agencies_actor_client_id", "agency", "actor_client_id", "seq"),
+        Index(
+            "ix_audit_event_agencies_actor_user_id",
+            "agency",
+            "actor_user_id",
+            "seq",
+            postgresql_where=text("actor_user_id IS NOT NULL"),
+            sqlite_where=text("actor_user_id IS NOT NULL"),
+        ),
+        Index("ix_audit_event_agencies_action", "agency", "action", "seq"),
+        Index("ix_audit_event_agencies_outcome", "agency", "outcome", "seq"),
+        Index(
+            "ix_audit_event_agencies_referral_id",
+            "agency",
+            "referral_id",
+            "seq",
+            postgresql_where=text("referral_id IS NOT NULL"),
+            sqlite_where=text("referral_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_audit_event_agencies_occurred_max",
+            "occurred_max",
+            "seq",
+            postgresql_where=text("occurred_max IS NOT NULL"),
+            sqlite_where=text("occurred_max IS NOT NULL"),
+        ),
+    )
+
+    # No foreign key to audit_chain: the rows are written from the rows chained in the same
+    # transaction, and a per-row check would cost the sequencer more than the rest of them.
+    agency: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    actor_agency: Mapped[str | None] = mapped_column(String(40))
+    actor_client_id: Mapped[str | None] = mapped_column(String(64))
+    actor_user_id: Mapped[uuid.UUID | None]
+    action: Mapped[str] = mapped_column(String(60))
+    outcome: Mapped[str] = mapped_column(String(10))
+    referral_id: Mapped[uuid.UUID | None]
+    occurred_max: Mapped[datetime | None]
+    late_max_us: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AuditCheckpoint(Base):
