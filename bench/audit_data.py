@@ -13,7 +13,9 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -66,6 +68,27 @@ def _rows(count: int, start: datetime) -> io.StringIO:
     return out
 
 
+def _chunks(data: io.StringIO) -> Iterator[str]:
+    while chunk := data.read(1 << 20):
+        yield chunk
+
+
+def load_events(
+    conn: psycopg.Connection[Any], chunks: Iterable[str], columns: str = COLUMNS
+) -> None:
+    """COPY events (text-format lines of `columns`) into audit_events with the enqueue trigger
+    off, then queue every event for the sequencer in one statement; the caller commits.
+
+    A trigger per row would queue them one INSERT at a time; the sequencer then chains them
+    exactly as it chains events the service wrote (casehub.audit.chain.sequence_all)."""
+    conn.execute("SET session_replication_role = replica")  # skip the per-row enqueue
+    with conn.cursor() as cur, cur.copy(f"COPY audit_events ({columns}) FROM STDIN") as copy:
+        for chunk in chunks:
+            copy.write(chunk)
+    conn.execute("SET session_replication_role = origin")
+    conn.execute("INSERT INTO audit_pending (pos) SELECT pos FROM audit_events")
+
+
 def chained_count(url: str) -> int:
     with psycopg.connect(_libpq(url)) as conn:
         row = conn.execute("SELECT count(*) FROM audit_chain").fetchone()
@@ -94,17 +117,18 @@ def prepare(count: int, name: str = "casehub_bench_audit", *, fresh: bool = Fals
     migrate.upgrade(engine)
     started = time.perf_counter()
     with psycopg.connect(_libpq(url)) as conn:
-        conn.execute("SET session_replication_role = replica")  # skip the per-row enqueue
-        with conn.cursor() as cur:
-            batch = 200_000
-            base = datetime.now(UTC) - timedelta(days=30)
-            for offset in range(0, count, batch):
-                data = _rows(min(batch, count - offset), base + timedelta(seconds=offset))
-                with cur.copy(f"COPY audit_events ({COLUMNS}) FROM STDIN") as copy:
-                    while chunk := data.read(1 << 20):
-                        copy.write(chunk)
-        conn.execute("SET session_replication_role = origin")
-        conn.execute("INSERT INTO audit_pending (pos) SELECT pos FROM audit_events")
+        batch = 200_000
+        base = datetime.now(UTC) - timedelta(days=30)
+        load_events(
+            conn,
+            (
+                chunk
+                for offset in range(0, count, batch)
+                for chunk in _chunks(
+                    _rows(min(batch, count - offset), base + timedelta(seconds=offset))
+                )
+            ),
+        )
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE audit_events")
