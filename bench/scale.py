@@ -64,9 +64,10 @@ from bench.audit_data import _libpq, database_url, load_events
 from bench.not_found_timing import _percentile
 from casehub import audit, create_app, limits, migrate
 from casehub.audit import canonical, chain, checkpoints
+from casehub.auth.actor import Actor
 from casehub.auth.secrets import generate_secret, hash_secret
 from casehub.db import get_db, make_engine
-from casehub.models import REFERENCE_SEQUENCE, Subject
+from casehub.models import REFERENCE_SEQUENCE, ReferralHistory, Subject
 from casehub.schemas.audit import AuditEventQueryArgsSchema
 from casehub.schemas.referral import ReferralQueryArgsSchema
 from casehub.services import agencies, names, referrals, shares
@@ -78,7 +79,7 @@ from casehub.services.validation import nhs_check_digit, normalise_postcode
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
-SEED_VERSION = 1  # bump when the generator below changes what it writes
+SEED_VERSION = 2  # bump when the generator below changes what it writes
 # The service code seeded rows are derived from: reusing a database seeded before a change to it
 # is reported.
 DERIVED_FROM = (names, chain, canonical, audit, checkpoints)
@@ -875,8 +876,8 @@ REFERRAL_COLUMNS = (
     "created_at, updated_at, version"
 )
 HISTORY_COLUMNS = (
-    "id, referral_id, kind, from_status, to_status, reason, actor_agency, actor_client_id, "
-    "actor_user_id, occurred_at"
+    "id, referral_id, kind, from_status, to_status, reason, lawful_basis, actor_agency, "
+    "actor_client_id, actor_user_id, occurred_at"
 )
 SHARE_COLUMNS = (
     "id, referral_id, agency_code, access, purpose, necessity, article_6, condition, gateway, "
@@ -1046,19 +1047,58 @@ def indicator_lines(world: World) -> Iterator[str]:
         yield "".join(f"{r.id}\t{c}\t{i}\n" for i, c in enumerate(r.indicators))
 
 
-def history_lines(world: World, rng: random.Random) -> Iterator[str]:
+def calibrate_history(engine: Engine, partnership: Partnership) -> dict[str, str]:
+    """How the service stores `lawful_basis` (SQL NULL or JSON null) in each kind of history
+    row a create and a transition write, learnt from one real create and transition through
+    casehub.services.referrals in a transaction that is rolled back."""
+    agency = LARGE_LEAD
+    client_id = partnership.clients[(agency, "niche-rms")]
+    actor = Actor(
+        agency=agency,
+        agency_kind=partnership.kinds[agency],
+        is_platform=False,
+        client_id=client_id,
+        scopes=frozenset(CASEWORK.split()),
+    )
+    now = datetime.now(UTC)
+    child = {"given_name": "Calibration", "family_name": "Probe", "aliases": [],
+             "date_of_birth": None, "estimated_birth_year": None, "gender": "unknown",
+             "identifiers": [], "address": None}  # fmt: skip
+    data = {"subject": child, "categories": ["missing"], "indicators": [],
+            "summary": "Calibration probe.", "observed_at": now, "risk_level": "low"}  # fmt: skip
+    with Session(engine) as session, session.begin():
+        created = referrals.create_referral(session, actor=actor, data=data, now=now)
+        referrals.transition_referral(
+            session, actor=actor, referral_id=created.id, expected_version=1,
+            to="acknowledged", reason=None, now=now,
+        )  # fmt: skip
+        session.flush()
+        stored = session.execute(
+            select(ReferralHistory.kind, cast(ReferralHistory.lawful_basis, Text)).where(
+                ReferralHistory.referral_id == created.id
+            )
+        ).all()
+        session.rollback()
+    found = {kind: NULL if text is None else _text(text) for kind, text in stored}
+    assert set(found) == {"created", "transition"}, found
+    return found
+
+
+def history_lines(world: World, rng: random.Random, basis: dict[str, str]) -> Iterator[str]:
+    """`basis`: what calibrate_history found each kind of row stores as its lawful_basis."""
+    created, moved = basis["created"], basis["transition"]
     # Every value here is an id, a code or one of REASONS: nothing COPY needs to escape.
     for r in world.referrals:
         c = r.caller
         actor = f"{c.agency}\t{c.client_id}\t{c.user_id or NULL}"
         yield (
-            f"{_uuid(rng)}\t{r.id}\tcreated\t{NULL}\tsubmitted\t{NULL}\t{actor}\t"
+            f"{_uuid(rng)}\t{r.id}\tcreated\t{NULL}\tsubmitted\t{NULL}\t{created}\t{actor}\t"
             f"{_iso(r.created)}\n"
         )
         for when, before, after, reason in r.steps:
             yield (
                 f"{_uuid(rng)}\t{r.id}\ttransition\t{before}\t{after}\t{reason or NULL}\t"
-                f"{actor}\t{_iso(when)}\n"
+                f"{moved}\t{actor}\t{_iso(when)}\n"
             )
 
 
@@ -1761,6 +1801,7 @@ def _load_case_tables(
     world: World,
     name_keys: NameKeys,
     columns: dict[str, str],
+    history_basis: dict[str, str],
     rebuild_after: list[str],
     results: Any,
     started: float,
@@ -1779,7 +1820,7 @@ def _load_case_tables(
                 "referrals": referral_lines(world),
                 "referral_categories": category_lines(world),
                 "referral_indicators": indicator_lines(world),
-                "referral_history": history_lines(world, random.Random("history")),
+                "referral_history": history_lines(world, random.Random("h"), history_basis),
                 "shares": share_lines(world),
                 "events": outbox_lines(world, tx[0]),
             }
@@ -1818,6 +1859,7 @@ def seed(scale: Scale, url: str) -> dict[str, Any]:
     check_json_storage(engine)
     with Session(engine) as session, session.begin():
         partnership = register(session, scale)
+    history_basis = calibrate_history(engine, partnership)
     engine.dispose()
     with psycopg.connect(_libpq(url)) as conn:
         present = table_columns(conn, "subject_name_keys")
@@ -1844,7 +1886,16 @@ def seed(scale: Scale, url: str) -> dict[str, Any]:
     results: Any = fork.SimpleQueue()
     child = fork.Process(
         target=_load_case_tables,
-        args=(url, world, name_keys, columns, deferred.take(_case_table), results, started),
+        args=(
+            url,
+            world,
+            name_keys,
+            columns,
+            history_basis,
+            deferred.take(_case_table),
+            results,
+            started,
+        ),
     )
     child.start()
     with psycopg.connect(_libpq(url)) as conn:
