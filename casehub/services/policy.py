@@ -112,6 +112,28 @@ def visible_referrals(actor: Actor, now: datetime) -> Select[tuple[Referral]]:
     return select(Referral).where(referral_visible(actor, now))
 
 
+def visible_referral_streams(
+    actor: Actor, now: datetime, *, led: bool = True, shared: bool = True
+) -> list[Select[Any]]:
+    """The referrals the actor's agency sees as two disjoint streams to be read in one order
+    and merged: those it leads (an index range on lead_agency), and those another agency leads
+    and shares with it (driven from its active shares). Together they are exactly
+    `referral_visible`; apart, a list need not test a large lead's every referral against all
+    of its shares, nor walk every referral for an agency that only receives shares."""
+    streams: list[Select[Any]] = []
+    if led:
+        streams.append(
+            select(Referral.id, Referral.created_at).where(Referral.lead_agency == actor.agency)
+        )
+    if shared:
+        streams.append(
+            select(Referral.id, Referral.created_at)
+            .join(Share, Share.referral_id == Referral.id)
+            .where(active_share_clause(actor.agency, now), Referral.lead_agency != actor.agency)
+        )
+    return streams
+
+
 def subject_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
     """Subjects the agency created, or that a referral visible to it is about."""
     about_visible = exists(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, insert, select
+from sqlalchemy import ColumnElement, Select, bindparam, exists, insert, select, tuple_, union_all
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -25,7 +25,7 @@ from casehub.models import (
     Subject,
 )
 from casehub.services import events, policy
-from casehub.services.pagination import keyset_page
+from casehub.services.pagination import decode_cursor, encode_cursor, keyset_page
 from casehub.services.reference import indicator_codes
 from casehub.services.validation import normalise_postcode
 
@@ -362,39 +362,62 @@ def list_referrals(
     cursor: str | None,
     now: datetime,
 ) -> tuple[list[Referral], str | None]:
-    stmt = _with_children(policy.visible_referrals(actor, now))
-    if "status" in filters:
-        stmt = stmt.where(Referral.status == filters["status"])
-    if "risk_level" in filters:
-        stmt = stmt.where(Referral.risk_level == filters["risk_level"])
-    if "subject_id" in filters:
-        stmt = stmt.where(Referral.subject_id == filters["subject_id"])
-    if "lead_agency" in filters:
-        stmt = stmt.where(Referral.lead_agency == filters["lead_agency"])
+    """One page in (created_at, id) order. Each of the two visibility streams (led, shared
+    with the caller) is read in that order, filtered and limited on its own, and the page is
+    the first `limit` of their merge, so neither stream is read further than one page."""
+    clauses: list[ColumnElement[bool]] = []
+    for name in ("status", "risk_level", "subject_id", "lead_agency"):
+        if name in filters:
+            clauses.append(getattr(Referral, name) == filters[name])
     if "updated_since" in filters:
-        stmt = stmt.where(Referral.updated_at >= filters["updated_since"])
+        clauses.append(Referral.updated_at >= filters["updated_since"])
     if "category" in filters:
-        stmt = stmt.where(
+        clauses.append(
             exists().where(
                 ReferralCategory.referral_id == Referral.id,
                 ReferralCategory.category == filters["category"],
             )
         )
     if "indicator" in filters:
-        stmt = stmt.where(
+        clauses.append(
             exists().where(
                 ReferralIndicator.referral_id == Referral.id,
                 ReferralIndicator.code == filters["indicator"],
             )
         )
-    if "shared_with_me" in filters:
-        if filters["shared_with_me"]:
-            stmt = stmt.where(Referral.lead_agency != actor.agency)
-        else:
-            stmt = stmt.where(Referral.lead_agency == actor.agency)
-    items, next_cursor = keyset_page(
-        session, stmt, keys=[Referral.created_at, Referral.id], limit=limit, cursor=cursor
+    if cursor:
+        after = decode_cursor(cursor, [datetime, uuid.UUID])
+        clauses.append(tuple_(Referral.created_at, Referral.id) > tuple_(*after))
+    mine = filters.get("shared_with_me")
+    lead_filter = filters.get("lead_agency")
+    streams = policy.visible_referral_streams(
+        actor,
+        now,
+        led=mine is not True and lead_filter in (None, actor.agency),
+        shared=mine is not False and lead_filter != actor.agency,
     )
+    items: list[Referral] = []
+    if streams:
+        parts = [
+            stream.where(*clauses)
+            .order_by(Referral.created_at, Referral.id)
+            .limit(limit + 1)
+            .subquery()
+            for stream in streams
+        ]
+        merged = union_all(*(select(p.c.id, p.c.created_at) for p in parts)).subquery()
+        items = list(
+            session.execute(
+                _with_children(select(Referral))
+                .join(merged, merged.c.id == Referral.id)
+                .order_by(merged.c.created_at, merged.c.id)
+                .limit(limit + 1)
+            ).scalars()
+        )
+    next_cursor = None
+    if len(items) > limit:
+        items = items[:limit]
+        next_cursor = encode_cursor([items[-1].created_at, items[-1].id])
     audit.record(
         session,
         actor,
