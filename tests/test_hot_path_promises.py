@@ -8,13 +8,13 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from casehub import create_app, migrate
 from casehub.auth.actor import Actor
 from casehub.db import get_db, session_scope
-from casehub.models import AuditEvent
+from casehub.models import AuditEvent, ReferralHistory
 from casehub.services import agencies, referrals
 from tests.helpers import referral_body, subject_body
 from tests.live_server import fresh_database
@@ -163,3 +163,21 @@ def _loaded(body: dict) -> dict:  # type: ignore[type-arg]
     from casehub.schemas.referral import ReferralCreateSchema
 
     return ReferralCreateSchema().load(body)  # type: ignore[no-any-return]
+
+
+def test_a_create_leaves_unset_columns_sql_null(client, db_session, factory):
+    """The Core INSERTs of a create store an unset JSON column as SQL NULL, as the unit of work
+    does, not as JSON null: a query `IS NULL` (and a transition's row) treat them alike."""
+    btp = factory.partner("btp")
+    created = client.post("/v1/referrals", json=referral_body(), headers=btp.headers())
+    referral_id = uuid.UUID(created.get_json()["id"])
+    nulls = db_session.execute(
+        select(func.count())
+        .select_from(ReferralHistory)
+        .where(
+            ReferralHistory.referral_id == referral_id,
+            ReferralHistory.lawful_basis.is_(None),
+            ReferralHistory.reason.is_(None),
+        )
+    ).scalar_one()
+    assert nulls == 1

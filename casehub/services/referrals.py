@@ -223,7 +223,10 @@ def next_reference(session: Session, year: int) -> str:
 
 
 def _columns(row: Any) -> dict[str, Any]:
-    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+    """A new row's values, without those left unset: a Core INSERT would write None to a JSON
+    column as JSON null, where the unit of work writes SQL NULL."""
+    values = {column.key: getattr(row, column.key) for column in row.__table__.columns}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _insert_new(session: Session, referral: Referral, history: ReferralHistory) -> None:
