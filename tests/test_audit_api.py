@@ -498,3 +498,39 @@ def test_verify_finds_a_changed_row_under_the_checkpoint_and_the_cli_finds_older
             connection.execute(text(sql))
     body = client.get("/v1/audit/verify", headers=auditor.headers()).get_json()
     assert (body["ok"], body["first_bad_seq"]) == (False, signed.seq)
+
+
+def test_verify_checks_the_newest_checkpoints_not_every_one_ever_signed(
+    app, client, trail, db_session
+):
+    """Years of hourly checkpoints do not slow the endpoint (issue 10: 26,280 signatures were
+    checked twice per call): it checks the checkpoints from the newest that holds on; all of
+    them are the full verification's to check, which still finds a forged old one."""
+    from casehub.audit.checkpoints import app_key, sign_head
+    from casehub.audit.verify import verify
+
+    auditor = trail["auditor"]
+    key = app_key(app, create=True)
+    connection = db_session.connection()
+    signed = []
+    for _ in range(6):  # each over a longer chain
+        client.get(f"/v1/referrals/{trail['referral']['id']}", headers=trail["btp"].headers())
+        chain_now(db_session)
+        signed.append(sign_head(connection, key))
+    body = client.get("/v1/audit/verify", headers=auditor.headers()).get_json()
+    assert body["ok"] is True, body
+    assert body["from_seq"] == signed[-1].seq
+    assert body["checkpoints"] == 1, body
+    assert verify(connection, key=key).checkpoints == 6
+    # A forged checkpoint among the old ones: the full verification finds it.
+    oldest = signed[0]
+    connection.execute(
+        text(
+            "INSERT INTO audit_checkpoints (seq, hash, signed_at, key_id, signature)"
+            " SELECT seq, hash, signed_at, key_id, :forged FROM audit_checkpoints WHERE id = :id"
+        ),
+        {"forged": "Zm9yZ2Vk", "id": oldest.id},
+    )
+    full = verify(connection, key=key)
+    assert (full.ok, full.first_bad_seq) == (False, oldest.seq), full
+    assert client.get("/v1/audit/verify", headers=auditor.headers()).get_json()["ok"] is True

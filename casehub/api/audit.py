@@ -115,10 +115,11 @@ class Verify(MethodView):
         operationId="verifyAuditChain",
         summary="Verify the audit chain",
         description=(
-            "Checks every signed checkpoint, that the newest one still matches its row, and "
-            "recomputes every hash after it (`from_seq`): the events since the last checkpoint "
-            "(they are signed hourly), not the whole trail, so it answers in moments at any "
-            "size. `ok` is true only when all hold; otherwise `first_bad_seq` names where the "
+            "Finds the newest checkpoint whose signature holds, checks that it still matches "
+            "its row and recomputes every hash after it (`from_seq`), checking the signatures "
+            "of the checkpoints from it on: the events since the last checkpoint (they are "
+            "signed hourly), not the whole trail, so it answers in moments at any size. "
+            "`ok` is true only when all hold; otherwise `first_bad_seq` names where the "
             "chain first breaks. The whole recomputation, from the first event, is `casehub "
             "audit verify` (run daily). For the partnership's auditors (`audit:read:all`, "
             "platform agency only)."

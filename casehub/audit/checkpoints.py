@@ -177,9 +177,20 @@ class Checkpoint:
         }
 
 
-def load_checkpoints(connection: Connection) -> list[Checkpoint]:
+def load_checkpoints(
+    connection: Connection, *, from_seq: int = 0, newest: int | None = None
+) -> list[Checkpoint]:
+    """Checkpoints in (seq, id) order: all of them, those signing `from_seq` or later, or
+    (`newest`) only that many of the newest, newest first."""
     table = AuditCheckpoint.__table__
-    rows = connection.execute(select(table).order_by(table.c.seq, table.c.id))
+    stmt = select(table)
+    if from_seq:
+        stmt = stmt.where(table.c.seq >= from_seq)
+    if newest is None:
+        stmt = stmt.order_by(table.c.seq, table.c.id)
+    else:
+        stmt = stmt.order_by(table.c.seq.desc(), table.c.id.desc()).limit(newest)
+    rows = connection.execute(stmt)
     return [Checkpoint(r.id, r.seq, r.hash, r.signed_at, r.key_id, r.signature) for r in rows]
 
 

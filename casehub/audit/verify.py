@@ -73,8 +73,11 @@ def verify(
     *,
     key: CheckpointKey | None,
     after: tuple[int, str] | None = None,
+    all_checkpoints: bool = True,
 ) -> VerifyResult:
-    """Check the chain (from seq 1, or from a trusted `after` = (seq, hash)) and checkpoints.
+    """Check the chain (from seq 1, or from a trusted `after` = (seq, hash)) and checkpoints:
+    every checkpoint, or (`all_checkpoints=False`) those from `after` on, which the trusted
+    start vouches for the rest of (it was signed only once the chain up to it verified).
 
     `bind` is an Engine (each read on a fresh connection, so SQLite's writers are not held up)
     or a Connection (reads stay in its transaction).
@@ -83,7 +86,8 @@ def verify(
     result = VerifyResult()
     with _connection(bind) as connection:
         # Checkpoints first: the chain can only grow after this, never lose a signed head.
-        checkpoints = load_checkpoints(connection)
+        from_seq = 0 if all_checkpoints or after is None else after[0]
+        checkpoints = load_checkpoints(connection, from_seq=from_seq)
         head_seq, head_hash = chain_head(connection)
         result.pending = pending_count(connection)
         fast = connection.dialect.name == "postgresql"
@@ -154,17 +158,31 @@ def verify(
 
 def newest_checkpoint(connection: Connection, key: CheckpointKey | None) -> tuple[int, str] | None:
     """(seq, hash) of the newest checkpoint whose signature holds: the chain up to it was
-    verified when it was signed."""
-    trusted = [c for c in load_checkpoints(connection) if signature_holds(c, key)]
-    newest = max(trusted, key=lambda c: (c.seq, c.id), default=None)
-    return (newest.seq, newest.hash) if newest else None
+    verified when it was signed. Read newest first, so normally one signature is checked
+    however many hourly checkpoints years of service have left."""
+    if key is None:
+        return None
+    for checkpoint in load_checkpoints(connection, newest=NEWEST_FIRST):
+        if signature_holds(checkpoint, key):
+            return checkpoint.seq, checkpoint.hash
+    # None of the newest holds (a rotated-out key, or tampering): look further back.
+    for checkpoint in reversed(load_checkpoints(connection)):
+        if signature_holds(checkpoint, key):
+            return checkpoint.seq, checkpoint.hash
+    return None
+
+
+NEWEST_FIRST = 20  # checkpoints read before falling back to all of them
 
 
 def verify_tail(connection: Connection, *, key: CheckpointKey | None) -> VerifyResult:
-    """What `GET /v1/audit/verify` answers: every checkpoint's signature, the newest one
-    still matching its row, and every hash after it recomputed — the work since the last
-    checkpoint, not since the first event. The whole recomputation is `casehub audit verify`."""
-    return verify(connection, key=key, after=newest_checkpoint(connection, key))
+    """What `GET /v1/audit/verify` answers: the newest checkpoint whose signature holds, that
+    it still matches its row, every hash after it recomputed and the signatures of the
+    checkpoints from it on — the work since the last checkpoint, not since the first event or
+    the first checkpoint. Every checkpoint and the whole chain are `casehub audit verify`'s."""
+    return verify(
+        connection, key=key, after=newest_checkpoint(connection, key), all_checkpoints=False
+    )
 
 
 def make_checkpoint(
