@@ -1684,6 +1684,8 @@ def _marker(url: str) -> dict[str, Any] | None:
 
 def _stale(scale: Scale, url: str, marker: dict[str, Any]) -> str | None:
     """Why a kept database cannot be reused, or None when it can."""
+    if not marker:
+        return "it carries no marker (a seeding that did not finish?)"
     if marker.get("seed") != SEED_VERSION or marker.get("scale") != scale.factor:
         return "it was seeded by another version of this script"
     head = migrate.head_revision()
@@ -2497,14 +2499,14 @@ def base64_credentials(client_id: str, secret: str) -> str:
 
 def print_results(scale: Scale, results: list[Result], unknown: list[str]) -> None:
     print(f"\n{scale.database}: p50 and p99 in ms (in process, real tokens, after a warm-up)")
-    print(f"  {'name':30} {'request':62} {'n':>4} {'p50':>9} {'p99':>9} {'stmts':>5}")
+    print(f"  {'name':37} {'request':62} {'n':>4} {'p50':>9} {'p99':>9} {'stmts':>5}")
     for r in results:
         extra = ""
         if r.totals:
             whole = statistics.median(r.totals), _percentile(r.totals, 0.99)
             extra = f"   all 20 pages: p50 {whole[0]:.1f}, p99 {whole[1]:.1f}"
         print(
-            f"  {r.query.name:30} {r.query.shown[:62]:62} {len(r.times):>4} {r.p50:>9.1f} "
+            f"  {r.query.name:37} {r.query.shown[:62]:62} {len(r.times):>4} {r.p50:>9.1f} "
             f"{r.p99:>9.1f} {r.statements:>5}{extra}"
         )
     for name in unknown:
@@ -2513,7 +2515,7 @@ def print_results(scale: Scale, results: list[Result], unknown: list[str]) -> No
 
 def print_ratios(small: list[Result], large: list[Result]) -> None:
     print("\np99 at scale 100 against scale 1, and the issue's targets")
-    print(f"  {'name':30} {'p99 at 1':>9} {'p99 at 100':>10} {'ratio':>7}  {'target':20} verdict")
+    print(f"  {'name':37} {'p99 at 1':>9} {'p99 at 100':>10} {'ratio':>7}  {'target':20} verdict")
     by_name = {r.query.name: r for r in small}
     for r in large:
         base = by_name.get(r.query.name)
@@ -2526,7 +2528,7 @@ def print_ratios(small: list[Result], large: list[Result]) -> None:
         if r.query.group == "verify":
             verdict = r.p99 <= 1000
         print(
-            f"  {r.query.name:30} {base.p99:>9.1f} {r.p99:>10.1f} {ratio:>6.1f}x  "
+            f"  {r.query.name:37} {base.p99:>9.1f} {r.p99:>10.1f} {ratio:>6.1f}x  "
             f"{r.query.target:20} {'meets' if verdict else 'MISSES'}"
         )
 
@@ -2565,7 +2567,7 @@ def main() -> None:
             for query in queries:
                 results.append(bench.measure(query, requests, options.seconds))
                 r = results[-1]
-                print(f"  {query.name:30} p50 {r.p50:8.1f}  p99 {r.p99:8.1f} ms", flush=True)
+                print(f"  {query.name:37} p50 {r.p50:8.1f}  p99 {r.p99:8.1f} ms", flush=True)
             measured[factor] = results
             print_results(scale, results, unknown)
         finally:
