@@ -41,7 +41,6 @@ import multiprocessing
 import random
 import statistics
 import string
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +77,6 @@ from casehub.services.reference import CATEGORIES, indicator_codes
 from casehub.services.validation import nhs_check_digit, normalise_postcode
 
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parent.parent
 
 SEED_VERSION = 2  # bump when the generator below changes what it writes
 # The service code seeded rows are derived from: reusing a database seeded before a change to it
@@ -1758,24 +1756,26 @@ def register(session: Session, scale: Scale) -> Partnership:
 SEQUENCER_SESSION = "-c enable_mergejoin=off -c enable_hashjoin=off"
 
 
-def sequence(url: str) -> None:
-    """The real sequencer over everything pending; prints how many it chained and how long it
-    took, as JSON (the body of the process start_sequencer starts)."""
+def _sequence(url: str, report: Any) -> None:
+    """The real sequencer over everything pending (the body of start_sequencer's process);
+    sends (events chained, seconds) to `report`."""
     planned = make_url(url).update_query_dict({"options": SEQUENCER_SESSION})
     engine = make_engine(planned.render_as_string(hide_password=False))
     started = time.perf_counter()
     chained = chain.sequence_all(engine, limit=SEQUENCER_BATCH)
     engine.dispose()
-    print(json.dumps({"chained": chained, "seconds": time.perf_counter() - started}))
+    report.send((chained, time.perf_counter() - started))
 
 
-def start_sequencer(url: str) -> subprocess.Popen[str]:
-    """sequence(url) in a process of its own, so it chains on one core while this process loads
-    the other tables on the other."""
-    code = "import sys; from bench.scale import sequence; sequence(sys.argv[1])"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, url], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
+def start_sequencer(url: str) -> tuple[Any, Any]:
+    """_sequence(url) in a forked process, so it chains on one core while this process works on
+    the other; returns the process and the end of the pipe its result comes from."""
+    fork = multiprocessing.get_context("fork")
+    receiving, sending = fork.Pipe(duplex=False)
+    process = fork.Process(target=_sequence, args=(url, sending))
+    process.start()
+    sending.close()
+    return process, receiving
 
 
 def _sign_checkpoints(
@@ -1931,7 +1931,7 @@ def seed(scale: Scale, url: str) -> dict[str, Any]:
     # Every table the sequencer might read is loaded and indexed: it chains as in production.
     # Meanwhile audit_events, which it only reads, gets its indexes, and the case tables their
     # visibility maps and statistics.
-    sequencer = start_sequencer(url)
+    sequencer, report = start_sequencer(url)
     try:
         with psycopg.connect(_libpq(url)) as conn:
             only_read = deferred.take(lambda t: t == "audit_events", frozenset({"unique", "index"}))
@@ -1944,24 +1944,22 @@ def seed(scale: Scale, url: str) -> dict[str, Any]:
             timings["vacuum_case_tables"] = time.perf_counter() - mark
             _say(started, f"VACUUM ANALYZE of the case tables in "
                  f"{timings['vacuum_case_tables']:.1f}s")  # fmt: skip
-        while True:
-            try:
-                out, _ = sequencer.communicate(timeout=60)
-                break
-            except subprocess.TimeoutExpired:
-                with psycopg.connect(_libpq(url), autocommit=True) as conn:
-                    row = conn.execute("SELECT max(seq) FROM audit_chain").fetchone()
-                    # What autovacuum does for a service (it is off on some servers): without
-                    # it every batch walks the queue's index past the entries already chained.
-                    conn.execute("VACUUM audit_pending")
-                _say(started, f"sequencer: {row[0] if row and row[0] else 0:,} chained so far")
+        while not report.poll(60):
+            if not sequencer.is_alive():
+                raise SystemExit(f"the sequencer exited {sequencer.exitcode} before it finished")
+            with psycopg.connect(_libpq(url), autocommit=True) as conn:
+                row = conn.execute("SELECT max(seq) FROM audit_chain").fetchone()
+                # What autovacuum does for a service (it is off on some servers): without it
+                # every batch walks the queue's index past the entries already chained.
+                conn.execute("VACUUM audit_pending")
+            _say(started, f"sequencer: {row[0] if row and row[0] else 0:,} chained so far")
+        chained, seconds = report.recv()
     finally:
-        if sequencer.poll() is None:
+        sequencer.join(30)
+        if sequencer.is_alive():
             sequencer.terminate()
-            sequencer.wait()
-    assert sequencer.returncode == 0, f"the sequencer exited {sequencer.returncode}"
-    done = json.loads(out.strip().splitlines()[-1])
-    chained, seconds = int(done["chained"]), float(done["seconds"])
+            sequencer.join()
+    assert sequencer.exitcode == 0, f"the sequencer exited {sequencer.exitcode}"
     timings["sequencer"] = seconds
     _say(started, f"sequencer chained {chained:,} events in {seconds:.1f}s "
          f"({chained / seconds:,.0f} events/s)")  # fmt: skip
