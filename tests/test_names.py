@@ -28,6 +28,13 @@ def test_fold_ignores_case_and_accents(raw, folded):
     assert names.fold(raw) == folded
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_folds_as_any_text_does(text):
+    assert names.fold(text) == names._strip_marks(
+        names._strip_marks(text).casefold().translate(names._FOLD)
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "tokens"),
     [
@@ -63,6 +70,38 @@ def test_search_keys_are_the_token_and_its_deletions():
     assert names.search_keys("john") == {"john", "ohn", "jhn", "jon", "joh"}
     # Words under three letters are matched exactly, so they need no deletion keys.
     assert names.search_keys("li") == {"li"}
+
+
+def test_subject_keys_say_which_are_whole_words():
+    assert names.subject_key_kinds("Lia", "Wu", []) == {
+        "lia": True,
+        "ia": False,
+        "la": False,
+        "li": False,
+        "wu": True,
+    }
+    # A key that is one name whole and a deletion of another is a whole word.
+    kinds = names.subject_key_kinds("Jon", "Johns", ["John"])
+    assert kinds["jon"] is True
+    assert kinds["john"] is True  # whole, and a deletion of "johns"
+    assert kinds["ohn"] is False
+
+
+@given(
+    given_name=st.text(alphabet="abcdeé' -", max_size=12),
+    family_name=st.text(alphabet="abcdeé' -", max_size=12),
+    aliases=st.lists(st.text(alphabet="abcde ", max_size=8), max_size=2),
+)
+def test_whole_word_keys_are_the_name_tokens(given_name, family_name, aliases):
+    kinds = names.subject_key_kinds(given_name, family_name, aliases)
+    assert set(kinds) == names.subject_keys(given_name, family_name, aliases)
+    whole = {key for key, is_whole in kinds.items() if is_whole}
+    assert whole == names.subject_tokens(given_name, family_name, aliases)
+
+
+def test_short_words_tolerate_no_typo():
+    assert not names.tolerates_typo("li")
+    assert names.tolerates_typo("lia")
 
 
 def test_tokens_are_capped_at_the_key_column_length():
@@ -119,8 +158,22 @@ def _one_edit_variants(word: str, data: st.DataObject) -> str:
 
 @given(name=words, data=st.data())
 def test_every_match_shares_a_key(name, data):
-    """The index never misses: whatever `close` accepts, the key join finds."""
+    """The index never misses: whatever `close` accepts, the key join finds, and a query word
+    that tolerates no typo finds it among whole-word keys."""
     query = _one_edit_variants(name, data)
     assume(query and names.close(query, name))
-    stored = names.subject_keys(name, "x", [])
-    assert names.search_keys(query) & stored
+    stored = names.subject_key_kinds(name, "x", [])
+    shared = names.search_keys(query) & stored.keys()
+    assert shared
+    if not names.tolerates_typo(query):
+        assert any(stored[key] for key in shared)
+
+
+@given(query=words, name=words)
+def test_a_short_word_finds_only_its_whole_word_key(query, name):
+    """A word under three letters finds a name by whole-word keys exactly when `close`
+    accepts it ("x", the family name, is outside the words' alphabet)."""
+    assume(not names.tolerates_typo(query))
+    stored = names.subject_key_kinds(name, "x", [])
+    found = any(stored.get(key) for key in names.search_keys(query))
+    assert found == names.close(query, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from casehub.db import utcnow
 from casehub.models import AuditEvent, Referral, Share, Subject, SubjectNameKey
 from casehub.services import names
+from casehub.services import subjects as subjects_service
 
 PROBLEM = "application/problem+json"
 
@@ -414,13 +416,35 @@ def test_patch_keeps_search_keys_in_step_with_names(client, btp, db_session):
     assert found_names(client, btp, "John") == []
     assert found_names(client, btp, "Little") == []
     assert found_names(client, btp, "kj") == ["Kwame Smith"]
+    assert stored_keys(db_session, subject_id) == expected_keys(created.get_json(), "Kwame", ["KJ"])
+
+
+def stored_keys(db_session, subject_id: uuid.UUID) -> dict[str, tuple[bool, datetime]]:
     db_session.expire_all()
-    stored = set(
-        db_session.execute(
-            select(SubjectNameKey.key).where(SubjectNameKey.subject_id == subject_id)
-        ).scalars()
+    rows = db_session.execute(
+        select(SubjectNameKey).where(SubjectNameKey.subject_id == subject_id)
+    ).scalars()
+    return {row.key: (row.whole_word, row.subject_created_at) for row in rows}
+
+
+def expected_keys(subject: dict[str, Any], given_name: str, aliases: list[str]):
+    kinds = names.subject_key_kinds(given_name, subject["family_name"], aliases)
+    return {key: (whole, at(subject["created_at"])) for key, whole in kinds.items()}
+
+
+def test_renaming_rewrites_which_keys_are_whole_words(client, btp, db_session):
+    """ "li" is a deletion of "Lia" but a whole word of "Li": a kept key changes kind."""
+    created = create(client, btp, given_name="Lia", family_name="Wu", aliases=[])
+    subject = created.get_json()
+    assert found_names(client, btp, "Li") == []
+    response = client.patch(
+        created.headers["Location"],
+        json={"given_name": "Li"},
+        headers=btp.headers(**{"If-Match": created.headers["ETag"]}),
     )
-    assert stored == names.subject_keys("Kwame", "Smith", ["KJ"])
+    assert response.status_code == 200
+    assert found_names(client, btp, "Li") == ["Li Wu"]
+    assert stored_keys(db_session, uuid.UUID(subject["id"])) == expected_keys(subject, "Li", [])
 
 
 def test_patch_is_audited(client, btp, db_session):
@@ -581,6 +605,18 @@ def test_search_finds_aliases_and_needs_every_word(client, btp):
     assert found_names(client, btp, "tyrese jones") == []
 
 
+def test_two_letter_names_match_whole_words_only(client, btp):
+    # "li" is also a one-deletion key of Lia, Ali, Eli and Lil: none of them is "Li".
+    for given_name in ["Li", "Lia", "Ali", "Eli", "Lil", "Lu"]:
+        create(client, btp, given_name=given_name, family_name="Chen", aliases=[])
+    create(client, btp, given_name="Wei", family_name="Li", aliases=["Al"])
+    assert found_names(client, btp, "Li") == ["Li Chen", "Wei Li"]
+    assert found_names(client, btp, "li chen") == ["Li Chen"]
+    assert found_names(client, btp, "Al") == ["Wei Li"]
+    # Three letters tolerate a typo again: "Lia" finds Li, Lil and Lia, not Ali or Eli.
+    assert found_names(client, btp, "Lia") == ["Li Chen", "Lia Chen", "Lil Chen", "Wei Li"]
+
+
 def test_search_handles_apostrophes_and_hyphens(client, btp):
     create(client, btp, given_name="Siobhan", family_name="O'Brien", aliases=[])
     create(client, btp, given_name="Amy", family_name="Smith-Jones", aliases=[])
@@ -688,3 +724,64 @@ def test_subjects_created_during_a_walk_do_not_disturb_it(client, btp):
     rest = search(client, btp, headers=headers, q="john", limit=2, cursor=page["next_cursor"])
     walked = [s["id"] for s in page["items"] + rest["items"]]
     assert walked == ids
+
+
+# Names that share keys in every way: deletions of each other ("smith", "smit"), one edit
+# apart by substitution or swap ("smyth", "jonh"), two edits apart but sharing a deletion
+# ("joan", "jonh"), short words that are deletions of longer ones ("li", "jo"), accents,
+# apostrophes and hyphens.
+VOCABULARY = [
+    "Li", "Lia", "Ali", "Eli", "Lu", "Jo", "Joe", "Jon", "John", "Joan", "Jonh", "Smith",
+    "Smyth", "Smit", "Smiths", "Amir", "Omar", "O'Brien", "Brien", "Smith-Jones", "Zoë", "Zoe",
+]  # fmt: skip
+
+
+def test_search_finds_what_a_scan_of_every_visible_subject_finds(client, btp, council, monkeypatch):
+    """Whatever word drives the search and however small its batches, a walk returns exactly
+    the visible subjects that names.matches accepts, in (created_at, id) order."""
+    rng = random.Random(10)
+    visible = []
+    for i in range(48):
+        partner = council if i % 4 == 0 else btp
+        subject = create(
+            client,
+            partner,
+            given_name=" ".join(rng.sample(VOCABULARY, rng.choice([1, 1, 2]))),
+            family_name=rng.choice(VOCABULARY),
+            aliases=[rng.choice(VOCABULARY)] if rng.random() < 0.3 else [],
+        ).get_json()
+        if partner is btp:
+            visible.append(subject)
+    visible.sort(key=lambda s: (at(s["created_at"]), s["id"]))
+    queries = [*VOCABULARY, "smith john", "john smith", "li smith", "smith li", "jo jon"]
+    queries += ["zoe obrien", "amir smyth jones", "smiht", "jhon", "lia li"]
+
+    def expected(q: str) -> list[str]:
+        tokens = names.query_tokens(q)
+        return [
+            s["id"]
+            for s in visible
+            if names.matches(
+                tokens, names.subject_tokens(s["given_name"], s["family_name"], s["aliases"])
+            )
+        ]
+
+    assert sum(bool(expected(q)) for q in queries) > len(queries) // 2
+    several_words = [q for q in queries if len(names.query_tokens(q)) > 1]
+    # As deployed; in batches of one or two subjects, so that batches end inside runs of a
+    # subject's keys; and with every word "common", so that PostgreSQL's estimates rank them.
+    settings = [
+        (subjects_service.FIRST_BATCH, subjects_service.MAX_BATCH, subjects_service.RARE_ROWS),
+        (1, 2, subjects_service.RARE_ROWS),
+        (subjects_service.FIRST_BATCH, subjects_service.MAX_BATCH, 1),
+    ]
+    for (first, most, rare), asked, limits in zip(
+        settings, [queries, queries, several_words], [(2, 50), (3,), (2,)], strict=True
+    ):
+        monkeypatch.setattr(subjects_service, "FIRST_BATCH", first)
+        monkeypatch.setattr(subjects_service, "MAX_BATCH", most)
+        monkeypatch.setattr(subjects_service, "RARE_ROWS", rare)
+        for q in asked:
+            for limit in limits:
+                walked = [s["id"] for s in _walk(client, btp, limit, q=q)]
+                assert walked == expected(q), (q, limit, first, rare)

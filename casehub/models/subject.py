@@ -6,7 +6,7 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from casehub.db import Base, new_id, utcnow
@@ -43,12 +43,29 @@ class SubjectNameKey(Base):
     """Search keys for a subject's names: each normalised name and its one-deletion variants.
 
     Two names within one edit of each other always share a key, so typo-tolerant search is an
-    indexed equality join that behaves the same on SQLite and PostgreSQL.
+    indexed equality join that behaves the same on SQLite and PostgreSQL. `whole_word` tells a
+    name token from a deletion of one, for query words that must match exactly. The subject's
+    `created_at` is copied here so that ix_subject_name_keys_key_order hands out each key's
+    subjects in page order: a page of "Smith" reads its first Smiths, not all of them.
     """
 
     __tablename__ = "subject_name_keys"
-
-    key: Mapped[str] = mapped_column(String(100), primary_key=True)
-    subject_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True, index=True
+    __table_args__ = (
+        PrimaryKeyConstraint("subject_id", "key"),
+        # whole_word last: filtered in the index, without changing the order of a key's rows.
+        Index(
+            "ix_subject_name_keys_key_order",
+            "key",
+            "subject_created_at",
+            "subject_id",
+            "whole_word",
+        ),
     )
+
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(100))
+    # The release before migration 0008 writes rows without these two during a rolling upgrade:
+    # its rows count as whole words (names.matches still checks them, so they can cost time but
+    # never a wrong answer), and on PostgreSQL a trigger of 0008 copies the subject's created_at.
+    whole_word: Mapped[bool] = mapped_column(server_default=true())
+    subject_created_at: Mapped[datetime]

@@ -42,6 +42,9 @@ def _strip_marks(text: str) -> str:
 
 def fold(text: str) -> str:
     """Case- and accent-insensitive form: "Zoë" → "zoe", "ØSTERGÅRD" → "ostergard"."""
+    # Most names: nothing to decompose, and casefold is lower (search folds every candidate).
+    if text.isascii():
+        return text.lower()
     folded = _strip_marks(text).casefold().translate(_FOLD)
     # casefold can produce decomposable letters again (e.g. "ǰ"), so strip once more.
     return _strip_marks(folded)
@@ -85,14 +88,21 @@ def query_tokens(query: str) -> list[str]:
     return tokens
 
 
+def tolerates_typo(token: str) -> bool:
+    """Whether a query word may be one edit away from the name it finds."""
+    return len(token) >= FUZZY_MIN_LENGTH
+
+
 def search_keys(token: str) -> set[str]:
     """The token and, when typos are tolerated for it, every one-deletion variant.
 
     Two tokens within one edit (insert, delete, substitute, or swap of neighbours) of each
     other always share a key, so candidates are found by indexed equality on any database.
+    A word that tolerates no typo must equal a name token: its one key is looked up among
+    whole-word keys only (`subject_key_kinds`), not among the deletions of longer names.
     """
     keys = {token}
-    if len(token) >= FUZZY_MIN_LENGTH:
+    if tolerates_typo(token):
         keys.update(token[:i] + token[i + 1 :] for i in range(len(token)))
     return keys
 
@@ -104,12 +114,22 @@ def subject_tokens(given_name: str, family_name: str, aliases: Iterable[str]) ->
     return tokens
 
 
+def subject_key_kinds(given_name: str, family_name: str, aliases: Iterable[str]) -> dict[str, bool]:
+    """Every key stored in subject_name_keys for one subject, and whether it is a whole word
+    (one of the subject's name tokens) rather than only a one-letter deletion of one: "Lia"
+    stores "lia" whole and "ia", "la", "li" as deletions, so a search for "Li" (which must
+    match exactly) need not look at every Lia, Ali and Eli."""
+    tokens = subject_tokens(given_name, family_name, aliases)
+    kinds: dict[str, bool] = {}
+    for token in tokens:
+        for key in search_keys(token):
+            kinds[key] = key in tokens
+    return kinds
+
+
 def subject_keys(given_name: str, family_name: str, aliases: Iterable[str]) -> set[str]:
     """Every key stored in subject_name_keys for one subject."""
-    keys: set[str] = set()
-    for token in subject_tokens(given_name, family_name, aliases):
-        keys |= search_keys(token)
-    return keys
+    return set(subject_key_kinds(given_name, family_name, aliases))
 
 
 def close(query_token: str, name_token: str) -> bool:
@@ -117,7 +137,7 @@ def close(query_token: str, name_token: str) -> bool:
     ("Jonh" for "John") counts as one edit."""
     if query_token == name_token:
         return True
-    if len(query_token) < FUZZY_MIN_LENGTH:
+    if not tolerates_typo(query_token):
         return False
     return OSA.distance(query_token, name_token, score_cutoff=MAX_EDITS) <= MAX_EDITS
 

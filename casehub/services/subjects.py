@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, case, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    union_all,
+)
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.exc import StaleDataError
 
 from casehub import audit
@@ -35,6 +51,12 @@ _PLAIN_FIELDS = (
     "identifiers",
 )
 _NAME_FIELDS = frozenset({"given_name", "family_name", "aliases"})
+# A search reads candidate subjects in batches: FIRST_BATCH per page row asked for, then twice as
+# many each time up to MAX_BATCH, so a name whose matches are rare among its candidates (a
+# common surname, an agency that sees few of them) costs a few round trips, not dozens.
+FIRST_BATCH = 4
+MAX_BATCH = 2000
+RARE_ROWS = 2000  # key rows counted per query word to find the rarest
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -125,13 +147,22 @@ def _apply(subject: Subject, data: Mapping[str, Any]) -> set[str]:
 
 
 def _sync_name_keys(subject: Subject) -> None:
-    """Make the stored search keys those of the subject's current names (diffed, not rewritten)."""
-    wanted = names.subject_keys(subject.given_name, subject.family_name, subject.aliases or [])
+    """Make the stored search keys those of the subject's current names (diffed, not rewritten):
+    a kept key may change kind ("li" is a deletion of "Lia" but a whole word of "Li")."""
+    wanted = names.subject_key_kinds(subject.given_name, subject.family_name, subject.aliases or [])
     current = {row.key: row for row in subject.name_keys}
     for key, row in current.items():
         if key not in wanted:
             subject.name_keys.remove(row)
-    subject.name_keys.extend(SubjectNameKey(key=key) for key in sorted(wanted - current.keys()))
+            continue
+        if row.whole_word != wanted[key]:
+            row.whole_word = wanted[key]
+        if row.subject_created_at != subject.created_at:
+            row.subject_created_at = subject.created_at
+    subject.name_keys.extend(
+        SubjectNameKey(key=key, whole_word=wanted[key], subject_created_at=subject.created_at)
+        for key in sorted(wanted.keys() - current.keys())
+    )
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -187,12 +218,6 @@ def search_subjects(
         tokens = names.query_tokens(q)
         if not tokens:
             raise ValidationFailed.field("q", "Must contain letters or digits.", location="query")
-        for token in tokens:
-            # Candidates share a search key with every query word; see names.search_keys.
-            keyed = select(SubjectNameKey.subject_id).where(
-                SubjectNameKey.key.in_(sorted(names.search_keys(token)))
-            )
-            stmt = stmt.where(Subject.id.in_(keyed))
         items, next_cursor = _matching_page(session, stmt, tokens, limit=limit, cursor=cursor)
     audit.record(
         session,
@@ -205,41 +230,239 @@ def search_subjects(
     return items, next_cursor
 
 
+@dataclass(frozen=True)
+class _Word:
+    """A query word as the name keys see it: its search keys, and whether only whole-word keys
+    count (a word too short to tolerate a typo must equal a name token)."""
+
+    keys: tuple[str, ...]
+    whole_only: bool
+
+    @classmethod
+    def of(cls, token: str) -> _Word:
+        return cls(tuple(sorted(names.search_keys(token))), not names.tolerates_typo(token))
+
+
+# The search's statements are built once per shape (how many keys the driving word has, which
+# words must match whole, whether a batch resumes after a candidate) with bound parameters:
+# building these unions of subqueries costs several times more CPU than PostgreSQL takes to run
+# them (policy.py does the same for its visibility statements).
+_AFTER = (
+    bindparam("after_created_at", type_=SubjectNameKey.subject_created_at.type),
+    bindparam("after_id", type_=SubjectNameKey.subject_id.type),
+)
+_SIZE = bindparam("size", type_=Integer())
+_NAMES = select(Subject.id, Subject.given_name, Subject.family_name, Subject.aliases).where(
+    Subject.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def _key_rows(keys: Any, word: int, whole_only: bool) -> ColumnElement[bool]:
+    """The key rows that may belong to a name close to query word number `word` (its keys are
+    the parameter words_<word>)."""
+    found = keys.key.in_(bindparam(f"words_{word}", expanding=True))
+    return and_(found, keys.whole_word) if whole_only else found
+
+
+def _word_parameters(words: Sequence[_Word]) -> dict[str, Any]:
+    return {f"words_{n}": list(word.keys) for n, word in enumerate(words)}
+
+
 def _matching_page(
     session: Session,
-    stmt: Select[tuple[Subject]],
+    visible: Select[tuple[Subject]],
     tokens: list[str],
     *,
     limit: int,
     cursor: str | None,
 ) -> tuple[list[Subject], str | None]:
-    """A keyset page of the candidates that really are within one edit of every query word.
+    """A keyset page of the visible subjects that really are within one edit of every query word.
 
-    Candidates are read in batches in page order and checked in Python; the next cursor is the
-    last subject returned, so a walk neither skips nor repeats however many candidates fail.
+    Candidates come in page order from the key index of the rarest word, in batches that double
+    in size (`_candidates`). Each batch is narrowed cheapest first: by the other words' keys (in
+    the index), by the names themselves (names.matches, on the names alone), and only then by
+    visibility, for which the subjects are read whole. The next cursor is the last subject
+    returned, so a walk neither skips nor repeats however many candidates fail, and it names no
+    subject the caller cannot see.
     """
     after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
-    batch_size = limit + 1
+    driver, *others = _rarest_first(session, [_Word.of(token) for token in tokens])
+    size = min(FIRST_BATCH * (limit + 1), MAX_BATCH)
     found: list[Subject] = []
-    while len(found) <= limit:
-        batch_stmt = stmt if after is None else stmt.where(tuple_(*ORDER) > tuple_(*after))
-        batch = list(session.execute(batch_stmt.order_by(*ORDER).limit(batch_size)).scalars())
-        for subject in batch:
-            if names.matches(tokens, _tokens_of(subject)):
-                found.append(subject)
-                if len(found) > limit:
-                    break
-        if len(batch) < batch_size:
+    while True:
+        batch = _candidates(session, driver, others, after=after, size=size)
+        named = _with_matching_names(session, batch.keyed, tokens)
+        if named:
+            found.extend(
+                session.execute(visible.where(Subject.id.in_(named)).order_by(*ORDER)).scalars()
+            )
+        if len(found) > limit or batch.read < size:
             break
-        after = [batch[-1].created_at, batch[-1].id]
+        after = batch.last
+        size = min(size * 2, MAX_BATCH)
     if len(found) <= limit:
         return found, None
     page = found[:limit]
     return page, encode_cursor([page[-1].created_at, page[-1].id])
 
 
-def _tokens_of(subject: Subject) -> set[str]:
-    return names.subject_tokens(subject.given_name, subject.family_name, subject.aliases or [])
+def _with_matching_names(
+    session: Session, ids: list[uuid.UUID], tokens: list[str]
+) -> list[uuid.UUID]:
+    """Those of the subjects whose names really are within one edit of every query word."""
+    if not ids:
+        return []
+    return [
+        row.id
+        for row in session.execute(_NAMES, {"ids": ids})
+        if names.matches(
+            tokens, names.subject_tokens(row.given_name, row.family_name, row.aliases or [])
+        )
+    ]
+
+
+def _rarest_first(session: Session, words: list[_Word]) -> list[_Word]:
+    """The words, the one with the fewest key rows first: it drives the search, and the others
+    are probed per candidate. Rows are counted up to RARE_ROWS each, which is exact for a rare
+    name; when every word is commoner than that, PostgreSQL's planner estimates rank them
+    (its statistics know the common names), else the query's order stands."""
+    if len(words) == 1:
+        return words
+    stmt = _count_statement(tuple(word.whole_only for word in words))
+    parameters = {**_word_parameters(words), "rare_rows": RARE_ROWS}
+    sizes: list[float] = list(session.execute(stmt, parameters).one())
+    if min(sizes) >= RARE_ROWS and session.get_bind().dialect.name == "postgresql":
+        sizes = [_estimated_rows(session, word) for word in words]
+    ranked = sorted(range(len(words)), key=lambda n: sizes[n])
+    return [words[n] for n in ranked]
+
+
+@functools.lru_cache(maxsize=64)
+def _count_statement(whole_only: tuple[bool, ...]) -> Select[Any]:
+    keys = SubjectNameKey
+    rare_rows = bindparam("rare_rows", type_=Integer())
+    return select(
+        *(
+            select(func.count())
+            .select_from(
+                select(keys.key).where(_key_rows(keys, n, whole)).limit(rare_rows).subquery()
+            )
+            .scalar_subquery()
+            for n, whole in enumerate(whole_only)
+        )
+    )
+
+
+def _estimated_rows(session: Session, word: _Word) -> float:
+    """PostgreSQL's estimate of the word's key rows (EXPLAIN, planned and not run)."""
+    stmt = select(SubjectNameKey.subject_id).where(_key_rows(SubjectNameKey, 0, word.whole_only))
+    expanded = stmt.compile(dialect=session.get_bind().dialect).construct_expanded_state(
+        _word_parameters([word])
+    )
+    plan = (
+        session.connection()
+        .exec_driver_sql("EXPLAIN (FORMAT JSON) " + expanded.statement, expanded.parameters)
+        .scalar_one()
+    )
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+@dataclass(frozen=True)
+class _Batch:
+    keyed: list[uuid.UUID]  # in page order: the candidates with keys of every query word
+    read: int  # how many candidates were read (fewer than asked: there are no more)
+    last: tuple[datetime, uuid.UUID] | None  # the last read, where the next batch starts
+
+
+def _candidates(
+    session: Session,
+    driver: _Word,
+    others: list[_Word],
+    *,
+    after: Sequence[Any] | None,
+    size: int,
+) -> _Batch:
+    """The first `size` subjects after `after` in page order that have a key of the driving
+    word, and which of them have keys of the other words too, from the key index alone; see
+    `_candidates_statement`."""
+    stmt = _candidates_statement(
+        len(driver.keys), driver.whole_only, tuple(w.whole_only for w in others), after is not None
+    )
+    parameters: dict[str, Any] = {
+        **{f"key_{n}": key for n, key in enumerate(driver.keys)},
+        **_word_parameters(others),
+        "size": size,
+    }
+    if after is not None:
+        parameters["after_created_at"], parameters["after_id"] = after
+    rows = list(session.execute(stmt, parameters))
+    if not rows:
+        return _Batch([], 0, None)
+    return _Batch(
+        [row.subject_id for row in rows if row.has_every_word],
+        rows[0].read,
+        (rows[-1].subject_created_at, rows[-1].subject_id),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates_statement(
+    key_count: int, whole_only: bool, others: tuple[bool, ...], resumed: bool
+) -> Select[Any]:
+    """For each key of the driving word (parameters key_0, key_1, ...), its first `size` rows in
+    the ordered index, merged, each subject once: a subject among the first `size` overall is
+    among the first `size` rows of any key it has, so none is missed, and PostgreSQL merges the
+    ordered ranges (Merge Append), reading about `size` rows per key however many subjects have
+    it. The other words are probed per subject, after the merge."""
+    keys = SubjectNameKey
+    order = (keys.subject_created_at, keys.subject_id)
+    arms = []
+    for n in range(key_count):
+        arm = select(*order).where(keys.key == bindparam(f"key_{n}", type_=keys.key.type))
+        if whole_only:
+            arm = arm.where(keys.whole_word)
+        if resumed:
+            arm = arm.where(tuple_(*order) > tuple_(*_AFTER))
+        arms.append(arm.order_by(*order).limit(_SIZE).subquery())
+    if len(arms) == 1:
+        stream = arms[0]
+    else:
+        stream = union_all(
+            *(select(arm.c.subject_created_at, arm.c.subject_id) for arm in arms)
+        ).subquery()
+    columns = (stream.c.subject_created_at, stream.c.subject_id)
+    batch = select(*columns).distinct().order_by(*columns).limit(_SIZE).subquery()
+    probes = (_has_keys_of(n, whole, batch.c.subject_id) for n, whole in enumerate(others))
+    from_last = (batch.c.subject_created_at.desc(), batch.c.subject_id.desc())
+    probed = select(
+        *batch.c,
+        and_(true(), *probes).label("has_every_word"),
+        func.count().over().label("read"),
+        func.row_number().over(order_by=from_last).label("from_last"),
+    ).subquery()
+    # Only the candidates that have every word come back, and the last one read, where the
+    # next batch starts: a common given name with a common surname reads thousands.
+    return (
+        select(
+            probed.c.subject_created_at, probed.c.subject_id, probed.c.has_every_word, probed.c.read
+        )
+        .where(or_(probed.c.has_every_word, probed.c.from_last == 1))
+        .order_by(probed.c.subject_created_at, probed.c.subject_id)
+    )
+
+
+def _has_keys_of(word: int, whole_only: bool, subject_id: Any) -> ColumnElement[bool]:
+    """Whether the subject has a key row of query word number `word`: one primary-key probe per
+    candidate. Written as a scalar subquery, not EXISTS, because PostgreSQL would turn EXISTS
+    into a join and, misjudging how common a name is, hash every key row of the other word
+    (tens of thousands for "Sophia") to keep a handful of candidates."""
+    other = aliased(SubjectNameKey)
+    probe = (
+        select(literal(1))
+        .where(other.subject_id == subject_id, _key_rows(other, word, whole_only))
+        .limit(1)
+    )
+    return probe.scalar_subquery().is_not(None)
 
 
 # -- audit helpers -----------------------------------------------------------------------------
