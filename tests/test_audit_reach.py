@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from casehub.db import make_engine
 from casehub.models import Referral, Subject
 from casehub.models.audit import REACH_ALL, AuditEventAgency
 from casehub.services import agencies as agency_service
+from tests.helpers import referral_body, share_body
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -232,3 +235,281 @@ _TABLES = {
     "postgresql": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
 }
+
+
+# -- the auditor's lists over HTTP -------------------------------------------------------------
+def chain_now(db_session) -> int:
+    return sequence_pending(db_session.connection(), limit=1_000_000)
+
+
+def listed(client, partner, scope=None, **params) -> list[dict]:
+    """Every event the partner's auditor lists with these filters, walking small pages."""
+    found, cursor = [], None
+    while True:
+        query = {"limit": 3, **params, **({"cursor": cursor} if cursor else {})}
+        response = client.get(
+            "/v1/audit/events", query_string=query, headers=partner.headers(scope)
+        )
+        assert response.status_code == 200, response.get_json()
+        page = response.get_json()
+        found.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
+def _transfer(client, partner, rid: str, agency: str) -> None:
+    etag = client.get(f"/v1/referrals/{rid}", headers=partner.headers()).headers["ETag"]
+    response = client.post(
+        f"/v1/referrals/{rid}/transfer",
+        json={
+            "agency": agency,
+            "reason": "Section 47 enquiry opened",
+            "lawful_basis": {"article_6": "public_task", "gateway": "Children Act 1989 s47"},
+        },
+        headers=partner.headers(**{"If-Match": etag}),
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+@pytest.fixture
+def partnership(client, factory, db_session):
+    """A police lead sharing with a charity and children's services, a charity's own referral,
+    an unrelated force's refused attempt, and the platform auditor."""
+    parties = {
+        "btp": factory.partner("btp", kind="police"),
+        "tcs": factory.partner("tcs", kind="charity"),
+        "notts-cs": factory.partner("notts-cs", kind="local_authority"),
+        "leics-police": factory.partner("leics-police", kind="police"),
+    }
+    factory.agency("partnership", "other", platform=True)
+    parties["auditor"] = factory.partner("partnership", scopes="audit:read:all")
+    btp, tcs = parties["btp"], parties["tcs"]
+    created = client.post("/v1/referrals", json=referral_body(), headers=btp.headers())
+    assert created.status_code == 201, created.get_json()
+    referral = created.get_json()
+    rid = referral["id"]
+    for agency in ("tcs", "notts-cs"):
+        shared = client.post(
+            f"/v1/referrals/{rid}/shares", json=share_body(agency), headers=btp.headers()
+        )
+        assert shared.status_code == 201, shared.get_json()
+    assert client.get(f"/v1/referrals/{rid}", headers=tcs.headers()).status_code == 200
+    assert (
+        client.get(f"/v1/referrals/{rid}", headers=parties["notts-cs"].headers()).status_code == 200
+    )
+    refused = client.get(f"/v1/referrals/{rid}", headers=parties["leics-police"].headers())
+    assert refused.status_code == 404
+    own = client.post("/v1/referrals", json=referral_body(), headers=tcs.headers())
+    assert own.status_code == 201, own.get_json()
+    chain_now(db_session)
+    return parties | {"referral": referral, "own": own.get_json()}
+
+
+def _reaches(agency: str, leads: dict[str, str]):
+    return lambda e: e["actor"]["agency"] == agency or leads.get(e["referral_id"]) == agency
+
+
+def test_an_agency_auditor_lists_what_the_whole_trail_holds_within_its_reach(
+    client, partnership, db_session
+):
+    """For every filter, an agency auditor's list is the partnership auditor's list of the
+    same filter, narrowed to its own actors' events and events on the referrals it leads."""
+    rid, own = partnership["referral"]["id"], partnership["own"]["id"]
+    leads = {rid: "btp", own: "tcs"}
+    everything = listed(client, partnership["auditor"])
+    middle = everything[len(everything) // 2]["occurred_at"]
+    filters = [
+        {},
+        {"agency": "tcs"},
+        {"agency": "btp"},
+        {"agency": "leics-police"},
+        {"client_id": partnership["tcs"].client_id},
+        {"action": "referral.read"},
+        {"action": "access.denied"},
+        {"outcome": "denied"},
+        {"referral_id": rid},
+        {"referral_id": own},
+        {"subject_id": partnership["referral"]["subject_id"]},
+        {"from": middle},
+        {"to": middle},
+        {"from": everything[1]["occurred_at"], "to": middle, "agency": "btp"},
+        {"action": "referral.read", "agency": "notts-cs"},
+        {"subject_id": partnership["referral"]["subject_id"], "agency": "tcs"},
+    ]
+    for agency in ("btp", "tcs", "notts-cs", "leics-police"):
+        for params in filters:
+            whole = listed(client, partnership["auditor"], **params)
+            expected = [e["seq"] for e in whole if _reaches(agency, leads)(e)]
+            got = listed(client, partnership[agency], "audit:read", **params)
+            assert [e["seq"] for e in got] == expected, (agency, params)
+            assert got == [e for e in whole if e["seq"] in set(expected)]
+    assert listed(client, partnership["btp"], "audit:read", agency="leics-police")
+
+
+def test_a_transfer_moves_the_referrals_events_to_the_new_leads_auditor(
+    client, partnership, db_session
+):
+    rid = partnership["referral"]["id"]
+    btp, cs, tcs = partnership["btp"], partnership["notts-cs"], partnership["tcs"]
+
+    def on_referral(partner) -> set[tuple[str, str]]:
+        return {
+            (e["actor"]["agency"], e["action"])
+            for e in listed(client, partner, "audit:read", referral_id=rid)
+        }
+
+    before_cs, before_btp = on_referral(cs), on_referral(btp)
+    assert ("tcs", "referral.read") in before_btp
+    assert ("leics-police", "access.denied") in before_btp
+    assert before_cs == {("notts-cs", "referral.read")}
+
+    _transfer(client, btp, rid, "notts-cs")
+    assert client.get(f"/v1/referrals/{rid}", headers=tcs.headers()).status_code == 200
+    chain_now(db_session)
+
+    # The new lead sees the referral's earlier events, whoever acted, and the later ones.
+    after_cs = on_referral(cs)
+    assert before_btp <= after_cs
+    assert {("btp", "referral.transfer"), ("tcs", "referral.read")} <= after_cs
+    # The old lead keeps its own actors' events and nobody else's.
+    after_btp = on_referral(btp)
+    assert after_btp == {(a, action) for a, action in before_btp if a == "btp"} | {
+        ("btp", "referral.transfer"),
+        ("btp", "referral.read"),  # reading the ETag before the transfer
+    }
+    assert {e["actor"]["agency"] for e in listed(client, btp, "audit:read")} == {"btp"}
+    # The whole trail and the charity's own reach are as they were.
+    mine = listed(client, tcs, "audit:read", referral_id=rid)
+    assert {e["actor"]["agency"] for e in mine} == {"tcs"}
+    subject = partnership["referral"]["subject_id"]
+    accesses = client.get(f"/v1/audit/subjects/{subject}/accesses", headers=cs.headers())
+    assert {a["actor"]["agency"] for a in accesses.get_json()["items"]} >= {"btp", "tcs"}
+
+
+def test_the_export_keeps_to_the_same_reach_and_window(client, partnership, db_session):
+    everything = listed(client, partnership["auditor"])
+    middle = everything[len(everything) // 2]["occurred_at"]
+    for params in ({}, {"from": middle}, {"to": middle, "action": "referral.read"}):
+        response = client.get(
+            "/v1/audit/events/export",
+            query_string=params,
+            headers=partnership["btp"].headers("audit:read"),
+        )
+        assert response.status_code == 200
+        exported = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+        assert exported == listed(client, partnership["btp"], "audit:read", **params), params
+
+
+def test_time_windows_find_events_chained_out_of_order(client, factory, db_session):
+    """A window by occurred_at over events chained late (a slow request commits after a quick
+    one): the seq bounds from the time marks must not cut them off."""
+    factory.agency("partnership", "other", platform=True)
+    auditor = factory.partner("partnership", scopes="audit:read:all")
+    times = [T0 + timedelta(seconds=s) for s in (0, 10, 3, 20, 1, 30, 25, 9)]
+    for at in times:
+        record(db_session, "btp", at=at)
+    chain_now(db_session)
+    for start, end in [(2, 11), (0, 1), (9, 10), (21, 40), (1, 3), (4, 9), (31, 50)]:
+        window = {
+            "from": (T0 + timedelta(seconds=start)).isoformat(),
+            "to": (T0 + timedelta(seconds=end)).isoformat(),
+        }
+        for params in (window, {"from": window["from"]}, {"to": window["to"]}):
+            got = listed(client, auditor, client_id="chc_btp", **params)
+            expected = [
+                at
+                for at in times
+                if ("from" not in params or at >= T0 + timedelta(seconds=start))
+                and ("to" not in params or at < T0 + timedelta(seconds=end))
+            ]
+            assert [datetime.fromisoformat(e["occurred_at"]) for e in got] == expected, params
+
+
+# -- a transfer racing the sequencer -----------------------------------------------------------
+def _blocked(target) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    done, failures = threading.Event(), []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # surfaced by the test
+            failures.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, done, failures
+
+
+def _agencies_of(engine: Engine, seqs) -> dict[int, set[str]]:
+    with engine.connect() as connection:
+        return {
+            seq: agencies for seq, agencies in agencies_by_seq(connection).items() if seq in seqs
+        }
+
+
+def _pending_event(engine: Engine, agency: str, referral_id) -> None:
+    with Session(engine) as session:
+        record(session, agency, referral_id)
+        session.commit()
+
+
+@pytest.mark.postgres_only
+def test_events_chained_while_the_lead_is_transferred_land_in_the_new_leads_reach(
+    scratch_engine, is_postgres
+):
+    if not is_postgres:
+        pytest.skip("SQLite runs one writer at a time: a transfer cannot race the sequencer")
+    from casehub.audit.chain import move_lead_reach
+
+    migrate.upgrade(scratch_engine)
+    with Session(scratch_engine) as session:
+        for code in ("btp", "tcs", "notts-cs"):
+            agency_service.add_agency(session, code=code, name=code, kind="police")
+        rid = add_referral(session, "btp")
+        session.commit()
+
+    def transfer(connection, to: str, source: str) -> None:
+        connection.execute(
+            text("UPDATE referrals SET lead_agency = :to WHERE id = :id"), {"to": to, "id": rid}
+        )
+        move_lead_reach(connection, referral_id=rid, old_lead=source, new_lead=to)
+
+    # The sequencer first: it chains under the old lead and holds its lock; the transfer waits
+    # for it, then moves what it chained.
+    _pending_event(scratch_engine, "tcs", rid)
+    sequencer = scratch_engine.connect()
+    sequencer.begin()
+    assert sequence_pending(sequencer, limit=100) == 1
+
+    def transfer_to_cs() -> None:
+        with scratch_engine.begin() as connection:
+            transfer(connection, "notts-cs", "btp")
+
+    thread, done, failures = _blocked(transfer_to_cs)
+    assert not done.wait(0.5), "the transfer must wait for the sequencing pass"
+    sequencer.commit()
+    sequencer.close()
+    assert done.wait(30)
+    thread.join()
+    assert failures == []
+    assert _agencies_of(scratch_engine, {1}) == {1: {REACH_ALL, "tcs", "notts-cs"}}
+
+    # The transfer first: it holds the lock; the sequencer waits, then reads the new lead.
+    _pending_event(scratch_engine, "tcs", rid)
+    mover = scratch_engine.connect()
+    mover.begin()
+    transfer(mover, "btp", "notts-cs")
+    thread, done, failures = _blocked(lambda: sequence_all(scratch_engine))
+    assert not done.wait(0.5), "the sequencer must wait for the transfer"
+    mover.commit()
+    mover.close()
+    assert done.wait(30)
+    thread.join()
+    assert failures == []
+    assert _agencies_of(scratch_engine, {1, 2}) == {
+        1: {REACH_ALL, "tcs", "btp"},
+        2: {REACH_ALL, "tcs", "btp"},
+    }

@@ -23,7 +23,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, Engine, Text, cast, delete, exists, func, insert, literal, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Text,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import aliased
 
@@ -66,6 +79,13 @@ REACH_FIELDS = (
 )
 _REACH_AT = tuple(canonical.EVENT_FIELDS.index(name) for name in REACH_FIELDS)
 _REACH_KEYS = ("agency", "seq", *REACH_FIELDS, "occurred_max", "late_max_us")
+# The lead agency of an event's referral now (by the referral's primary key, event by event).
+_LEAD_NOW = (
+    select(Referral.lead_agency)
+    .where(Referral.id == AuditEvent.referral_id)
+    .scalar_subquery()
+    .label("lead_agency")
+)
 _INSERT_CHAIN = insert(AuditChain.__table__)
 _INSERT_SUBJECTS = insert(AuditEventSubject.__table__)
 _INSERT_REACH = insert(AuditEventAgency.__table__)
@@ -90,13 +110,21 @@ def _pg_field(name: str) -> str:
 
 
 # A COPY line per pending event: pos, the canonical record after seq and prev_hash, and the
-# lead agency of its referral now. Built from constants; the limit is formatted as an integer.
+# lead agency of its referral now. Each pending event is fetched by its own index probe (the
+# LATERAL ... LIMIT 1 keeps it so): left to choose, PostgreSQL may merge-join the queue with
+# every event from the first, chained or not, which after an outage or a bulk load re-reads
+# millions a batch. Built from constants; the limit is formatted as an integer.
 _PG_PENDING = (
     "COPY (SELECT p.pos, "  # noqa: S608
     + ", ".join(_pg_field(name) for name in canonical.EVENT_FIELDS)
-    + ", r.lead_agency FROM audit_pending p JOIN audit_events e ON e.pos = p.pos"
-    " LEFT JOIN referrals r ON r.id = e.referral_id ORDER BY p.pos LIMIT {limit:d}) TO STDOUT"
+    + ", (SELECT r.lead_agency FROM referrals r WHERE r.id = e.referral_id)"
+    " FROM (SELECT pos FROM audit_pending ORDER BY pos LIMIT {limit:d}) p"
+    " CROSS JOIN LATERAL (SELECT * FROM audit_events e WHERE e.pos = p.pos LIMIT 1) e"
+    " ORDER BY p.pos) TO STDOUT"
 )
+# REACH_ALL written into the SQL, not bound, so that the partial indexes over its rows match
+# in a prepared statement's generic plan too.
+EVERY = literal_column(f"'{REACH_ALL}'", String)
 _PG_NULL = canonical.NULL.encode()
 _PG_ALL = REACH_ALL.encode()
 _COPY_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
@@ -238,10 +266,9 @@ def _index_chained(
             AuditChain.seq,
             AuditEvent.occurred_at,
             *(getattr(AuditEvent, name) for name in REACH_FIELDS),
-            Referral.lead_agency,
+            _LEAD_NOW,
         )
         .join(AuditEvent, AuditEvent.pos == AuditChain.event_pos)
-        .outerjoin(Referral, Referral.id == AuditEvent.referral_id)
         .where(AuditChain.seq > after, AuditChain.seq <= upto)
         .order_by(AuditChain.seq)
     ).all()
@@ -256,9 +283,8 @@ def _index_chained(
 def _chain(connection: Connection, limit: int, seq: int, prev_hash: str, marks: TimeMarks) -> int:
     """The sequencing pass on SQLite: records rendered and rows inserted from Python."""
     rows = connection.execute(
-        select(AuditPending.pos, *EVENT_COLUMNS, Referral.lead_agency)
+        select(AuditPending.pos, *EVENT_COLUMNS, _LEAD_NOW)
         .join(AuditEvent, AuditEvent.pos == AuditPending.pos)
-        .outerjoin(Referral, Referral.id == AuditEvent.referral_id)
         .order_by(AuditPending.pos)
         .limit(limit)
     ).all()
@@ -381,27 +407,20 @@ def move_lead_reach(
     """
     _take_lock(connection, wait=True)
     reach = AuditEventAgency
-    connection.execute(
-        delete(reach).where(
-            reach.agency == old_lead,
-            reach.referral_id == referral_id,
-            reach.actor_agency.is_distinct_from(old_lead),
-        )
-    )
-    present = aliased(AuditEventAgency)
+    every = aliased(AuditEventAgency, name="every")
+    of_referral = (every.agency == EVERY, every.referral_id == referral_id)
+    others = select(every.seq).where(*of_referral, every.actor_agency.is_distinct_from(old_lead))
+    connection.execute(delete(reach).where(reach.agency == old_lead, reach.seq.in_(others)))
     moved = select(
-        literal(new_lead, AuditEventAgency.agency.type),
-        reach.seq,
-        *(getattr(reach, name) for name in REACH_FIELDS),
+        literal(new_lead, reach.agency.type),
+        every.seq,
+        *(getattr(every, name) for name in REACH_FIELDS),
     ).where(
-        reach.agency == REACH_ALL,
-        reach.referral_id == referral_id,
-        reach.actor_agency.is_distinct_from(new_lead),
-        ~exists().where(present.agency == new_lead, present.seq == reach.seq),
+        *of_referral,
+        every.actor_agency.is_distinct_from(new_lead),
+        ~exists().where(reach.agency == new_lead, reach.seq == every.seq),
     )
-    connection.execute(
-        insert(AuditEventAgency).from_select(["agency", "seq", *REACH_FIELDS], moved)
-    )
+    connection.execute(insert(reach).from_select(["agency", "seq", *REACH_FIELDS], moved))
 
 
 def sequence_once(engine: Engine, *, limit: int = BATCH, wait: bool = True) -> int:

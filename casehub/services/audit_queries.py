@@ -2,7 +2,9 @@
 referral's access feed for its lead agency, and on-demand verification. Every read is audited.
 
 Only chained events are listed (they have a `seq`); the sequencer chains an event within about
-a second of its commit.
+a second of its commit. Every list walks one index in `seq` order — the reach index
+(audit_event_agencies) under the auditor's agency or `*`, or a child's or a referral's events —
+so a page costs about the same at any size of the trail.
 """
 
 from __future__ import annotations
@@ -13,21 +15,38 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    String,
+    and_,
+    exists,
+    false,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session, aliased
 
 from casehub import audit
 from casehub.audit import verify as chain_verify
 from casehub.audit.canonical import EVENT_FIELDS
-from casehub.audit.chain import chain_head
+from casehub.audit.chain import EVERY, chain_head, reach_head
 from casehub.audit.checkpoints import CheckpointKey
 from casehub.auth.actor import Actor
 from casehub.errors import InsufficientScope, NotFound
 from casehub.models import Referral
-from casehub.models.audit import AuditChain, AuditEvent, AuditEventSubject
+from casehub.models.audit import (
+    AuditChain,
+    AuditEvent,
+    AuditEventAgency,
+    AuditEventSubject,
+)
 from casehub.services.pagination import decode_cursor, encode_cursor
 from casehub.services.referrals import reach_referral, record_on
 
@@ -72,12 +91,22 @@ class AuditReach:
     scope: str  # the scope that grants this reach; recorded as the basis of the auditor's read
     agency: str | None  # None: every event
 
+    def key(self) -> ColumnElement[str] | str:
+        """The rows of the reach index that hold this reach."""
+        return EVERY if self.agency is None else self.agency
+
     def clause(self) -> ColumnElement[bool] | None:
-        """Events of the agency's own actors, and anyone's events on referrals it leads."""
+        """Events of the agency's own actors, and anyone's events on referrals it leads now.
+
+        The reach index already narrows every walk to these; this re-reads it from the hashed
+        event and the referral's lead, so that the index can only ever hide an event from an
+        agency, never show it one it should not see."""
         if self.agency is None:
             return None
-        led = select(Referral.id).where(Referral.lead_agency == self.agency)
-        return or_(AuditEvent.actor_agency == self.agency, AuditEvent.referral_id.in_(led))
+        leads = exists().where(
+            Referral.id == AuditEvent.referral_id, Referral.lead_agency == self.agency
+        )
+        return or_(AuditEvent.actor_agency == self.agency, leads)
 
 
 def audit_reach(actor: Actor) -> AuditReach:
@@ -169,59 +198,158 @@ def access_dict(row: Row[Any]) -> dict[str, Any]:
 
 
 # -- queries -----------------------------------------------------------------------------------
-def _chained() -> Select[Any]:
-    return (
-        select(*ROW_COLUMNS)
-        .select_from(AuditChain)
-        .join(AuditEvent, AuditEvent.pos == AuditChain.event_pos)
+@dataclass(frozen=True)
+class SeqWindow:
+    """The seqs that can hold events of a `from`/`to` time window: seq > after, seq < before."""
+
+    after: int = 0
+    before: int | None = None
+    empty: bool = False  # nothing chained is in the window
+
+
+def _first_marked(connection: Connection, moment: datetime) -> int | None:
+    """The first seq whose time mark (the latest occurred_at chained so far) is at `moment`
+    or later; no event before it occurred at `moment` or later."""
+    every = AuditEventAgency
+    return connection.scalar(
+        select(every.seq)
+        .where(every.occurred_max >= moment)
+        .order_by(every.occurred_max, every.seq)
+        .limit(1)
     )
 
 
-def _by_subject(stmt: Select[Any], subject_id: uuid.UUID) -> Select[Any]:
-    on = and_(
-        AuditEventSubject.seq == AuditChain.seq, AuditEventSubject.subject_id == str(subject_id)
+def seq_window(connection: Connection, filters: Mapping[str, Any]) -> SeqWindow:
+    """Where in the chain `from` and `to` can match, by the time marks of the reach index.
+
+    `occurred_at` is nearly in seq order (events commit and are chained moments after they
+    occur, not always in order). No event chained before the first mark at `from` occurred at
+    `from` or later; none chained at or after the first mark at `to` plus the most any event
+    has come late occurred before `to`. The filters themselves still apply to `occurred_at`.
+    """
+    start, end = filters.get("from"), filters.get("to")
+    window = SeqWindow()
+    if start is not None:
+        first = _first_marked(connection, start)
+        if first is None:
+            return SeqWindow(empty=True)
+        window = SeqWindow(after=first - 1)
+    if end is not None:
+        _, _, late_us = reach_head(connection)
+        before = _first_marked(connection, end + timedelta(microseconds=late_us))
+        window = SeqWindow(after=window.after, before=before)
+    return window
+
+
+# A filter of the contract, and the reach index's copy of the event column it narrows.
+_FILTERS = {
+    "agency": "actor_agency",
+    "client_id": "actor_client_id",
+    "user_id": "actor_user_id",
+    "action": "action",
+    "outcome": "outcome",
+    "referral_id": "referral_id",
+}
+
+
+# Outcomes written into the SQL, so that a prepared statement's generic plan still uses the
+# index of refusals (the reach index keeps only those: allowed is nearly every event).
+_OUTCOMES: dict[object, Any] = {
+    outcome: literal_column(f"'{outcome}'", String) for outcome in ("allowed", "denied")
+}
+
+
+@dataclass(frozen=True)
+class Walk:
+    """A query over chained events, the seq column of the index it walks in order, and the
+    time window its rows must still fall in (checked on each row read, see `filtered`)."""
+
+    stmt: Select[Any]
+    seq: ColumnElement[int]
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def after(self, seq: int) -> Select[Any]:
+        """The walk from just after `seq`, in seq order."""
+        return self.stmt.where(self.seq > seq).order_by(self.seq)
+
+    def keeps(self, row: Row[Any]) -> bool:
+        occurred = row.occurred_at
+        return (self.start is None or occurred >= self.start) and (
+            self.end is None or occurred < self.end
+        )
+
+
+def _events_along(stmt: Select[Any], seq: ColumnElement[int]) -> Select[Any]:
+    """The chained events (ROW_COLUMNS) of the rows `stmt` walks."""
+    return stmt.join(AuditChain, AuditChain.seq == seq).join(
+        AuditEvent, AuditEvent.pos == AuditChain.event_pos
     )
-    return stmt.join(AuditEventSubject, on)
 
 
-def filtered(reach: AuditReach, filters: Mapping[str, Any]) -> Select[Any]:
-    """Chained events the reach covers, narrowed by the contract's filters (all optional)."""
-    stmt = _chained()
-    equal = {
-        "agency": AuditEvent.actor_agency,
-        "client_id": AuditEvent.actor_client_id,
-        "user_id": AuditEvent.actor_user_id,
-        "action": AuditEvent.action,
-        "outcome": AuditEvent.outcome,
-        "referral_id": AuditEvent.referral_id,
-    }
-    for name, column in equal.items():
-        if filters.get(name) is not None:
-            stmt = stmt.where(column == filters[name])
+def filtered(
+    reach: AuditReach, filters: Mapping[str, Any], window: SeqWindow | None = None
+) -> Walk:
+    """Chained events the reach covers, narrowed by the contract's filters (all optional).
+
+    The walk is the most selective index in seq order: a child's events (the subject index),
+    a referral's events (its rows under `*`), or else the reach's own rows in the reach index,
+    whose copied columns carry the other filters (each has an index under every agency).
+    """
+    rows = aliased(AuditEventAgency, name="reach")
+    walk: Any = rows
     if filters.get("subject_id") is not None:
-        stmt = _by_subject(stmt, filters["subject_id"])
-    if filters.get("from") is not None:
-        stmt = stmt.where(AuditEvent.occurred_at >= filters["from"])
-    if filters.get("to") is not None:
-        stmt = stmt.where(AuditEvent.occurred_at < filters["to"])
+        walk = AuditEventSubject
+        stmt = select(*ROW_COLUMNS).select_from(walk)
+        stmt = stmt.where(walk.subject_id == str(filters["subject_id"]))
+    elif filters.get("referral_id") is not None and reach.agency is not None:
+        walk = aliased(AuditEventAgency, name="referral_events")
+        stmt = select(*ROW_COLUMNS).select_from(walk)
+        stmt = stmt.where(walk.agency == EVERY, walk.referral_id == filters["referral_id"])
+    else:
+        stmt = select(*ROW_COLUMNS).select_from(rows).where(rows.agency == reach.key())
+    if walk is not rows:  # the reach's row of each event: a primary-key probe
+        stmt = stmt.join(rows, and_(rows.agency == reach.key(), rows.seq == walk.seq))
+    for name, column in _FILTERS.items():
+        value = filters.get(name)
+        if value is not None:
+            if name == "outcome":
+                value = _OUTCOMES.get(value, value)
+            stmt = stmt.where(getattr(rows, column) == value)
+    stmt = _events_along(stmt, walk.seq)
+    # `from`/`to` bound the walk by seq (the window), and each row read is checked against
+    # them (Walk.keeps): nearly every row in the window is in the time window too, which a
+    # planner that multiplies the two conditions' selectivities cannot know, and it would
+    # then read the whole time window by the occurred_at index and sort it.
+    window = window or SeqWindow()
+    if window.empty:
+        stmt = stmt.where(false())
+    if window.after:
+        stmt = stmt.where(walk.seq > window.after)
+    if window.before is not None:
+        stmt = stmt.where(walk.seq < window.before)
     visible = reach.clause()
     if visible is not None:
         stmt = stmt.where(visible)
-    return stmt
+    return Walk(stmt, walk.seq, filters.get("from"), filters.get("to"))
 
 
 def _page(
-    session: Session, stmt: Select[Any], *, limit: int, cursor: str | None
+    session: Session, walk: Walk, *, limit: int, cursor: str | None
 ) -> tuple[list[Row[Any]], str | None]:
     """Keyset page by seq: a walk sees every event chained before it started exactly once."""
-    if cursor:
-        (after,) = decode_cursor(cursor, [int])
-        stmt = stmt.where(AuditChain.seq > after)
-    rows = list(session.execute(stmt.order_by(AuditChain.seq).limit(limit + 1)))
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, encode_cursor([rows[-1].seq])
+    (last,) = decode_cursor(cursor, [int]) if cursor else (0,)
+    kept: list[Row[Any]] = []
+    while True:
+        rows = list(session.execute(walk.after(last).limit(limit + 1)))
+        kept.extend(row for row in rows if walk.keeps(row))
+        if len(kept) > limit or len(rows) <= limit:
+            break
+        last = rows[-1].seq  # rows outside the time window (events chained late): read on
+    if len(kept) <= limit:
+        return kept, None
+    kept = kept[:limit]
+    return kept, encode_cursor([kept[-1].seq])
 
 
 def _record_read(
@@ -246,7 +374,8 @@ def list_events(
     cursor: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     reach = audit_reach(actor)
-    rows, next_cursor = _page(session, filtered(reach, filters), limit=limit, cursor=cursor)
+    window = seq_window(session.connection(), filters)
+    rows, next_cursor = _page(session, filtered(reach, filters, window), limit=limit, cursor=cursor)
     _record_read(session, actor, reach, "audit.list", resource_type="audit_event")
     return [event_dict(row) for row in rows], next_cursor
 
@@ -291,8 +420,16 @@ def referral_accesses(
     if not view.access.is_lead:
         record_on(session, actor, "access.denied", view, outcome="denied")
         raise NotFound("No such referral.")
-    stmt = _chained().where(AuditEvent.referral_id == referral_id, AuditEvent.action != FEED_ACTION)
-    rows, next_cursor = _page(session, stmt, limit=limit, cursor=cursor)
+    # The referral's rows under `*` in the reach index, in seq order (the lead's own reads of
+    # this feed left out).
+    every = AuditEventAgency
+    stmt = select(*ROW_COLUMNS).select_from(every)
+    stmt = stmt.where(
+        every.agency == EVERY, every.referral_id == referral_id, every.action != FEED_ACTION
+    )
+    rows, next_cursor = _page(
+        session, Walk(_events_along(stmt, every.seq), every.seq), limit=limit, cursor=cursor
+    )
     audit.record(
         session,
         actor,
@@ -330,23 +467,25 @@ def export_lines(
     request has already committed), so a long export never holds a lock or a snapshot.
     """
     size = chunk or EXPORT_CHUNK
-    stmt = filtered(reach, filters).where(AuditChain.seq <= upto).order_by(AuditChain.seq)
+    with session.begin():
+        walk = filtered(reach, filters, seq_window(session.connection(), filters))
+    walk = Walk(walk.stmt.where(walk.seq <= upto), walk.seq, walk.start, walk.end)
     if fmt == "csv":
         yield _csv_rows([CSV_COLUMNS])
     last = 0
     while True:
         with session.begin():
             # Core execution on the session's connection: no ORM result machinery per row.
-            chunk_stmt = stmt.where(AuditChain.seq > last).limit(size)
-            rows = session.connection().execute(chunk_stmt).all()
+            rows = session.connection().execute(walk.after(last).limit(size)).all()
         if not rows:
             return
         last = rows[-1].seq
-        if fmt == "csv":
-            yield _csv_rows(_csv_values(row) for row in rows)
-        else:
+        kept = [row for row in rows if walk.keeps(row)]
+        if kept and fmt == "csv":
+            yield _csv_rows(_csv_values(row) for row in kept)
+        elif kept:
             encode = _NDJSON.encode
-            yield "".join([encode(event_dict(row)) + "\n" for row in rows])
+            yield "".join([encode(event_dict(row)) + "\n" for row in kept])
         if len(rows) < size:
             return
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from casehub.audit.chain import move_lead_reach
 from casehub.auth.actor import Actor
 from casehub.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from casehub.models import Agency, Referral, ReferralHistory, Share
@@ -275,6 +276,10 @@ def transfer_lead(
     referral.lead_agency = new_lead.code
     referral.updated_at = now
     session.flush()
+    # `audit:read` reaches the referrals an agency leads now: the trail's reach moves too.
+    move_lead_reach(
+        session.connection(), referral_id=referral_id, old_lead=old_lead, new_lead=new_lead.code
+    )
     retained = Share(
         referral_id=referral_id,
         agency_code=old_lead,
