@@ -252,9 +252,6 @@ _AFTER = (
     bindparam("after_id", type_=SubjectNameKey.subject_id.type),
 )
 _SIZE = bindparam("size", type_=Integer())
-_NAMES = select(Subject.id, Subject.given_name, Subject.family_name, Subject.aliases).where(
-    Subject.id.in_(bindparam("ids", expanding=True))
-)
 
 
 def _key_rows(keys: Any, word: int, whole_only: bool) -> ColumnElement[bool]:
@@ -280,45 +277,38 @@ def _matching_page(
 
     Candidates come in page order from the key index of the rarest word, in batches that double
     in size (`_candidates`). Each batch is narrowed cheapest first: by the other words' keys (in
-    the index), by the names themselves (names.matches, on the names alone), and only then by
-    visibility, for which the subjects are read whole. The next cursor is the last subject
+    the index), then by visibility, reading only the names of the visible, which are checked in
+    Python; the page's subjects are read whole at the end. The next cursor is the last subject
     returned, so a walk neither skips nor repeats however many candidates fail, and it names no
     subject the caller cannot see.
     """
     after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
     driver, *others = _rarest_first(session, [_Word.of(token) for token in tokens])
+    named = visible.with_only_columns(
+        *ORDER, Subject.given_name, Subject.family_name, Subject.aliases
+    ).order_by(*ORDER)
     size = min(FIRST_BATCH * (limit + 1), MAX_BATCH)
-    found: list[Subject] = []
+    found: list[tuple[datetime, uuid.UUID]] = []
     while True:
         batch = _candidates(session, driver, others, after=after, size=size)
-        named = _with_matching_names(session, batch.keyed, tokens)
-        if named:
+        if batch.keyed:
             found.extend(
-                session.execute(visible.where(Subject.id.in_(named)).order_by(*ORDER)).scalars()
+                (row.created_at, row.id)
+                for row in session.execute(named.where(Subject.id.in_(batch.keyed)))
+                if names.matches(
+                    tokens,
+                    names.subject_tokens(row.given_name, row.family_name, row.aliases or []),
+                )
             )
         if len(found) > limit or batch.read < size:
             break
         after = batch.last
         size = min(size * 2, MAX_BATCH)
-    if len(found) <= limit:
-        return found, None
-    page = found[:limit]
-    return page, encode_cursor([page[-1].created_at, page[-1].id])
-
-
-def _with_matching_names(
-    session: Session, ids: list[uuid.UUID], tokens: list[str]
-) -> list[uuid.UUID]:
-    """Those of the subjects whose names really are within one edit of every query word."""
-    if not ids:
-        return []
-    return [
-        row.id
-        for row in session.execute(_NAMES, {"ids": ids})
-        if names.matches(
-            tokens, names.subject_tokens(row.given_name, row.family_name, row.aliases or [])
-        )
-    ]
+    if not found:
+        return [], None
+    ids = [subject_id for _, subject_id in found[:limit]]
+    page = list(session.execute(visible.where(Subject.id.in_(ids)).order_by(*ORDER)).scalars())
+    return page, encode_cursor(found[limit - 1]) if len(found) > limit else None
 
 
 def _rarest_first(session: Session, words: list[_Word]) -> list[_Word]:
