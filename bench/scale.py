@@ -879,10 +879,10 @@ HISTORY_COLUMNS = (
     "actor_client_id, actor_user_id, occurred_at"
 )
 SHARE_COLUMNS = (
-    "id, referral_id, agency_code, access, purpose, necessity, article_6, condition, gateway, "
-    "consent_status, consent_rationale, expires_at, created_at, created_by_agency, "
-    "created_by_client_id, created_by_user_id, acknowledged_at, revoked_at, revoked_reason, "
-    "ended_at"
+    "id, referral_id, referral_created_at, agency_code, access, purpose, necessity, article_6, "
+    "condition, gateway, consent_status, consent_rationale, expires_at, created_at, "
+    "created_by_agency, created_by_client_id, created_by_user_id, acknowledged_at, revoked_at, "
+    "revoked_reason, ended_at"
 )
 LOADED_COLUMNS = {
     "subjects": SUBJECT_COLUMNS,
@@ -1107,7 +1107,8 @@ def share_lines(world: World) -> Iterator[str]:
         by = s.by_client
         revoked = _iso(s.revoked) if s.revoked is not None else None
         yield _line(
-            s.id, r.id, s.agency, s.access, s.purpose, NECESSITY[s.purpose], s.article_6,
+            s.id, r.id, _iso(r.created), s.agency, s.access, s.purpose, NECESSITY[s.purpose],
+            s.article_6,
             s.condition, GATEWAY, s.consent, s.rationale,
             _iso(s.expires) if s.expires is not None else None, _iso(s.created), r.lead,
             by.client_id, by.user_id, _iso(s.acknowledged) if s.acknowledged else None, revoked,

@@ -87,3 +87,44 @@ def test_a_filter_applies_to_both_streams(client, world):
     expected = [r for r in made["led"] + made["shared"] if r["risk_level"] == "high"]
     assert expected and {r["lead_agency"] for r in expected} != {"notts-cs"}
     assert [r["id"] for r in _walk(client, notts, "&risk_level=high", 1)] == _order(expected)
+
+
+def test_shares_made_in_any_order_list_in_their_referrals_order(client, factory):
+    """The shared stream is read in the order of its referrals' creation, whenever each was
+    shared, and a referral transferred away stays in place through the retained share."""
+    btp = factory.partner("btp")
+    tcs = factory.partner("tcs", kind="charity")
+    factory.partner("notts-cs", kind="local_authority")
+    made = [
+        client.post("/v1/referrals", json=referral_body(), headers=btp.headers()).get_json()
+        for _ in range(5)
+    ]
+    for referral in reversed(made):  # the newest referral is shared first
+        shared = client.post(
+            f"/v1/referrals/{referral['id']}/shares",
+            json=share_body("tcs"),
+            headers=btp.headers(),
+        )
+        assert shared.status_code == 201, shared.get_json()
+    led_then_transferred = client.post(
+        "/v1/referrals", json=referral_body(), headers=btp.headers()
+    ).get_json()
+    etag = client.get(f"/v1/referrals/{led_then_transferred['id']}", headers=btp.headers()).headers[
+        "ETag"
+    ]
+    moved = client.post(
+        f"/v1/referrals/{led_then_transferred['id']}/transfer",
+        json={
+            "agency": "notts-cs",
+            "reason": "Section 47 enquiry opened",
+            "lawful_basis": {"article_6": "public_task", "gateway": "Children Act 1989 s47"},
+        },
+        headers=btp.headers(**{"If-Match": etag}),
+    )
+    assert moved.status_code == 200, moved.get_json()
+    expected = _order(made)
+    for limit in (1, 2, 10):
+        assert [r["id"] for r in _walk(client, tcs, "", limit)] == expected
+    # btp keeps a share of the referral it handed over; it lists after those it still leads.
+    walked = [r["id"] for r in _walk(client, btp, "", 2)]
+    assert walked == _order([*made, led_then_transferred])

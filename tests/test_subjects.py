@@ -532,6 +532,7 @@ def test_the_lead_of_a_referral_about_the_subject_sees_it_but_cannot_change_it(
 def _share(db_session, referral: Referral, agency: str, **kw: Any) -> Share:
     share = Share(
         referral_id=referral.id,
+        referral_created_at=referral.created_at,
         agency_code=agency,
         access="read",
         purpose="support_service",

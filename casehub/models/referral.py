@@ -149,11 +149,23 @@ class Share(Base):
             sqlite_where=text("ended_at IS NULL"),
         ),
         Index("ix_shares_agency_code_referral_id", "agency_code", "referral_id"),
+        # An agency's open shares in the order referral lists are read (created_at, id), so a
+        # page of the referrals shared with it is one range of this index.
+        Index(
+            "ix_shares_open_agency_order",
+            "agency_code",
+            "referral_created_at",
+            "referral_id",
+            postgresql_where=text("ended_at IS NULL"),
+            sqlite_where=text("ended_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     referral_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("referrals.id"), index=True)
     agency_code: Mapped[str] = mapped_column(ForeignKey("agencies.code"))
+    # A copy of the referral's created_at (which never changes), for lists in its order.
+    referral_created_at: Mapped[datetime]
     access: Mapped[str] = mapped_column(String(10))  # read | contribute
     purpose: Mapped[str] = mapped_column(String(40))
     necessity: Mapped[str] = mapped_column(String(2000))

@@ -112,24 +112,47 @@ def visible_referrals(actor: Actor, now: datetime) -> Select[tuple[Referral]]:
     return select(Referral).where(referral_visible(actor, now))
 
 
+@dataclass(frozen=True)
+class Stream:
+    """Visible referrals as (id, created_at) rows, and the two columns that give its order
+    (created_at, id) from the index the stream is read by."""
+
+    stmt: Select[Any]
+    created_at: ColumnElement[datetime]
+    id: ColumnElement[uuid.UUID]
+
+
 def visible_referral_streams(
     actor: Actor, now: datetime, *, led: bool = True, shared: bool = True
-) -> list[Select[Any]]:
+) -> list[Stream]:
     """The referrals the actor's agency sees as two disjoint streams to be read in one order
     and merged: those it leads (an index range on lead_agency), and those another agency leads
-    and shares with it (driven from its active shares). Together they are exactly
-    `referral_visible`; apart, a list need not test a large lead's every referral against all
-    of its shares, nor walk every referral for an agency that only receives shares."""
-    streams: list[Select[Any]] = []
+    and shares with it (a range of its open shares in referral order, ix_shares_open_agency_order).
+    Together they are exactly `referral_visible`; apart, a list need not test a large lead's
+    every referral against all of its shares, nor read and sort every share an agency holds."""
+    streams: list[Stream] = []
     if led:
         streams.append(
-            select(Referral.id, Referral.created_at).where(Referral.lead_agency == actor.agency)
+            Stream(
+                select(Referral.id, Referral.created_at).where(
+                    Referral.lead_agency == actor.agency
+                ),
+                Referral.created_at,
+                Referral.id,
+            )
         )
     if shared:
         streams.append(
-            select(Referral.id, Referral.created_at)
-            .join(Share, Share.referral_id == Referral.id)
-            .where(active_share_clause(actor.agency, now), Referral.lead_agency != actor.agency)
+            Stream(
+                select(Referral.id, Share.referral_created_at.label("created_at"))
+                .select_from(Share)
+                .join(Referral, Referral.id == Share.referral_id)
+                .where(
+                    active_share_clause(actor.agency, now), Referral.lead_agency != actor.agency
+                ),
+                Share.referral_created_at,
+                Share.referral_id,
+            )
         )
     return streams
 

@@ -388,9 +388,7 @@ def list_referrals(
                 ReferralIndicator.code == filters["indicator"],
             )
         )
-    if cursor:
-        after = decode_cursor(cursor, [datetime, uuid.UUID])
-        clauses.append(tuple_(Referral.created_at, Referral.id) > tuple_(*after))
+    after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
     mine = filters.get("shared_with_me")
     lead_filter = filters.get("lead_agency")
     streams = policy.visible_referral_streams(
@@ -402,8 +400,11 @@ def list_referrals(
     items: list[Referral] = []
     if streams:
         parts = [
-            stream.where(*clauses)
-            .order_by(Referral.created_at, Referral.id)
+            stream.stmt.where(
+                *clauses,
+                *([tuple_(stream.created_at, stream.id) > tuple_(*after)] if after else []),
+            )
+            .order_by(stream.created_at, stream.id)
             .limit(limit + 1)
             .subquery()
             for stream in streams

@@ -133,6 +133,7 @@ def create_share(
         raise Conflict("That agency already has an active share of this referral.")
     share = Share(
         referral_id=referral_id,
+        referral_created_at=view.referral.created_at,
         agency_code=data["agency"],
         access=data["access"],
         purpose=data["purpose"],
@@ -282,6 +283,7 @@ def transfer_lead(
     )
     retained = Share(
         referral_id=referral_id,
+        referral_created_at=referral.created_at,
         agency_code=old_lead,
         access="contribute",
         purpose=RETAINED_SHARE_PURPOSE,
