@@ -61,6 +61,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def new_row_values(row: Any) -> dict[str, Any]:
+    """A new mapped object's column values for a Core INSERT, without those left unset: Core
+    would write None to a JSON column as JSON null, where the unit of work writes SQL NULL."""
+    values = {column.key: getattr(row, column.key) for column in row.__table__.columns}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
@@ -158,16 +165,26 @@ class Database:
     def init_app(self, app: Flask) -> None:
         self.engine = make_engine(app.config["DATABASE_URL"], echo=app.config["SQL_ECHO"])
         self.sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.autocommit_sessionmaker = self.sessionmaker
+        if self.engine.dialect.name == "postgresql":
+            reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            event.listen(reads, "before_cursor_execute", _only_the_audit_write)
+            self.autocommit_sessionmaker = sessionmaker(bind=reads, expire_on_commit=False)
         app.extensions["casehub.db"] = self
         app.teardown_appcontext(self._remove_session)
 
     def bind_sessions(self, factory: sessionmaker[Session]) -> None:
         """Tests bind sessions to one connection inside a rolled-back transaction."""
-        self.sessionmaker = factory
+        self.sessionmaker = self.autocommit_sessionmaker = factory
 
-    def new_session(self) -> Session:
+    def new_session(self, *, autocommit: bool = False) -> Session:
+        """A session in a transaction; or (`autocommit`, for a read whose only write is its
+        audit event) one whose statements each commit as they run, on PostgreSQL: a read then
+        costs no BEGIN and no COMMIT round trip, and the INSERT of its audit event is durable
+        when it returns. (Under READ COMMITTED each statement reads its own snapshot either
+        way.) SQLite keeps its transaction: it has no round trips to save."""
         assert self.sessionmaker is not None, "Database.init_app was not called"
-        return self.sessionmaker()
+        return (self.autocommit_sessionmaker if autocommit else self.sessionmaker)()
 
     @staticmethod
     def _remove_session(_exc: BaseException | None) -> None:
@@ -181,12 +198,32 @@ def get_db(app: Flask | None = None) -> Database:
 
 
 def get_session() -> Session:
-    """The session of the current request or app context, created on first use."""
+    """The session of the current request or app context, created on first use: in autocommit
+    for a request web.py marked `casehub_autocommit` (see Database.new_session)."""
     session: Session | None = g.get("casehub_session")
     if session is None:
-        session = get_db().new_session()
+        session = get_db().new_session(autocommit=g.get("casehub_autocommit", False))
         g.casehub_session = session
     return session
+
+
+class WriteInAutocommitRead(RuntimeError):
+    """A view marked as writing nothing but its audit event tried another write."""
+
+
+_READ_STATEMENTS = ("SELECT", "WITH", "SHOW")
+_AUDIT_WRITE = "INSERT INTO audit_events "
+
+
+def _only_the_audit_write(
+    _conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+) -> None:
+    """Refuse, before it runs, any write but the audit INSERT on an autocommit read's
+    connection: there it would commit at once, and nothing could roll it back."""
+    head = statement.lstrip()[:40]
+    if head.startswith(_READ_STATEMENTS) or head.startswith(_AUDIT_WRITE):
+        return
+    raise WriteInAutocommitRead(f"a read marked autocommit sent {head.split()[0]!r}")
 
 
 @contextmanager

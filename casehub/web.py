@@ -89,6 +89,9 @@ def _start_request() -> None:
         # No record has NUL in its id (PostgreSQL cannot even compare one): such a path names
         # nothing, like one that routes nowhere.
         raise NotFound("No such resource.")
+    if request.method in ("GET", "HEAD"):
+        target = _view_target(current_app, request.endpoint, request.method)
+        g.casehub_autocommit = getattr(target, "_casehub_autocommit", False)
 
 
 def _refuse_query_string(target: Any) -> None:

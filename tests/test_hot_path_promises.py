@@ -68,9 +68,10 @@ WRITTEN_BY_A_CREATE = (
 )
 
 
-def test_a_read_is_answered_only_once_its_audit_event_is_committed(tmp_path):
-    """On the app's own database (not the suite's rolled-back transaction): the moment a read's
-    response is in the caller's hands, another connection already sees its audit event."""
+@pytest.fixture
+def own_app(tmp_path):
+    """The app on its own fresh database (not the suite's rolled-back transaction), a lead
+    client's token, and one referral it created: (app, url, headers, referral)."""
     with fresh_database(tmp_path, "promise") as url:
         app = create_app(
             {
@@ -88,7 +89,7 @@ def test_a_read_is_answered_only_once_its_audit_event_is_committed(tmp_path):
                 session,
                 agency_code="btp",
                 name="lead",
-                scope="referrals:read referrals:write",
+                scope="referrals:read referrals:write subjects:read audit:read",
                 scrypt_n=1024,
             )
             credentials = (lead.client_id, str(secret))
@@ -98,22 +99,98 @@ def test_a_read_is_answered_only_once_its_audit_event_is_committed(tmp_path):
         ).get_json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         created = http.post("/v1/referrals", json=referral_body(), headers=headers).get_json()
-        observer = create_engine(url)
         try:
-            for _ in range(5):
-                response = http.get(f"/v1/referrals/{created['id']}", headers=headers)
-                assert response.status_code == 200
-                request_id = response.headers["X-Request-Id"]
-                with observer.connect() as connection:
-                    seen = connection.execute(
-                        select(AuditEvent.action, AuditEvent.request_status).where(
-                            AuditEvent.request_id == request_id
-                        )
-                    ).all()
-                assert [tuple(row) for row in seen] == [("referral.read", 200)]
+            yield app, url, headers, created
         finally:
-            observer.dispose()
             get_db(app).engine.dispose()
+
+
+def test_a_read_is_answered_only_once_its_audit_event_is_committed(own_app):
+    """The moment a read's response is in the caller's hands, another connection already
+    sees its audit event."""
+    app, url, headers, created = own_app
+    http = app.test_client()
+    observer = create_engine(url)
+    try:
+        for _ in range(5):
+            response = http.get(f"/v1/referrals/{created['id']}", headers=headers)
+            assert response.status_code == 200
+            request_id = response.headers["X-Request-Id"]
+            with observer.connect() as connection:
+                seen = connection.execute(
+                    select(AuditEvent.action, AuditEvent.request_status).where(
+                        AuditEvent.request_id == request_id
+                    )
+                ).all()
+            assert [tuple(row) for row in seen] == [("referral.read", 200)]
+    finally:
+        observer.dispose()
+
+
+@pytest.mark.postgres_only
+def test_a_read_opens_no_transaction_on_postgresql(own_app, is_postgres):
+    """An audited read sends its SELECTs and its audit INSERT in autocommit: no statement
+    leaves a transaction open (no BEGIN was sent, so none needs a COMMIT). A create runs
+    in one transaction."""
+    if not is_postgres:
+        pytest.skip("SQLite keeps its transaction: it has no round trips to save")
+    app, _url, headers, created = own_app
+    http = app.test_client()
+    states: list[str] = []
+
+    def note(conn, *_):  # type: ignore[no-untyped-def]
+        states.append(conn.connection.driver_connection.info.transaction_status.name)
+
+    engine = get_db(app).engine
+    event.listen(engine, "after_cursor_execute", note)
+    try:
+        rid, sid = created["id"], created["subject_id"]
+        reads = {  # every read marked autocommit, and a refusal
+            f"/v1/referrals/{rid}": 200,
+            "/v1/referrals?limit=5": 200,
+            f"/v1/referrals/{rid}/history": 200,
+            f"/v1/referrals/{rid}/notes": 200,
+            f"/v1/referrals/{rid}/accesses": 200,
+            "/v1/subjects?q=Smith": 200,
+            f"/v1/subjects/{sid}": 200,
+            "/v1/audit/events": 200,
+            f"/v1/audit/subjects/{sid}/accesses": 200,
+            f"/v1/referrals/{uuid.uuid4()}": 404,
+        }
+        for path, status in reads.items():
+            states.clear()
+            assert http.get(path, headers=headers).status_code == status, path
+            assert states and set(states) == {"IDLE"}, (path, states)
+        states.clear()
+        assert http.post("/v1/referrals", json=referral_body(), headers=headers).status_code == 201
+        assert set(states) == {"INTRANS"}, states
+    finally:
+        event.remove(engine, "after_cursor_execute", note)
+
+
+@pytest.mark.postgres_only
+def test_a_read_that_tried_to_write_is_stopped_before_the_write(own_app, monkeypatch, is_postgres):
+    """In autocommit a write would commit at once: any statement but the audit INSERT from a
+    read is refused before it is sent, and the caller gets a 500 with nothing changed."""
+    if not is_postgres:
+        pytest.skip("SQLite keeps its transaction: the read's write is rolled back there")
+    app, url, headers, created = own_app
+    real = referrals.get_referral
+
+    def writes_too(session, **kwargs):  # type: ignore[no-untyped-def]
+        session.execute(text("UPDATE referrals SET summary = 'changed by a read'"))
+        return real(session, **kwargs)
+
+    monkeypatch.setattr(referrals, "get_referral", writes_too)
+    response = app.test_client().get(f"/v1/referrals/{created['id']}", headers=headers)
+    assert response.status_code == 500
+    observer = create_engine(url)
+    try:
+        with observer.connect() as connection:
+            summaries = connection.execute(text("SELECT DISTINCT summary FROM referrals")).all()
+    finally:
+        observer.dispose()
+    assert summaries == [(created["summary"],)]
 
 
 @pytest.mark.postgres_only

@@ -36,6 +36,7 @@ VISIBILITY = (
 
 @blp.route("/audit/events")
 class AuditEvents(MethodView):
+    @blp.autocommit_read
     @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(AuditEventQueryArgsSchema, location="query")
     @blp.response(200, page_of(AuditEventSchema))
@@ -85,6 +86,7 @@ class AuditExport(MethodView):
 
 @blp.route("/audit/subjects/<uuid:subject_id>/accesses")
 class SubjectAccesses(MethodView):
+    @blp.autocommit_read
     @blp.requires(audit_queries.AUDIT_READ, audit_queries.AUDIT_READ_ALL)
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(AccessSchema))
@@ -135,6 +137,7 @@ class Verify(MethodView):
 
 @blp.route("/referrals/<uuid:referral_id>/accesses")
 class ReferralAccesses(MethodView):
+    @blp.autocommit_read
     @blp.requires("referrals:read")
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(AccessSchema))

@@ -379,6 +379,14 @@ class Blueprint(flask_smorest.Blueprint):
         return decorator
 
     @staticmethod
+    def autocommit_read(func: F) -> F:
+        """Mark a GET whose only write is its audit event: on PostgreSQL it runs outside a
+        transaction (casehub.db.Database.new_session), two round trips fewer. Any other write
+        from it is refused before it is sent (casehub.db.WriteInAutocommitRead)."""
+        func._casehub_autocommit = True  # type: ignore[attr-defined]
+        return func
+
+    @staticmethod
     def idempotent(func: F) -> F:
         """Mark a creating POST as honouring `Idempotency-Key` (see web.py)."""
         func._casehub_idempotent = True  # type: ignore[attr-defined]

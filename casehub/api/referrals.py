@@ -36,6 +36,7 @@ def etag_header(referral: Referral) -> dict[str, str]:
 
 @blp.route("")
 class Referrals(MethodView):
+    @blp.autocommit_read
     @blp.requires("referrals:read")
     @blp.arguments(ReferralQueryArgsSchema, location="query")
     @blp.response(200, page_of(ReferralSchema))
@@ -84,6 +85,7 @@ class Referrals(MethodView):
 
 @blp.route("/<uuid:referral_id>")
 class ReferralById(MethodView):
+    @blp.autocommit_read
     @blp.requires("referrals:read")
     @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
     @blp.doc(
@@ -154,6 +156,7 @@ class Transitions(MethodView):
 
 @blp.route("/<uuid:referral_id>/history")
 class History(MethodView):
+    @blp.autocommit_read
     @blp.requires("referrals:read")
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(HistoryEntrySchema))
@@ -178,6 +181,7 @@ class History(MethodView):
 
 @blp.route("/<uuid:referral_id>/notes")
 class Notes(MethodView):
+    @blp.autocommit_read
     @blp.requires("referrals:read")
     @blp.arguments(ListArgsSchema, location="query")
     @blp.response(200, page_of(NoteSchema))

@@ -45,6 +45,7 @@ def _headers(subject: Subject) -> dict[str, str]:
 
 @blp.route("")
 class Subjects(MethodView):
+    @blp.autocommit_read
     @blp.requires("subjects:read")
     @blp.arguments(SubjectQueryArgsSchema, location="query")
     @blp.response(200, page_of(SubjectSchema))
@@ -98,6 +99,7 @@ class Subjects(MethodView):
 
 @blp.route("/<uuid:subject_id>")
 class SubjectById(MethodView):
+    @blp.autocommit_read
     @blp.requires("subjects:read")
     @blp.response(200, SubjectSchema, headers={"ETag": ETAG_HEADER})
     @blp.doc(
