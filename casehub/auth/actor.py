@@ -80,7 +80,8 @@ def load_actor(session: Session, claims: Any, *, purpose: str | None = None) -> 
     else:
         stmt = _USER_PRINCIPAL
         params["user_id"] = user_id
-    row = session.execute(stmt, params).one_or_none()
+    # Core on the session's connection: a plain SELECT needs none of the ORM's execution.
+    row = session.connection().execute(stmt, params).one_or_none()
     if row is None:
         raise invalid_token()
     c_active, c_nbf, c_scope, agency, kind, a_active, platform, a_nbf, is_revoked = row[:9]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from casehub import audit
 from casehub.auth.actor import Actor
+from casehub.db import new_row_values
 from casehub.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed
 from casehub.models import (
     REFERENCE_SEQUENCE,
@@ -222,26 +223,19 @@ def next_reference(session: Session, year: int) -> str:
     return f"CH-{year}-{number:06d}"
 
 
-def _columns(row: Any) -> dict[str, Any]:
-    """A new row's values, without those left unset: a Core INSERT would write None to a JSON
-    column as JSON null, where the unit of work writes SQL NULL."""
-    values = {column.key: getattr(row, column.key) for column in row.__table__.columns}
-    return {key: value for key, value in values.items() if value is not None}
-
-
 def _insert_new(session: Session, referral: Referral, history: ReferralHistory) -> None:
     """A new referral's rows, one Core INSERT per table (a unit-of-work flush of the same
     objects cost a quarter of a create's CPU). The objects stay out of the session: nothing
     else in the request changes them, and the response is dumped from them as they are."""
     session.flush()  # the child it is about, when the create recorded one
     connection = session.connection()
-    connection.execute(_INSERT_REFERRAL, [_columns(referral)])
-    connection.execute(_INSERT_HISTORY, [_columns(history)])
+    connection.execute(_INSERT_REFERRAL, [new_row_values(referral)])
+    connection.execute(_INSERT_HISTORY, [new_row_values(history)])
     if referral.category_rows:
-        rows = [{**_columns(row), "referral_id": referral.id} for row in referral.category_rows]
+        rows = [{**new_row_values(r), "referral_id": referral.id} for r in referral.category_rows]
         connection.execute(_INSERT_CATEGORY, rows)
     if referral.indicator_rows:
-        rows = [{**_columns(row), "referral_id": referral.id} for row in referral.indicator_rows]
+        rows = [{**new_row_values(r), "referral_id": referral.id} for r in referral.indicator_rows]
         connection.execute(_INSERT_INDICATOR, rows)
 
 
