@@ -11,13 +11,17 @@ same database. For each operation it prints the wall time and the process CPU ti
 (medians over `--requests`, after a warm-up) and the SQL statements one request sends; CPU is
 what limits throughput on a machine whose cores the server, PostgreSQL and the load share.
 `--profile` adds a pyinstrument profile of that operation (sampling every 0.2 ms; the
-figures of a profiled operation include the sampler's cost).
+figures of a profiled operation include the sampler's cost); `--cpu-profile` a cProfile of
+its CPU time alone (waits for PostgreSQL left out), by cumulative time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import statistics
 import tempfile
 import time
@@ -39,14 +43,17 @@ SERVER = os.environ.get("BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:543
 
 
 def _measure(
-    call: Callable[[int], Any], count: int, profile: bool
+    call: Callable[[int], Any], count: int, profile: bool, cpu_profile: bool = False
 ) -> tuple[float, float, str | None]:
     for i in range(min(200, count)):
         call(i)
     walls: list[float] = []
     cpus: list[float] = []
-    profiler = None
-    if profile:
+    profiler: Any = None
+    if cpu_profile:
+        profiler = cProfile.Profile(time.process_time)  # CPU time: waits do not count
+        profiler.enable()
+    elif profile:
         from pyinstrument import Profiler  # pip install -e '.[bench]'
 
         profiler = Profiler(interval=0.0002)
@@ -57,7 +64,12 @@ def _measure(
         cpus.append(time.process_time() - cpu)
         walls.append(time.perf_counter() - wall)
     report = None
-    if profiler:
+    if cpu_profile:
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+        report = out.getvalue()
+    elif profiler:
         profiler.stop()
         report = profiler.output_text(
             show_all=bool(os.environ.get("BENCH_SHOW_ALL")),  # every frame, not only ours
@@ -72,6 +84,11 @@ def main() -> None:
     parser.add_argument("--url", default=SERVER, help="the PostgreSQL server")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--profile", choices=["lead", "recipient", "create", "bare-read"])
+    parser.add_argument(
+        "--cpu-profile",
+        choices=["lead", "recipient", "create", "bare-read"],
+        help="a cProfile of CPU time (process_time) instead, the 45 costliest calls",
+    )
     options = parser.parse_args()
     os.environ["CASEHUB_TEST_DATABASE_URL"] = options.url
     folder = Path(tempfile.mkdtemp(prefix="casehub-bench-hot-"))
@@ -166,7 +183,9 @@ def main() -> None:
 
         results = {}
         for name, call in operations.items():
-            results[name] = _measure(call, options.requests, options.profile == name)
+            results[name] = _measure(
+                call, options.requests, options.profile == name, options.cpu_profile == name
+            )
             statements.clear()
             event.listen(engine, "before_cursor_execute", _count)
             event.listen(bare.engine, "before_cursor_execute", _count)

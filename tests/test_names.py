@@ -169,11 +169,11 @@ def test_every_match_shares_a_key(name, data):
         assert any(stored[key] for key in shared)
 
 
-@given(query=words, name=words)
+@given(query=st.text(alphabet="abcdefgh", min_size=1, max_size=2), name=words)
 def test_a_short_word_finds_only_its_whole_word_key(query, name):
     """A word under three letters finds a name by whole-word keys exactly when `close`
     accepts it ("x", the family name, is outside the words' alphabet)."""
-    assume(not names.tolerates_typo(query))
+    assert not names.tolerates_typo(query)
     stored = names.subject_key_kinds(name, "x", [])
     found = any(stored.get(key) for key in names.search_keys(query))
     assert found == names.close(query, name)
