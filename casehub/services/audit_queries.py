@@ -270,8 +270,10 @@ class Walk:
     end: datetime | None = None
 
     def after(self, seq: int) -> Select[Any]:
-        """The walk from just after `seq`, in seq order."""
-        return self.stmt.where(self.seq > seq).order_by(self.seq)
+        """The walk from just after `seq`, in seq order. The bound is repeated on the chain's
+        seq: PostgreSQL carries equalities across a join, not ranges, and would otherwise
+        merge-join the walk with the chain read from its first event."""
+        return self.stmt.where(self.seq > seq, AuditChain.seq > seq).order_by(self.seq)
 
     def keeps(self, row: Row[Any]) -> bool:
         occurred = row.occurred_at
@@ -324,10 +326,10 @@ def filtered(
     window = window or SeqWindow()
     if window.empty:
         stmt = stmt.where(false())
-    if window.after:
-        stmt = stmt.where(walk.seq > window.after)
+    if window.after:  # on the chain's seq too (see Walk.after)
+        stmt = stmt.where(walk.seq > window.after, AuditChain.seq > window.after)
     if window.before is not None:
-        stmt = stmt.where(walk.seq < window.before)
+        stmt = stmt.where(walk.seq < window.before, AuditChain.seq < window.before)
     visible = reach.clause()
     if visible is not None:
         stmt = stmt.where(visible)
