@@ -152,6 +152,7 @@ def test_a_read_opens_no_transaction_on_postgresql(own_app, is_postgres):
             f"/v1/referrals/{rid}/notes": 200,
             f"/v1/referrals/{rid}/accesses": 200,
             "/v1/subjects?q=Smith": 200,
+            "/v1/subjects?q=Jo+Smith": 200,
             f"/v1/subjects/{sid}": 200,
             "/v1/audit/events": 200,
             f"/v1/audit/subjects/{sid}/accesses": 200,
@@ -258,3 +259,28 @@ def test_a_create_leaves_unset_columns_sql_null(client, db_session, factory):
         )
     ).scalar_one()
     assert nulls == 1
+
+
+@pytest.mark.parametrize(
+    ("statement", "allowed"),
+    [
+        ("SELECT referrals.id FROM referrals", True),
+        ("WITH x AS (SELECT 1) SELECT * FROM x", True),
+        ("INSERT INTO audit_events (id, pos) VALUES (%(id)s, %(pos)s)", True),
+        # subject search asks the planner how rare a word is: planned, never run
+        ("EXPLAIN (FORMAT JSON) SELECT count(*) FROM subject_name_keys", True),
+        ("EXPLAIN (ANALYZE) UPDATE referrals SET summary = 'x'", False),
+        ("UPDATE referrals SET summary = 'x'", False),
+        ("INSERT INTO audit_events_copy VALUES (1)", False),
+        ("INSERT INTO referrals (id) VALUES (%(id)s)", False),
+        ("DELETE FROM shares", False),
+    ],
+)
+def test_an_autocommit_read_may_send_reads_and_its_audit_insert_only(statement, allowed):
+    from casehub.db import WriteInAutocommitRead, _only_the_audit_write
+
+    if allowed:
+        _only_the_audit_write(None, None, statement, {}, None, False)
+    else:
+        with pytest.raises(WriteInAutocommitRead):
+            _only_the_audit_write(None, None, statement, {}, None, False)

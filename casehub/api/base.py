@@ -310,7 +310,10 @@ class Blueprint(flask_smorest.Blueprint):
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable[[F], F]:
         """flask-smorest's `arguments`; a JSON body also documents how web.py refuses one, and
         query arguments mark the view as one that takes a query string (web.py refuses a query
-        string on every other view)."""
+        string on every other view). A schema class is instantiated once, here: webargs would
+        build one (and its nested schemas) for every request."""
+        if isinstance(schema, type):
+            schema = schema()
         decorator = super().arguments(schema, location=location, **kwargs)
         if location == "query":
             return lambda func: checks_own_query(decorator(func))
