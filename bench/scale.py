@@ -2539,6 +2539,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="per query (default 200 at 1, 100 at 100)")
     parser.add_argument("--seconds", type=float, default=120, help="at most this long per query")
     parser.add_argument("--explain", metavar="NAME", help="EXPLAIN (ANALYZE, BUFFERS) one query")
+    parser.add_argument("--only", default="", help="measure only the queries whose name has this")
     options = parser.parse_args()
     factors = [1, 100] if options.scale == "both" else [int(options.scale)]
     folder = Path(tempfile.mkdtemp(prefix="casehub-bench-scale-"))
@@ -2559,6 +2560,7 @@ def main() -> None:
                     )
                 bench.explain(chosen[0])
                 continue
+            queries = [q for q in queries if options.only in q.name]
             requests = options.requests or scale.requests
             print(f"\nmeasuring {len(queries)} queries, {requests} requests each "
                   f"(at most {options.seconds:.0f}s each)", flush=True)  # fmt: skip
