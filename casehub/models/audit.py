@@ -23,14 +23,8 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
-    __table_args__ = (
-        Index("ix_audit_events_referral_id", "referral_id"),
-        Index("ix_audit_events_actor_agency", "actor_agency", "pos"),
-        Index("ix_audit_events_occurred_at", "occurred_at"),
-        Index("ix_audit_events_actor_client_id", "actor_client_id"),
-        Index("ix_audit_events_actor_user_id", "actor_user_id"),
-        Index("ix_audit_events_action", "action"),
-    )
+    # No secondary indexes (migration 0011): every audit query walks the reach or subject index
+    # and reaches an event by its pos, and every request writes at least one event.
 
     pos: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     id: Mapped[uuid.UUID] = mapped_column(unique=True, default=new_id)
