@@ -1688,7 +1688,7 @@ def _stale(scale: Scale, url: str, marker: dict[str, Any]) -> str | None:
     if marker.get("seed") != SEED_VERSION or marker.get("scale") != scale.factor:
         return "it was seeded by another version of this script"
     head = migrate.head_revision()
-    if marker.get("revision") != head:
+    if marker.get("revision") != head and not _upgrade_in_place(url, marker):
         return f"the migrations moved on (seeded at {marker.get('revision')}, head {head})"
     with psycopg.connect(_libpq(url)) as conn:
         current = conn.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -2007,6 +2007,34 @@ def seed(scale: Scale, url: str) -> dict[str, Any]:
     with psycopg.connect(_libpq(database_url("postgres")), autocommit=True) as conn:
         conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(marker)}'")
     return marker
+
+
+def _upgrade_in_place(url: str, marker: dict[str, Any]) -> bool:
+    """Bring a kept database at its seeded revision to the head with the migrations themselves
+    (as production would be; they must backfill what they add), and say so in its marker.
+    False when it is not at the revision it was seeded at. The upgrade's time is printed and
+    kept; a migration the generator would have to follow is a reason for --rebuild."""
+    with psycopg.connect(_libpq(url)) as conn:
+        found = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    seeded = marker.get("revision")
+    if found is None or found[0] != seeded:
+        return False
+    head = migrate.head_revision()
+    print(f"  upgrading {seeded} -> {head} in place with the migrations ...", flush=True)
+    started = time.perf_counter()
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    took = round(time.perf_counter() - started, 1)
+    print(f"  upgraded in {took}s", flush=True)
+    marker["revision"] = head
+    marker.setdefault("upgrades", []).append({"from": seeded, "to": head, "seconds": took})
+    name = make_url(url).database
+    with psycopg.connect(_libpq(database_url("postgres")), autocommit=True) as conn:
+        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(marker)}'")
+    return True
 
 
 def prepare(scale: Scale, *, rebuild_it: bool) -> tuple[str, dict[str, Any]]:
