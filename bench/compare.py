@@ -631,6 +631,11 @@ def main() -> None:
         "--workers", type=int, help="override casehub's workers (the report says so)"
     )
     parser.add_argument("--worker-threads", type=int, help="override casehub's threads per worker")
+    parser.add_argument(
+        "--no-sequencer",
+        action="store_true",
+        help="an experiment: casehub's workers do not chain audit events (the report says so)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3, 1
@@ -664,6 +669,8 @@ def main() -> None:
         if args.worker_threads is not None:
             env["CASEHUB_THREADS"] = str(args.worker_threads)
         env.update(CASEHUB_BIND=f"127.0.0.1:{port}", CASEHUB_RATE_LIMIT_STORAGE="memory://")
+        if args.no_sequencer:
+            env["CASEHUB_AUDIT_SEQUENCER"] = "false"
         bare_env = dict(os.environ, BARE_DATABASE_URL=url)
         agencies, auditor = register(env)
         casehub_cmd = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "wsgi:app"]
@@ -764,7 +771,12 @@ def report_config(
         + f"{defaults['workers']} workers x {defaults['threads']} threads ({kind} worker), "
         f"keepalive {defaults['keepalive']} s, timeout {defaults['timeout']} s; "
         "CASEHUB_LOG_LEVEL=warning, no access log, rate limits 100000000/minute (memory://), "
-        "audit sequencer on, bearer tokens (ES256 JWT, client_credentials)\n"
+        + (
+            "audit sequencer OFF (--no-sequencer: events stay queued), "
+            if args.no_sequencer
+            else "audit sequencer on, "
+        )
+        + "bearer tokens (ES256 JWT, client_credentials)\n"
         f"baseline: gunicorn bench.compare_bare_app:app — {bare_workers} sync workers "
         f"(2 x {cores} cores + 1, gunicorn's recommendation; sync workers close each "
         "connection), flask-smorest + marshmallow + SQLAlchemy 2 ORM, no token, no audit; "
