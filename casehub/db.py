@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -225,6 +226,7 @@ class WriteInAutocommitRead(RuntimeError):
 
 
 _READ_STATEMENTS = ("SELECT", "WITH", "SHOW")
+_WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
 _AUDIT_WRITE = "INSERT INTO audit_events "
 _PLAN_ONLY = "EXPLAIN (FORMAT JSON) "  # a plan's estimate, never run (subject search asks one)
 
@@ -235,8 +237,10 @@ def _only_the_audit_write(
     """Refuse, before it runs, any write but the audit INSERT on an autocommit read's
     connection: there it would commit at once, and nothing could roll it back."""
     head = statement.lstrip()[:60].removeprefix(_PLAN_ONLY)
-    if head.startswith(_READ_STATEMENTS) or head.startswith(_AUDIT_WRITE):
+    if head.startswith(_AUDIT_WRITE):
         return
+    if head.startswith(_READ_STATEMENTS) and not _WRITES.search(statement):
+        return  # (a WITH may hide a data-modifying CTE; a SELECT may say FOR UPDATE)
     raise WriteInAutocommitRead(f"a read marked autocommit sent {head.split()[0]!r}")
 
 

@@ -266,6 +266,8 @@ def test_a_create_leaves_unset_columns_sql_null(client, db_session, factory):
     [
         ("SELECT referrals.id FROM referrals", True),
         ("WITH x AS (SELECT 1) SELECT * FROM x", True),
+        ("WITH gone AS (DELETE FROM shares RETURNING id) SELECT * FROM gone", False),
+        ("SELECT referrals.id FROM referrals FOR UPDATE", False),
         ("INSERT INTO audit_events (id, pos) VALUES (%(id)s, %(pos)s)", True),
         # subject search asks the planner how rare a word is: planned, never run
         ("EXPLAIN (FORMAT JSON) SELECT count(*) FROM subject_name_keys", True),
