@@ -2004,9 +2004,14 @@ def seed(scale: Scale, url: str) -> dict[str, Any]:
         "seeded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
+    _write_marker(name, marker)
+    return marker
+
+
+def _write_marker(name: str, marker: dict[str, Any]) -> None:
+    """Keep the marker on the database itself (a COMMENT), where _marker reads it back."""
     with psycopg.connect(_libpq(database_url("postgres")), autocommit=True) as conn:
         conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(marker)}'")
-    return marker
 
 
 def _upgrade_in_place(url: str, marker: dict[str, Any]) -> bool:
@@ -2031,9 +2036,7 @@ def _upgrade_in_place(url: str, marker: dict[str, Any]) -> bool:
     print(f"  upgraded in {took}s", flush=True)
     marker["revision"] = head
     marker.setdefault("upgrades", []).append({"from": seeded, "to": head, "seconds": took})
-    name = make_url(url).database
-    with psycopg.connect(_libpq(database_url("postgres")), autocommit=True) as conn:
-        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(marker)}'")
+    _write_marker(str(make_url(url).database), marker)
     return True
 
 

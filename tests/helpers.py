@@ -54,3 +54,20 @@ def share_body(agency: str, access: str = "read", **overrides: Any) -> dict[str,
     }
     body.update(overrides)
     return body
+
+
+def transfer_lead(client: Any, partner: Any, referral_id: str, agency: str) -> Any:
+    """Hand a referral's lead from `partner` to `agency` over the API (If-Match from a fresh
+    read); returns the transfer's response, asserted 200."""
+    etag = client.get(f"/v1/referrals/{referral_id}", headers=partner.headers()).headers["ETag"]
+    response = client.post(
+        f"/v1/referrals/{referral_id}/transfer",
+        json={
+            "agency": agency,
+            "reason": "Section 47 enquiry opened",
+            "lawful_basis": {"article_6": "public_task", "gateway": "Children Act 1989 s47"},
+        },
+        headers=partner.headers(**{"If-Match": etag}),
+    )
+    assert response.status_code == 200, response.get_json()
+    return response

@@ -22,7 +22,7 @@ from casehub.db import make_engine
 from casehub.models import Referral, Subject
 from casehub.models.audit import REACH_ALL, AuditEventAgency
 from casehub.services import agencies as agency_service
-from tests.helpers import referral_body, share_body
+from tests.helpers import referral_body, share_body, transfer_lead
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -258,20 +258,6 @@ def listed(client, partner, scope=None, **params) -> list[dict]:
             return found
 
 
-def _transfer(client, partner, rid: str, agency: str) -> None:
-    etag = client.get(f"/v1/referrals/{rid}", headers=partner.headers()).headers["ETag"]
-    response = client.post(
-        f"/v1/referrals/{rid}/transfer",
-        json={
-            "agency": agency,
-            "reason": "Section 47 enquiry opened",
-            "lawful_basis": {"article_6": "public_task", "gateway": "Children Act 1989 s47"},
-        },
-        headers=partner.headers(**{"If-Match": etag}),
-    )
-    assert response.status_code == 200, response.get_json()
-
-
 @pytest.fixture
 def partnership(client, factory, db_session):
     """A police lead sharing with a charity and children's services, a charity's own referral,
@@ -364,7 +350,7 @@ def test_a_transfer_moves_the_referrals_events_to_the_new_leads_auditor(
     assert ("leics-police", "access.denied") in before_btp
     assert before_cs == {("notts-cs", "referral.read")}
 
-    _transfer(client, btp, rid, "notts-cs")
+    transfer_lead(client, btp, rid, "notts-cs")
     assert client.get(f"/v1/referrals/{rid}", headers=tcs.headers()).status_code == 200
     chain_now(db_session)
 

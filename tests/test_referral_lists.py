@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import referral_body, share_body
+from tests.helpers import referral_body, share_body, transfer_lead
 
 
 @pytest.fixture
@@ -109,19 +109,7 @@ def test_shares_made_in_any_order_list_in_their_referrals_order(client, factory)
     led_then_transferred = client.post(
         "/v1/referrals", json=referral_body(), headers=btp.headers()
     ).get_json()
-    etag = client.get(f"/v1/referrals/{led_then_transferred['id']}", headers=btp.headers()).headers[
-        "ETag"
-    ]
-    moved = client.post(
-        f"/v1/referrals/{led_then_transferred['id']}/transfer",
-        json={
-            "agency": "notts-cs",
-            "reason": "Section 47 enquiry opened",
-            "lawful_basis": {"article_6": "public_task", "gateway": "Children Act 1989 s47"},
-        },
-        headers=btp.headers(**{"If-Match": etag}),
-    )
-    assert moved.status_code == 200, moved.get_json()
+    transfer_lead(client, btp, led_then_transferred["id"], "notts-cs")
     expected = _order(made)
     for limit in (1, 2, 10):
         assert [r["id"] for r in _walk(client, tcs, "", limit)] == expected
