@@ -67,6 +67,8 @@ def _measure(
     if cpu_profile:
         profiler.disable()
         out = io.StringIO()
+        if os.environ.get("BENCH_PROFILE_OUT"):  # the whole profile, for pstats or snakeviz
+            profiler.dump_stats(os.environ["BENCH_PROFILE_OUT"])
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
         report = out.getvalue()
     elif profiler:

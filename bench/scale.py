@@ -879,8 +879,8 @@ HISTORY_COLUMNS = (
     "actor_client_id, actor_user_id, occurred_at"
 )
 SHARE_COLUMNS = (
-    "id, referral_id, referral_created_at, agency_code, access, purpose, necessity, article_6, "
-    "condition, gateway, consent_status, consent_rationale, expires_at, created_at, "
+    "id, referral_id, referral_created_at, referral_updated_at, agency_code, access, purpose, "
+    "necessity, article_6, condition, gateway, consent_status, consent_rationale, expires_at, created_at, "
     "created_by_agency, created_by_client_id, created_by_user_id, acknowledged_at, revoked_at, "
     "revoked_reason, ended_at"
 )
@@ -1106,8 +1106,9 @@ def share_lines(world: World) -> Iterator[str]:
         r = world.referrals[s.referral]
         by = s.by_client
         revoked = _iso(s.revoked) if s.revoked is not None else None
+        updated = r.steps[-1][0] if r.steps else r.created  # as referral_lines writes it
         yield _line(
-            s.id, r.id, _iso(r.created), s.agency, s.access, s.purpose, NECESSITY[s.purpose],
+            s.id, r.id, _iso(r.created), _iso(updated), s.agency, s.access, s.purpose, NECESSITY[s.purpose],
             s.article_6,
             s.condition, GATEWAY, s.consent, s.rationale,
             _iso(s.expires) if s.expires is not None else None, _iso(s.created), r.lead,
@@ -2382,7 +2383,7 @@ class Bench:
         self.http = self.app.test_client()
         self.targets = find_targets(url, marker)
         self.secrets = self._fresh_secrets()
-        self.tokens: dict[str, tuple[float, str]] = {}
+        self.tokens: dict[str, tuple[float | None, str]] = {}
 
     def _fresh_secrets(self) -> dict[str, str]:
         """A new secret for each calling client (only its hash was ever stored)."""
@@ -2398,8 +2399,9 @@ class Bench:
         return found
 
     def headers(self, role: str) -> dict[str, str]:
-        fetched, token = self.tokens.get(role, (0.0, ""))
-        if time.monotonic() - fetched > 600:  # tokens live 900 s
+        # No sentinel time: the monotonic clock starts near 0 on a machine just booted.
+        fetched, token = self.tokens.get(role, (None, ""))
+        if fetched is None or time.monotonic() - fetched > 600:  # tokens live 900 s
             client_id = self.targets.values[f"client.{role}"]
             basic = base64_credentials(client_id, self.secrets[role])
             response = self.http.post(

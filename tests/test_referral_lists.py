@@ -4,8 +4,15 @@ agency may see, once each, in (created_at, id) order, with each filter applied t
 
 from __future__ import annotations
 
-import pytest
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
+import pytest
+from sqlalchemy import func, select, update
+
+from casehub.models import Referral, Share
 from tests.helpers import referral_body, share_body, transfer_lead
 
 
@@ -116,3 +123,89 @@ def test_shares_made_in_any_order_list_in_their_referrals_order(client, factory)
     # btp keeps a share of the referral it handed over; it lists after those it still leads.
     walked = [r["id"] for r in _walk(client, btp, "", 2)]
     assert walked == _order([*made, led_then_transferred])
+
+
+def _patch(client, partner, referral_id: str, **changes) -> dict:
+    etag = client.get(f"/v1/referrals/{referral_id}", headers=partner.headers()).headers["ETag"]
+    response = client.patch(
+        f"/v1/referrals/{referral_id}", json=changes, headers=partner.headers(**{"If-Match": etag})
+    )
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def _transition(client, partner, referral_id: str, to: str) -> dict:
+    etag = client.get(f"/v1/referrals/{referral_id}", headers=partner.headers()).headers["ETag"]
+    response = client.post(
+        f"/v1/referrals/{referral_id}/transitions",
+        json={"to": to},
+        headers=partner.headers(**{"If-Match": etag}),
+    )
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_updated_since_lists_what_changed_in_both_streams_however_it_changed(
+    client, factory, db_session
+):
+    """`updated_since` reads each stream from what changed (a share keeps a copy of its
+    referral's updated_at): an update, a transition or a transfer after the moment lists the
+    referral for every agency that sees it, in (created_at, id) order; sharing an unchanged
+    referral does not; and the copies never differ from the referrals, whoever wrote them."""
+    btp = factory.partner("btp")
+    notts = factory.partner("notts-cs", kind="local_authority")
+    factory.partner("tcs", kind="charity")
+
+    def raise_one(author) -> dict:
+        made = client.post("/v1/referrals", json=referral_body(), headers=author.headers())
+        assert made.status_code == 201, made.get_json()
+        return made.get_json()
+
+    def share(referral: dict, agency: str) -> None:
+        shared = client.post(
+            f"/v1/referrals/{referral['id']}/shares",
+            json=share_body(agency),
+            headers=btp.headers(),
+        )
+        assert shared.status_code == 201, shared.get_json()
+
+    patched, untouched, shared_late, handed, moved_on = (raise_one(btp) for _ in range(5))
+    own = raise_one(notts)
+    for referral in (patched, untouched, moved_on):
+        share(referral, "notts-cs")
+    since = max(r["updated_at"] for r in (patched, untouched, shared_late, handed, moved_on, own))
+    time.sleep(0.002)  # every change below is strictly later than `since`
+
+    patched = _patch(client, btp, patched["id"], summary="Seen again at the station.")
+    share(shared_late, "notts-cs")  # shared now, but unchanged since
+    own = _transition(client, notts, own["id"], "acknowledged")
+    transfer_lead(client, btp, handed["id"], "notts-cs")  # notts-cs leads it now
+    transfer_lead(client, btp, moved_on["id"], "tcs")  # notts-cs's share stays open
+
+    query = "&" + urlencode({"updated_since": since})
+    expected_notts = _order([patched, own, handed, moved_on])
+    expected_btp = _order([patched, handed, moved_on])  # the last two through retained shares
+    for limit in (1, 2, 50):
+        assert [r["id"] for r in _walk(client, notts, query, limit)] == expected_notts
+        assert [r["id"] for r in _walk(client, btp, query, limit)] == expected_btp
+    for item in _walk(client, notts, query, 50):
+        assert item["updated_at"] > since
+    unchanged = _walk(
+        client, notts, "&" + urlencode({"updated_since": since}) + "&risk_level=low", 5
+    )
+    assert unchanged == []
+
+    # An operator's UPDATE moves the copies too (a trigger, on both databases).
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    db_session.execute(
+        update(Referral).where(Referral.id == uuid.UUID(untouched["id"])).values(updated_at=later)
+    )
+    differing = db_session.execute(
+        select(func.count())
+        .select_from(Share)
+        .join(Referral, Referral.id == Share.referral_id)
+        .where(Share.referral_updated_at != Referral.updated_at)
+    ).scalar_one()
+    assert differing == 0
+    moved = "&" + urlencode({"updated_since": (later - timedelta(seconds=1)).isoformat()})
+    assert [r["id"] for r in _walk(client, notts, moved, 5)] == [untouched["id"]]

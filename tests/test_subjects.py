@@ -533,6 +533,7 @@ def _share(db_session, referral: Referral, agency: str, **kw: Any) -> Share:
     share = Share(
         referral_id=referral.id,
         referral_created_at=referral.created_at,
+        referral_updated_at=referral.updated_at,
         agency_code=agency,
         access="read",
         purpose="support_service",

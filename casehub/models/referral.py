@@ -17,6 +17,14 @@ class Referral(Base):
     __table_args__ = (
         Index("ix_referrals_created_at_id", "created_at", "id"),
         Index("ix_referrals_lead_agency_created_at", "lead_agency", "created_at"),
+        # What a lead changed since a moment (`updated_since`), read index-only on PostgreSQL
+        # and sorted into list order afterwards (migration 0012).
+        Index(
+            "ix_referrals_lead_agency_updated_at",
+            "lead_agency",
+            "updated_at",
+            postgresql_include=["created_at", "id"],
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -36,7 +44,7 @@ class Referral(Base):
     immediate_action: Mapped[str | None] = mapped_column(String(1000))
     status: Mapped[str] = mapped_column(String(20), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     category_rows: Mapped[list[ReferralCategory]] = relationship(
@@ -159,6 +167,16 @@ class Share(Base):
             postgresql_where=text("ended_at IS NULL"),
             sqlite_where=text("ended_at IS NULL"),
         ),
+        # An agency's open shares by when their referral last changed (`updated_since`),
+        # carrying what the list needs so that the range is read index-only on PostgreSQL.
+        Index(
+            "ix_shares_open_agency_updated",
+            "agency_code",
+            "referral_updated_at",
+            postgresql_include=["referral_created_at", "referral_id", "revoked_at", "expires_at"],
+            postgresql_where=text("ended_at IS NULL"),
+            sqlite_where=text("ended_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -166,6 +184,9 @@ class Share(Base):
     agency_code: Mapped[str] = mapped_column(ForeignKey("agencies.code"))
     # A copy of the referral's created_at (which never changes), for lists in its order.
     referral_created_at: Mapped[datetime]
+    # A copy of the referral's updated_at, kept equal by a trigger on referrals (migration 0012)
+    # whoever updates it; written here when the share is made.
+    referral_updated_at: Mapped[datetime]
     access: Mapped[str] = mapped_column(String(10))  # read | contribute
     purpose: Mapped[str] = mapped_column(String(40))
     necessity: Mapped[str] = mapped_column(String(2000))

@@ -150,7 +150,16 @@ class ReferralQueryArgsSchema(ListArgsSchema):
             )
         }
     )
-    updated_since = ma.fields.AwareDateTime()
+    updated_since = ma.fields.AwareDateTime(
+        metadata={
+            "description": (
+                "Only referrals whose updated_at is at or after this moment (with an offset). "
+                "An update, a status change and a transfer of the lead change updated_at; a "
+                "share, a note or an acknowledgement does not. The list keeps its "
+                "(created_at, id) order, so a cursor walk returns each such referral once."
+            )
+        }
+    )
 
 
 class TransitionCreateSchema(StrictSchema):

@@ -114,12 +114,14 @@ def visible_referrals(actor: Actor, now: datetime) -> Select[tuple[Referral]]:
 
 @dataclass(frozen=True)
 class Stream:
-    """Visible referrals as (id, created_at) rows, and the two columns that give its order
-    (created_at, id) from the index the stream is read by."""
+    """Visible referrals as (id, created_at) rows, the two columns that give its order
+    (created_at, id) from the index the stream is read by, and the referral's updated_at as
+    that index's table holds it (a share keeps a copy: `updated_since` is a range of it)."""
 
     stmt: Select[Any]
     created_at: ColumnElement[datetime]
     id: ColumnElement[uuid.UUID]
+    updated_at: ColumnElement[datetime]
 
 
 def visible_referral_streams(
@@ -139,6 +141,7 @@ def visible_referral_streams(
                 ),
                 Referral.created_at,
                 Referral.id,
+                Referral.updated_at,
             )
         )
     if shared:
@@ -152,6 +155,7 @@ def visible_referral_streams(
                 ),
                 Share.referral_created_at,
                 Share.referral_id,
+                Share.referral_updated_at,
             )
         )
     return streams
@@ -159,10 +163,16 @@ def visible_referral_streams(
 
 def subject_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
     """Subjects the agency created, or that a referral visible to it is about."""
+    return subject_visible_to(actor.agency, now)
+
+
+def subject_visible_to(agency: Agency, now: Moment) -> ColumnElement[bool]:
     about_visible = exists(
-        select(Referral.id).where(Referral.subject_id == Subject.id, referral_visible(actor, now))
+        select(Referral.id).where(
+            Referral.subject_id == Subject.id, referral_visible_to(agency, now)
+        )
     )
-    return or_(Subject.created_by_agency == actor.agency, about_visible)
+    return or_(Subject.created_by_agency == agency, about_visible)
 
 
 def visible_subjects(actor: Actor, now: datetime) -> Select[tuple[Subject]]:

@@ -361,13 +361,13 @@ def list_referrals(
 ) -> tuple[list[Referral], str | None]:
     """One page in (created_at, id) order. Each of the two visibility streams (led, shared
     with the caller) is read in that order, filtered and limited on its own, and the page is
-    the first `limit` of their merge, so neither stream is read further than one page."""
+    the first `limit` of their merge, so neither stream is read further than one page.
+    With `updated_since` a stream is instead the range of what changed since then (an index
+    on updated_at beside the agency), sorted: what changed, not what the agency holds."""
     clauses: list[ColumnElement[bool]] = []
     for name in ("status", "risk_level", "subject_id", "lead_agency"):
         if name in filters:
             clauses.append(getattr(Referral, name) == filters[name])
-    if "updated_since" in filters:
-        clauses.append(Referral.updated_at >= filters["updated_since"])
     if "category" in filters:
         clauses.append(
             exists().where(
@@ -382,6 +382,7 @@ def list_referrals(
                 ReferralIndicator.code == filters["indicator"],
             )
         )
+    since = filters.get("updated_since")
     after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
     mine = filters.get("shared_with_me")
     lead_filter = filters.get("lead_agency")
@@ -396,6 +397,8 @@ def list_referrals(
         parts = [
             stream.stmt.where(
                 *clauses,
+                # Each stream's own copy of updated_at: a range of the index it is read by.
+                *([stream.updated_at >= since] if since is not None else []),
                 *([tuple_(stream.created_at, stream.id) > tuple_(*after)] if after else []),
             )
             .order_by(stream.created_at, stream.id)

@@ -134,6 +134,7 @@ def create_share(
     share = Share(
         referral_id=referral_id,
         referral_created_at=view.referral.created_at,
+        referral_updated_at=view.referral.updated_at,
         agency_code=data["agency"],
         access=data["access"],
         purpose=data["purpose"],
@@ -284,6 +285,7 @@ def transfer_lead(
     retained = Share(
         referral_id=referral_id,
         referral_created_at=referral.created_at,
+        referral_updated_at=referral.updated_at,
         agency_code=old_lead,
         access="contribute",
         purpose=RETAINED_SHARE_PURPOSE,
