@@ -127,11 +127,17 @@ class Stream:
 def visible_referral_streams(
     actor: Actor, now: datetime, *, led: bool = True, shared: bool = True
 ) -> list[Stream]:
-    """The referrals the actor's agency sees as two disjoint streams to be read in one order
-    and merged: those it leads (an index range on lead_agency), and those another agency leads
-    and shares with it (a range of its open shares in referral order, ix_shares_open_agency_order).
-    Together they are exactly `referral_visible`; apart, a list need not test a large lead's
-    every referral against all of its shares, nor read and sort every share an agency holds."""
+    """The referrals the actor's agency sees as two streams to be read in one order and merged:
+    those it leads (an index range on lead_agency), and those shared with it (a range of its
+    open shares in referral order, ix_shares_open_agency_order). Together they are exactly
+    `referral_visible`; apart, a list need not test a large lead's every referral against all
+    of its shares, nor read and sort every share an agency holds.
+
+    The streams are disjoint by construction (no agency is shared its own referral, and a
+    transfer ends the new lead's share), and a merge that drops a repeat keeps them so whatever
+    happens; so the shared stream needs nothing from `referrals`. Its join is a LEFT JOIN on
+    the key, which PostgreSQL removes unless a filter names a referral's column (which then
+    makes it an inner join): a plain or `updated_since` list reads the shares index alone."""
     streams: list[Stream] = []
     if led:
         streams.append(
@@ -147,12 +153,10 @@ def visible_referral_streams(
     if shared:
         streams.append(
             Stream(
-                select(Referral.id, Share.referral_created_at.label("created_at"))
+                select(Share.referral_id.label("id"), Share.referral_created_at.label("created_at"))
                 .select_from(Share)
-                .join(Referral, Referral.id == Share.referral_id)
-                .where(
-                    active_share_clause(actor.agency, now), Referral.lead_agency != actor.agency
-                ),
+                .outerjoin(Referral, Referral.id == Share.referral_id)
+                .where(active_share_clause(actor.agency, now)),
                 Share.referral_created_at,
                 Share.referral_id,
                 Share.referral_updated_at,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, insert, select, tuple_, union_all
+from sqlalchemy import ColumnElement, Select, bindparam, exists, insert, select, tuple_, union
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -394,19 +395,9 @@ def list_referrals(
     )
     items: list[Referral] = []
     if streams:
-        parts = [
-            stream.stmt.where(
-                *clauses,
-                # Each stream's own copy of updated_at: a range of the index it is read by.
-                *([stream.updated_at >= since] if since is not None else []),
-                *([tuple_(stream.created_at, stream.id) > tuple_(*after)] if after else []),
-            )
-            .order_by(stream.created_at, stream.id)
-            .limit(limit + 1)
-            .subquery()
-            for stream in streams
-        ]
-        merged = union_all(*(select(p.c.id, p.c.created_at) for p in parts)).subquery()
+        parts = [_stream_page(stream, clauses, since, after, limit) for stream in streams]
+        # UNION, not UNION ALL: a referral both streams hold (they never should) lists once.
+        merged = union(*(select(p.c.id, p.c.created_at) for p in parts)).subquery()
         items = list(
             session.execute(
                 _with_children(select(Referral))
@@ -428,6 +419,34 @@ def list_referrals(
         purpose=actor.purpose or "case_work",
     )
     return items, next_cursor
+
+
+def _stream_page(
+    stream: policy.Stream,
+    clauses: list[ColumnElement[bool]],
+    since: datetime | None,
+    after: Sequence[Any] | None,
+    limit: int,
+) -> Any:
+    """The first `limit + 1` rows of one visibility stream after the cursor, in list order.
+
+    Without `updated_since` the stream is walked in its index's order and stops at the page.
+    With it, the rows changed since then come from a range of updated_at beside the agency (the
+    stream's own copy), all of them, and are sorted: walked in created order, a lead's recent
+    changes sit at the end of its whole history, and PostgreSQL, counting on them to be spread
+    evenly, would choose that walk. OFFSET 0 keeps the range a subquery planned on its own."""
+    stmt = stream.stmt.where(
+        *clauses, *([tuple_(stream.created_at, stream.id) > tuple_(*after)] if after else [])
+    )
+    if since is None:
+        return stmt.order_by(stream.created_at, stream.id).limit(limit + 1).subquery()
+    changed = stmt.where(stream.updated_at >= since).offset(0).subquery()
+    return (
+        select(changed.c.id, changed.c.created_at)
+        .order_by(changed.c.created_at, changed.c.id)
+        .limit(limit + 1)
+        .subquery()
+    )
 
 
 def update_referral(
