@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from casehub.db import utcnow
 from casehub.models import AuditEvent, Referral, Share, Subject, SubjectNameKey
@@ -770,8 +770,9 @@ def test_search_finds_what_a_scan_of_every_visible_subject_finds(client, btp, co
 
     assert sum(bool(expected(q)) for q in queries) > len(queries) // 2
     several_words = [q for q in queries if len(names.query_tokens(q)) > 1]
-    # As deployed; in batches of one or two subjects, so that batches end inside runs of a
-    # subject's keys; and with every word "common", so that PostgreSQL's estimates rank them.
+    # As deployed; in batches of two candidates at most, so that a page takes several batches
+    # that resume after a candidate names.matches refused; and with every word "common", so
+    # that PostgreSQL's estimates rank them.
     settings = [
         (subjects_service.FIRST_BATCH, subjects_service.MAX_BATCH, subjects_service.RARE_ROWS),
         (1, 2, subjects_service.RARE_ROWS),
@@ -787,3 +788,94 @@ def test_search_finds_what_a_scan_of_every_visible_subject_finds(client, btp, co
             for limit in limits:
                 walked = [s["id"] for s in _walk(client, btp, limit, q=q)]
                 assert walked == expected(q), (q, limit, first, rare)
+
+
+def test_several_words_find_only_the_children_close_to_every_word(client, btp, council):
+    """Each word may be matched by a different name, an alias or a typo; a child close to one
+    word only, or whose keys meet both words but whose names are two edits from one (Akof
+    shares the key "kof" with Kofi), or whom the caller cannot see, is not found."""
+
+    def child(partner, given, family, aliases=()):
+        create(client, partner, given_name=given, family_name=family, aliases=list(aliases))
+
+    child(btp, "Kofi", "Mensah")
+    child(btp, "Kofi", "Boateng")  # the first word only
+    child(btp, "Ama", "Mensah")  # the second word only
+    child(btp, "Kwame", "Mensha", ["Kofi"])  # an alias, and the surname one swap away
+    child(btp, "Koffi", "Mensah-Owusu")  # one letter more, and part of a hyphenated name
+    child(btp, "Akof", "Mensah")  # shares a key with "kofi", two edits from it
+    child(btp, "Kofimensah", "Addo")  # one word that holds both
+    child(council, "Kofi", "Mensah")  # not visible to btp
+    assert found_names(client, btp, "kofi mensah") == [
+        "Koffi Mensah-Owusu",
+        "Kofi Mensah",
+        "Kwame Mensha",
+    ]
+    assert found_names(client, btp, "mensah kofi") == found_names(client, btp, "kofi mensah")
+    # A typo in the second word: one swap from Mensah, two from Mensha.
+    assert found_names(client, btp, "kofi mesnah") == ["Koffi Mensah-Owusu", "Kofi Mensah"]
+    assert found_names(client, btp, "kofi mensah owusu") == ["Koffi Mensah-Owusu"]
+    assert found_names(client, btp, "kofi addo") == []
+    assert found_names(client, council, "kofi mensah") == ["Kofi Mensah"]
+
+
+def test_a_walk_over_many_matches_of_several_words_pages_in_order(
+    client, btp, council, factory, db_session
+):
+    """Matches of both words among children with one word only, others' children and a child
+    seen through a share: every page is in (created_at, id) order, and the walk returns each
+    visible match once whatever the page size."""
+    charity = factory.partner("catch22", kind="charity")
+    matches: dict[str, list[str]] = {"btp": [], "catch22": []}
+    for i in range(36):
+        kind = i % 4
+        if kind == 0:  # both words, recorded by btp
+            family = ["Nkemdirim", "Nkemdrim", "Nkemdirimm"][i % 3]
+            subject = create(client, btp, given_name="Ada", family_name=family, aliases=[])
+            matches["btp"].append(subject.get_json()["id"])
+        elif kind == 1:  # the first word only
+            create(client, btp, given_name="Ada", family_name=f"Okafor{i}", aliases=[])
+        elif kind == 2:  # both words by alias, recorded by the council and shared with catch22
+            subject = create(
+                client, council, given_name="Chi", family_name="Eze", aliases=["Ada Nkemdirim"]
+            ).get_json()
+            referral = add_referral(db_session, subject["id"], lead="nottscc")
+            _share(db_session, referral, "catch22")
+            matches["catch22"].append(subject["id"])
+        else:  # both words, invisible to btp and catch22
+            create(client, council, given_name="Adah", family_name="Nkemdirim", aliases=[])
+    for partner in (btp, charity):
+        for limit in (1, 2, 5, 50):
+            walked = [s["id"] for s in _walk(client, partner, limit, q="ada nkemdirim")]
+            assert walked == matches[partner.agency], (partner.agency, limit)
+
+
+def test_a_search_reads_its_page_in_one_statement_however_common_the_name(
+    client, btp, council, db_session
+):
+    """Candidates come with every word, visibility and the whole subject in one statement: a
+    page costs one read of the name keys for one word, and two (the rarest word first) for
+    several, however many candidates have the rarest word only or are hidden from the viewer."""
+    for _ in range(10):
+        create(client, btp, given_name="Tom", family_name="Jones", aliases=[])
+    for i in range(12):  # Hardy10 and Hardy11 are two edits from "hardy"
+        create(client, btp, given_name="Tom", family_name=f"Hardy{i}", aliases=[])
+    for _ in range(20):
+        create(client, council, given_name="Sam", family_name="Hardy", aliases=[])
+    for given_name in ["Eli"] * 6 + ["Li"] * 6:  # "li" is a deletion of Eli, not a whole word
+        create(client, btp, given_name=given_name, family_name="Chen", aliases=[])
+    headers = btp.headers()
+    for q, keyed in (("tom", 1), ("hardy", 1), ("li", 1), ("tom hardy", 2)):
+        seen: list[str] = []
+
+        def note(_conn, _cursor, statement, *_, seen=seen):  # type: ignore[no-untyped-def]
+            seen.append(statement)
+
+        connection = db_session.connection()
+        event.listen(connection, "before_cursor_execute", note)
+        try:
+            page = search(client, btp, headers=headers, q=q, limit=5)
+        finally:
+            event.remove(connection, "before_cursor_execute", note)
+        assert len(page["items"]) == 5 and page["next_cursor"], q
+        assert sum("subject_name_keys" in s for s in seen) == keyed, (q, seen)

@@ -19,12 +19,11 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
-    true,
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -52,12 +51,18 @@ _PLAIN_FIELDS = (
     "identifiers",
 )
 _NAME_FIELDS = frozenset({"given_name", "family_name", "aliases"})
-# A search reads candidate subjects in batches: FIRST_BATCH per page row asked for, then twice as
-# many each time up to MAX_BATCH, so a name whose matches are rare among its candidates (a
-# common surname, an agency that sees few of them) costs a few round trips, not dozens.
-FIRST_BATCH = 4
+# A search reads its candidates in batches: FIRST_BATCH per page row asked for (and one more),
+# then twice as many each time up to MAX_BATCH. A candidate already has keys of every query word
+# and is visible, so names.matches refuses few of them (names that share a key yet are two edits
+# apart): the first batch is nearly always the last.
+FIRST_BATCH = 1
 MAX_BATCH = 2000
-RARE_ROWS = 2000  # key rows counted per query word to find the rarest
+# Key rows counted per query word to find the rarest (some 2 ms for a word at the cap). A search
+# whose words are rarely found together walks every row of its driving word: at a million
+# children a rare surname has 3,000-7,000 rows and a common given name 25,000-40,000, which a
+# cap of 2,000 could not tell apart (PostgreSQL's estimates, which know only the commonest keys,
+# then drove "Aoife Ridwright" by Aoife: 4,436 candidates probed instead of 959).
+RARE_ROWS = 10_000
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -234,16 +239,23 @@ def search_subjects(
 ) -> tuple[list[Subject], str | None]:
     """Visible subjects, optionally by name or alias (`q`) and exact date of birth, in
     (created_at, id) order; returns one page and the cursor of the next."""
-    stmt = policy.visible_subjects(actor, now)
-    if date_of_birth is not None:
-        stmt = stmt.where(Subject.date_of_birth == date_of_birth)
     if q is None:
+        stmt = policy.visible_subjects(actor, now)
+        if date_of_birth is not None:
+            stmt = stmt.where(Subject.date_of_birth == date_of_birth)
         items, next_cursor = keyset_page(session, stmt, keys=ORDER, limit=limit, cursor=cursor)
     else:
         tokens = names.query_tokens(q)
         if not tokens:
             raise ValidationFailed.field("q", "Must contain letters or digits.", location="query")
-        items, next_cursor = _matching_page(session, stmt, tokens, limit=limit, cursor=cursor)
+        items, next_cursor = _matching_page(
+            session,
+            policy.viewer(actor, now),
+            tokens,
+            date_of_birth=date_of_birth,
+            limit=limit,
+            cursor=cursor,
+        )
     audit.record(
         session,
         actor,
@@ -269,14 +281,15 @@ class _Word:
 
 
 # The search's statements are built once per shape (how many keys the driving word has, which
-# words must match whole, whether a batch resumes after a candidate) with bound parameters:
-# building these unions of subqueries costs several times more CPU than PostgreSQL takes to run
-# them (policy.py does the same for its visibility statements).
+# words must match whole, whether a batch resumes after a candidate, whether a date of birth
+# narrows it) with bound parameters: building these unions of subqueries costs several times
+# more CPU than PostgreSQL takes to run them (policy.py does the same for its visibility).
 _AFTER = (
     bindparam("after_created_at", type_=SubjectNameKey.subject_created_at.type),
     bindparam("after_id", type_=SubjectNameKey.subject_id.type),
 )
 _SIZE = bindparam("size", type_=Integer())
+_DATE_OF_BIRTH = bindparam("date_of_birth", type_=Subject.date_of_birth.type)
 
 
 def _key_rows(keys: Any, word: int, whole_only: bool) -> ColumnElement[bool]:
@@ -292,55 +305,71 @@ def _word_parameters(words: Sequence[_Word]) -> dict[str, Any]:
 
 def _matching_page(
     session: Session,
-    visible: Select[tuple[Subject]],
+    viewer: dict[str, Any],
     tokens: list[str],
     *,
+    date_of_birth: date | None,
     limit: int,
     cursor: str | None,
 ) -> tuple[list[Subject], str | None]:
     """A keyset page of the visible subjects that really are within one edit of every query word.
 
-    Candidates come in page order from the key index of the rarest word, in batches that double
-    in size (`_candidates`). Each batch is narrowed cheapest first: by the other words' keys (in
-    the index), then by visibility, reading only the names of the visible, which are checked in
-    Python; the page's subjects are read whole at the end. The next cursor is the last subject
-    returned, so a walk neither skips nor repeats however many candidates fail, and it names no
-    subject the caller cannot see.
+    One statement (`_walk_statement`) walks the key index of the rarest word in page order and
+    keeps the subjects that have keys of every other word and that the viewer may see; their
+    names are checked in Python, and a batch is read again after its last candidate only when
+    names.matches refused some. The next cursor is the last subject returned, so a walk neither
+    skips nor repeats however many candidates fail, and it names no subject the caller cannot see.
     """
     after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
     driver, *others = _rarest_first(session, [_Word.of(token) for token in tokens])
-    named = visible.with_only_columns(
-        *ORDER, Subject.given_name, Subject.family_name, Subject.aliases
-    ).order_by(*ORDER)
+    parameters: dict[str, Any] = {
+        **viewer,
+        **{f"key_{n}": key for n, key in enumerate(driver.keys)},
+        **_word_parameters(others),
+    }
+    if date_of_birth is not None:
+        parameters["date_of_birth"] = date_of_birth
     size = min(FIRST_BATCH * (limit + 1), MAX_BATCH)
-    found: list[tuple[datetime, uuid.UUID]] = []
+    on_postgresql = session.get_bind().dialect.name == "postgresql"
+    found: list[Subject] = []
     while True:
-        batch = _candidates(session, driver, others, after=after, size=size)
-        if batch.keyed:
-            found.extend(
-                (row.created_at, row.id)
-                for row in session.execute(named.where(Subject.id.in_(batch.keyed)))
-                if names.matches(
-                    tokens,
-                    names.subject_tokens(row.given_name, row.family_name, row.aliases or []),
-                )
+        stmt = _walk_statement(
+            len(driver.keys),
+            driver.whole_only,
+            tuple(word.whole_only for word in others),
+            resumed=after is not None,
+            by_birth_date=date_of_birth is not None,
+            on_postgresql=on_postgresql,
+        )
+        if after is not None:
+            parameters["after_created_at"], parameters["after_id"] = after
+        batch = list(session.execute(stmt, {**parameters, "size": size}).scalars())
+        found.extend(
+            subject
+            for subject in batch
+            if names.matches(
+                tokens,
+                names.subject_tokens(
+                    subject.given_name, subject.family_name, subject.aliases or []
+                ),
             )
-        if len(found) > limit or batch.read < size:
+        )
+        if len(found) > limit or len(batch) < size:
             break
-        after = batch.last
+        after = (batch[-1].created_at, batch[-1].id)
         size = min(size * 2, MAX_BATCH)
-    if not found:
-        return [], None
-    ids = [subject_id for _, subject_id in found[:limit]]
-    page = list(session.execute(visible.where(Subject.id.in_(ids)).order_by(*ORDER)).scalars())
-    return page, encode_cursor(found[limit - 1]) if len(found) > limit else None
+    if len(found) <= limit:
+        return found, None
+    last = found[limit - 1]
+    return found[:limit], encode_cursor((last.created_at, last.id))
 
 
 def _rarest_first(session: Session, words: list[_Word]) -> list[_Word]:
     """The words, the one with the fewest key rows first: it drives the search, and the others
     are probed per candidate. Rows are counted up to RARE_ROWS each, which is exact for a rare
     name; when every word is commoner than that, PostgreSQL's planner estimates rank them
-    (its statistics know the common names), else the query's order stands."""
+    (its statistics know the common names; a page of common names rarely needs every row),
+    else the query's order stands."""
     if len(words) == 1:
         return words
     stmt = _count_statement(tuple(word.whole_only for word in words))
@@ -382,53 +411,33 @@ def _estimated_rows(session: Session, word: _Word) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
-@dataclass(frozen=True)
-class _Batch:
-    keyed: list[uuid.UUID]  # in page order: the candidates with keys of every query word
-    read: int  # how many candidates were read (fewer than asked: there are no more)
-    last: tuple[datetime, uuid.UUID] | None  # the last read, where the next batch starts
-
-
-def _candidates(
-    session: Session,
-    driver: _Word,
-    others: list[_Word],
-    *,
-    after: Sequence[Any] | None,
-    size: int,
-) -> _Batch:
-    """The first `size` subjects after `after` in page order that have a key of the driving
-    word, and which of them have keys of the other words too, from the key index alone; see
-    `_candidates_statement`."""
-    stmt = _candidates_statement(
-        len(driver.keys), driver.whole_only, tuple(w.whole_only for w in others), after is not None
-    )
-    parameters: dict[str, Any] = {
-        **{f"key_{n}": key for n, key in enumerate(driver.keys)},
-        **_word_parameters(others),
-        "size": size,
-    }
-    if after is not None:
-        parameters["after_created_at"], parameters["after_id"] = after
-    rows = list(session.execute(stmt, parameters))
-    if not rows:
-        return _Batch([], 0, None)
-    return _Batch(
-        [row.subject_id for row in rows if row.has_every_word],
-        rows[0].read,
-        (rows[-1].subject_created_at, rows[-1].subject_id),
-    )
-
-
 @functools.lru_cache(maxsize=256)
-def _candidates_statement(
-    key_count: int, whole_only: bool, others: tuple[bool, ...], resumed: bool
-) -> Select[Any]:
-    """For each key of the driving word (parameters key_0, key_1, ...), its first `size` rows in
-    the ordered index, merged, each subject once: a subject among the first `size` overall is
-    among the first `size` rows of any key it has, so none is missed, and PostgreSQL merges the
-    ordered ranges (Merge Append), reading about `size` rows per key however many subjects have
-    it. The other words are probed per subject, after the merge."""
+def _walk_statement(
+    key_count: int,
+    whole_only: bool,
+    others: tuple[bool, ...],
+    *,
+    resumed: bool,
+    by_birth_date: bool,
+    on_postgresql: bool,
+) -> Select[tuple[Subject]]:
+    """The first `size` visible subjects after `after` in page order that have a key of the
+    driving word (parameters key_0, key_1, ...) and of every other word (words_0, words_1, ...).
+
+    Each driving key is a range of ix_subject_name_keys_key_order already in page order. Each
+    range is ordered in its own subquery, so PostgreSQL merges them (Merge Append), and DISTINCT
+    ON keeps a subject once (Unique; a subject has several keys of one word). Both stream: under
+    the LIMIT the ranges are read only as far as the page needs. A plain DISTINCT means the same
+    (SQLite, which has no DISTINCT ON, uses it), but PostgreSQL plans this subquery for all of
+    its rows (the outer query joins) and hashed them: every one of the 91,000 key rows of
+    "Smith" at a million children, to keep 234. DISTINCT ON it can only sort or merge, and
+    merging ranges already in order costs less than sorting them.
+
+    Each candidate is then probed for the other words' keys, and only those that have them are
+    read from subjects and tested for visibility, in the same statement: a common name costs
+    about a page of candidates over what the viewer cannot see, a rare one all its candidates
+    (a rare name has few), and neither costs a round trip per batch.
+    """
     keys = SubjectNameKey
     order = (keys.subject_created_at, keys.subject_id)
     arms = []
@@ -438,32 +447,28 @@ def _candidates_statement(
             arm = arm.where(keys.whole_word)
         if resumed:
             arm = arm.where(tuple_(*order) > tuple_(*_AFTER))
-        arms.append(arm.order_by(*order).limit(_SIZE).subquery())
-    if len(arms) == 1:
-        stream = arms[0]
+        arms.append(arm)
+    if key_count == 1:
+        stream = arms[0].subquery()  # one row per subject (the primary key is subject and key)
     else:
-        stream = union_all(
-            *(select(arm.c.subject_created_at, arm.c.subject_id) for arm in arms)
-        ).subquery()
-    columns = (stream.c.subject_created_at, stream.c.subject_id)
-    batch = select(*columns).distinct().order_by(*columns).limit(_SIZE).subquery()
-    probes = (_has_keys_of(n, whole, batch.c.subject_id) for n, whole in enumerate(others))
-    from_last = (batch.c.subject_created_at.desc(), batch.c.subject_id.desc())
-    probed = select(
-        *batch.c,
-        and_(true(), *probes).label("has_every_word"),
-        func.count().over().label("read"),
-        func.row_number().over(order_by=from_last).label("from_last"),
-    ).subquery()
-    # Only the candidates that have every word come back, and the last one read, where the
-    # next batch starts: a common given name with a common surname reads thousands.
-    return (
-        select(
-            probed.c.subject_created_at, probed.c.subject_id, probed.c.has_every_word, probed.c.read
+        ordered = [arm.order_by(*order).subquery() for arm in arms]
+        merged = union_all(*(select(*arm.c) for arm in ordered)).subquery()
+        columns = (merged.c.subject_created_at, merged.c.subject_id)
+        once = select(*columns).order_by(*columns)
+        stream = (once.ext(distinct_on(*columns)) if on_postgresql else once.distinct()).subquery()
+    probes = (_has_keys_of(n, whole, stream.c.subject_id) for n, whole in enumerate(others))
+    stmt = (
+        select(Subject)
+        .select_from(stream)
+        .join(Subject, Subject.id == stream.c.subject_id)
+        .where(
+            *probes,
+            policy.subject_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW),
         )
-        .where(or_(probed.c.has_every_word, probed.c.from_last == 1))
-        .order_by(probed.c.subject_created_at, probed.c.subject_id)
     )
+    if by_birth_date:
+        stmt = stmt.where(Subject.date_of_birth == _DATE_OF_BIRTH)
+    return stmt.order_by(stream.c.subject_created_at, stream.c.subject_id).limit(_SIZE)
 
 
 def _has_keys_of(word: int, whole_only: bool, subject_id: Any) -> ColumnElement[bool]:
