@@ -1,4 +1,4 @@
-"""Verification rate over 1,000,000 chained events on PostgreSQL (target: ≥ 200,000 events/s).
+"""Verification rate over 1,000,000 chained events on PostgreSQL (target: ≥ 500,000 events/s).
 
     .venv/bin/python -m bench.audit_verify [--events N]
 
@@ -17,7 +17,7 @@ from casehub.audit.checkpoints import CheckpointKey, sign_head
 from casehub.audit.verify import verify
 from casehub.db import make_engine
 
-TARGET = 200_000
+TARGET = 500_000
 
 
 def main() -> None:

@@ -331,16 +331,16 @@ def test_make_checkpoint_refuses_to_sign_a_broken_chain(db_session, key, is_post
 
 
 def test_an_interrupted_verification_read_leaves_the_connection_usable(db_session, key):
-    from casehub.audit.verify import _pg_records
+    from casehub.audit.verify import CopyStream, copy_sql
 
     if db_session.bind.dialect.name != "postgresql":
         pytest.skip("the COPY reader is PostgreSQL's")
     write(db_session, 50)
     chain(db_session)
-    reader = _pg_records(db_session.connection(), 0, 50)
-    stored_hash, record = next(reader)
-    assert len(stored_hash) == 64 and record.startswith(b"1\t" + b"0" * 64)
-    reader.close()  # cancels the COPY; the savepoint absorbs the aborted statement
+    with CopyStream(db_session.connection(), copy_sql(0, 50), borrowed=True) as stream:
+        line = next(stream.rows())
+        assert line[64:65] == b"\t" and line[65:].startswith(b"1\t" + b"0" * 64)
+    # Left mid-way: the COPY was cancelled and the savepoint absorbed the aborted statement.
     assert db_session.scalar(select(func.count()).select_from(AuditChain)) == 50
     assert verify(db_session.connection(), key=key).ok
 

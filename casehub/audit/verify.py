@@ -3,7 +3,9 @@
 The chain is streamed without building ORM objects, and every link is checked whatever order
 the rows arrive in. On PostgreSQL the database renders each canonical record itself (COPY text
 format is the canonical escaping) and streams them in insertion order, the cheapest join, so
-Python only hashes bytes; elsewhere rows are read in seq-keyset chunks and rendered in Python.
+Python only hashes bytes; a whole chain is read as two such streams at once, each over half the
+events, so that two backends render while Python hashes. Elsewhere rows are read in seq-keyset
+chunks and rendered in Python.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import hashlib
 import select
 import time
 from collections.abc import Generator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import pq
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func
 from sqlalchemy import select as sql_select
 
 from casehub.audit import canonical
@@ -68,6 +71,93 @@ class VerifyResult:
         }
 
 
+def digest_of(record: bytes | memoryview) -> bytes:
+    return hashlib.sha256(record).hexdigest().encode()
+
+
+class _Stream:
+    """Where one stream of rows stands: its last row, whose link to the next seq is settled
+    when the next row of the stream arrives (most often that very seq) or the stream ends."""
+
+    __slots__ = ("last_hash", "last_seq")
+
+    def __init__(self) -> None:
+        self.last_seq: int | None = None
+        self.last_hash = b""
+
+
+class _Links:
+    """Every link of the chain checked once both its ends are seen, in whatever order rows
+    arrive and from however many streams; and each signed checkpoint against its seq."""
+
+    def __init__(
+        self,
+        result: VerifyResult,
+        start_seq: int,
+        start_hash: bytes,
+        signed: dict[int, list[Checkpoint]],
+    ) -> None:
+        self.result = result
+        self.hash_of: dict[int, bytes] = {start_seq: start_hash}  # until seq + 1 arrives
+        self.prev_of: dict[int, bytes] = {}  # until seq - 1 arrives
+        self.signed = signed
+
+    def stream(self) -> _Stream:
+        return _Stream()
+
+    def check(
+        self, stream: _Stream, seq: int, prev_hash: bytes, stored_hash: bytes, digest: bytes
+    ) -> None:
+        """One row: its hash, its link to seq - 1, and the checkpoints that sign it."""
+        result = self.result
+        result.events += 1
+        if digest != stored_hash:
+            result.fail(seq, f"the event at seq {seq} does not match its hash")
+        if stream.last_seq is not None and seq == stream.last_seq + 1:
+            if prev_hash != stream.last_hash:
+                result.fail(seq, f"seq {seq} does not link to seq {seq - 1}")
+        else:
+            self.settle(stream)
+            before = self.hash_of.pop(seq - 1, None)
+            if before is None:
+                self.prev_of[seq] = prev_hash
+            elif before != prev_hash:
+                result.fail(seq, f"seq {seq} does not link to seq {seq - 1}")
+        stream.last_seq, stream.last_hash = seq, stored_hash
+        if seq in self.signed:
+            for checkpoint in self.signed.pop(seq):
+                if checkpoint.hash.encode() != stored_hash:
+                    result.fail(seq, f"checkpoint {checkpoint.id} does not match seq {seq}")
+
+    def settle(self, stream: _Stream) -> None:
+        """The link from the stream's last row to the next seq, wherever that row comes from."""
+        seq = stream.last_seq
+        if seq is None:
+            return
+        stream.last_seq = None
+        after = self.prev_of.pop(seq + 1, None)
+        if after is None:
+            self.hash_of[seq] = stream.last_hash
+        elif after != stream.last_hash:
+            self.result.fail(seq + 1, f"seq {seq + 1} does not link to seq {seq}")
+
+    def finish(self, head_seq: int) -> None:
+        """What never found its other end: missing seqs, and checkpoints of missing rows."""
+        result = self.result
+        for seq in self.prev_of:
+            result.fail(seq - 1, f"seq {seq - 1} is missing")
+        for seq in self.hash_of:
+            if seq < head_seq:
+                result.fail(seq + 1, f"seq {seq + 1} is missing")
+        for checkpoint_seq, unmatched in self.signed.items():
+            for checkpoint in unmatched:
+                where = "past the chain's end" if checkpoint_seq > head_seq else "which is missing"
+                result.fail(
+                    checkpoint_seq,
+                    f"checkpoint {checkpoint.id} signs seq {checkpoint_seq}, {where}",
+                )
+
+
 def verify(
     bind: Engine | Connection,
     *,
@@ -115,43 +205,16 @@ def verify(
             result.fail(start_seq, f"seq {start_seq} no longer matches its signed checkpoint")
     if head_seq < start_seq or (head_seq == start_seq and head_hash != start_hash):
         result.fail(head_seq if head_seq == start_seq else head_seq + 1, "the chain lost its head")
-    rows = (_pg_records if fast else _records)(bind, start_seq, head_seq)
-    # Rows may come in any order (PostgreSQL streams them in insertion order, which is cheaper
-    # to join and almost always seq order): each link is checked when both its ends are seen.
-    hash_of: dict[int, bytes] = {start_seq: start_hash.encode()}  # until seq + 1 arrives
-    prev_of: dict[int, bytes] = {}  # until seq - 1 arrives
-    sha256 = hashlib.sha256
-    for stored_hash, record in rows:
-        seq_text, prev_hash, _ = record.split(b"\t", 2)
-        seq = int(seq_text)
-        if sha256(record).hexdigest().encode() != stored_hash:
-            result.fail(seq, f"the event at seq {seq} does not match its hash")
-        before = hash_of.pop(seq - 1, None)
-        if before is None:
-            prev_of[seq] = prev_hash
-        elif before != prev_hash:
-            result.fail(seq, f"seq {seq} does not link to seq {seq - 1}")
-        after = prev_of.pop(seq + 1, None)
-        if after is None:
-            hash_of[seq] = stored_hash
-        elif after != stored_hash:
-            result.fail(seq + 1, f"seq {seq + 1} does not link to seq {seq}")
-        for checkpoint in signed.pop(seq, ()):
-            if checkpoint.hash.encode() != stored_hash:
-                result.fail(seq, f"checkpoint {checkpoint.id} does not match seq {seq}")
-        result.events += 1
-    for seq in prev_of:
-        result.fail(seq - 1, f"seq {seq - 1} is missing")
-    for seq in hash_of:
-        if seq < head_seq:
-            result.fail(seq + 1, f"seq {seq + 1} is missing")
-    for checkpoint_seq, unmatched in signed.items():
-        for checkpoint in unmatched:
-            where = "past the chain's end" if checkpoint_seq > head_seq else "which is missing"
-            result.fail(
-                checkpoint_seq, f"checkpoint {checkpoint.id} signs seq {checkpoint_seq}, {where}"
-            )
-    rows.close()
+    links = _Links(result, start_seq, start_hash.encode(), signed)
+    if fast:
+        _pg_check(bind, start_seq, head_seq, links)
+    else:
+        stream = links.stream()
+        for stored_hash, record in _records(bind, start_seq, head_seq):
+            seq_text, prev_hash, _ = record.split(b"\t", 2)
+            links.check(stream, int(seq_text), prev_hash, stored_hash, digest_of(record))
+        links.settle(stream)
+    links.finish(head_seq)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -244,56 +307,175 @@ def _pg_column(name: str) -> str:
     return f"e.{name}"
 
 
-# Built from the constant field list only; the seq bounds are formatted as integers.
+# Built from the constant field list only; the bounds are formatted as integers.
 PG_COPY_SQL = (
     "COPY (SELECT c.hash, c.seq, c.prev_hash, "  # noqa: S608
     + ", ".join(_pg_column(name) for name in canonical.EVENT_FIELDS)
     + " FROM audit_chain c JOIN audit_events e ON e.pos = c.event_pos"
-    " WHERE c.seq > {start:d} AND c.seq <= {end:d} ORDER BY e.pos) TO STDOUT"
+    " WHERE c.seq > {start:d} AND c.seq <= {end:d}{within} ORDER BY e.pos) TO STDOUT"
 )
+# One stream's share of the events, by insertion order: both sides of the join start there.
+_PG_WITHIN_FROM = " AND c.event_pos > {low:d} AND e.pos > {low:d}"
+_PG_WITHIN_TO = " AND c.event_pos <= {high:d} AND e.pos <= {high:d}"
+STREAMS = 2  # COPY streams read at once when the whole chain is verified from an Engine
+TAB = ord("\t")
+
+Positions = tuple[int | None, int | None]  # (after, up to) in insertion order; None: no bound
 
 
-def _pg_records(bind: Engine | Connection, start: int, end: int) -> Records:
-    """(hash, canonical record) per chained event, rendered by PostgreSQL through COPY.
+def copy_sql(start: int, end: int, positions: Positions = (None, None)) -> bytes:
+    low, high = positions
+    within = "" if low is None else _PG_WITHIN_FROM.format(low=int(low))
+    within += "" if high is None else _PG_WITHIN_TO.format(high=int(high))
+    return PG_COPY_SQL.format(start=int(start), end=int(end), within=within).encode()
 
-    A COPY text line is `hash<TAB>record<LF>`, and COPY's text escaping is the canonical one.
-    Rows are taken straight from libpq (psycopg's own COPY iterator costs a few microseconds
-    a row, which is most of the budget), waiting on the socket without holding the GIL.
-    """
-    with _connection(bind) as connection:
+
+def _shares(connection: Connection, count: int) -> list[Positions]:
+    """`count` ranges of insertion order that split the events about evenly."""
+    low, high = connection.execute(
+        sql_select(func.min(AuditEvent.pos), func.max(AuditEvent.pos))
+    ).one()
+    if low is None or count < 2:
+        return [(None, None)]
+    step = (high - low + 1) // count
+    cuts = [low - 1 + step * i for i in range(1, count)]
+    return list(zip([None, *cuts], [*cuts, None], strict=True))
+
+
+def _pg_check(bind: Engine | Connection, start: int, end: int, links: _Links) -> None:
+    """Every chained event after `start` up to `end`, rendered by PostgreSQL and checked here.
+
+    A whole chain from an Engine is read as STREAMS COPYs at once, one per share of the
+    events, each on its own connection: the backends render in parallel while this thread
+    hashes whatever has arrived on any of them."""
+    borrowed = isinstance(bind, Connection)
+    with ExitStack() as stack:
+        shares: list[Positions] = [(None, None)]
+        if start == 0 and not borrowed:
+            with _connection(bind) as connection:
+                shares = _shares(connection, STREAMS)
+        streams = []
+        for share in shares:
+            connection = stack.enter_context(_connection(bind))
+            streams.append(
+                stack.enter_context(
+                    CopyStream(connection, copy_sql(start, end, share), borrowed=borrowed)
+                )
+            )
+        reading = [(stream, links.stream()) for stream in streams]
+        while reading:
+            waiting = []
+            for stream, position in reading:
+                if _check_buffered(stream.pgconn, position, links) == 0:
+                    waiting.append((stream, position))
+                else:
+                    stream.finished = True
+                    links.settle(position)
+            reading = waiting
+            if reading:
+                ready, _, _ = select.select([stream.fileno for stream, _ in reading], [], [])
+                for stream, _ in reading:
+                    if stream.fileno in ready:
+                        stream.pgconn.consume_input()
+
+
+def _check_buffered(pgconn: Any, position: _Stream, links: _Links) -> int:
+    """Check every row libpq holds for one stream; 0 when it needs more from the server, -1
+    when the COPY is done.
+
+    The common row — its hash holds, it follows the stream's last row and links to it, and
+    no checkpoint signs it — is checked here without a Python object beyond its bytes and
+    digest; any other goes through _Links.check (which does the same, and more, slowly)."""
+    get_copy_data = pgconn.get_copy_data
+    sha256 = hashlib.sha256
+    signed = links.signed
+    expected = -1 if position.last_seq is None else position.last_seq + 1
+    last_hash = position.last_hash
+    plain = 0
+    try:
+        while True:
+            size, data = get_copy_data(1)
+            if size <= 0:
+                return int(size)
+            # `hash<TAB>seq<TAB>prev_hash<TAB>…<LF>`: the record is all after the first tab.
+            line = bytes(data)
+            if line[64] == TAB:
+                digest = sha256(line[65:-1]).hexdigest().encode()
+                cut = line.index(TAB, 65)
+                seq = int(line[65:cut])
+                if (
+                    seq == expected
+                    and line.startswith(digest)
+                    and line.startswith(last_hash, cut + 1)
+                    and line[cut + 65] == TAB
+                    and seq not in signed
+                ):
+                    plain += 1
+                    expected += 1
+                    last_hash = digest
+                    continue
+            position.last_seq = None if expected < 0 else expected - 1
+            position.last_hash = last_hash
+            stored_hash, record = line[:-1].split(b"\t", 1)
+            seq_text, prev_hash, _ = record.split(b"\t", 2)
+            links.check(position, int(seq_text), prev_hash, stored_hash, digest_of(record))
+            expected, last_hash = position.last_seq + 1, position.last_hash
+    finally:
+        position.last_seq = None if expected < 0 else expected - 1
+        position.last_hash = last_hash
+        links.result.events += plain
+
+
+class CopyStream:
+    """One COPY of canonical records (`hash<TAB>record` lines), read straight from libpq.
+
+    psycopg's own COPY iterator costs a few microseconds a row, which is most of the budget;
+    here rows are taken from libpq as they are buffered, and the caller waits on the socket
+    (select) without holding the GIL. An interrupted COPY is cancelled and its results
+    drained, so that the connection stays usable."""
+
+    def __init__(self, connection: Connection, sql: bytes, *, borrowed: bool) -> None:
+        self.connection = connection
+        self.sql = sql
+        self.borrowed = borrowed
+        self.finished = False
+
+    def __enter__(self) -> CopyStream:
         # An interrupted COPY aborts the transaction: inside a borrowed connection's
         # transaction, confine that to a savepoint.
-        nested = connection.begin_nested() if isinstance(bind, Connection) else None
-        driver: Any = connection.connection.driver_connection
+        self.nested = self.connection.begin_nested() if self.borrowed else None
+        self.driver: Any = self.connection.connection.driver_connection
         # A pooled connection may carry another client encoding; the record is UTF-8.
-        driver.execute("SET LOCAL client_encoding TO 'UTF8'")
-        pgconn = driver.pgconn
-        pgconn.send_query(PG_COPY_SQL.format(start=int(start), end=int(end)).encode())
-        result = pgconn.get_result()
+        self.driver.execute("SET LOCAL client_encoding TO 'UTF8'")
+        self.pgconn = self.driver.pgconn
+        self.fileno = self.pgconn.socket
+        self.pgconn.send_query(self.sql)
+        result = self.pgconn.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_OUT:
-            _drain(pgconn, interrupted=False)
+            _drain(self.pgconn, interrupted=False)
             raise psycopg.OperationalError("the audit chain could not be read")
-        finished = False
-        try:
-            get_copy_data, fileno = pgconn.get_copy_data, pgconn.socket
-            while True:
-                size, data = get_copy_data(1)
-                if size > 0:
-                    line = bytes(data)
-                    yield line[:64], line[65:-1]
-                elif size == 0:  # nothing buffered: wait for the server
-                    select.select([fileno], [], [])
-                    pgconn.consume_input()
-                else:
-                    break
-            finished = size == -1
-        finally:
-            if not finished:
-                driver.cancel()
-            failed = _drain(pgconn, interrupted=not finished) or not finished
-            if nested is not None:
-                (nested.rollback if failed else nested.commit)()
-        if failed:
+        return self
+
+    def rows(self) -> Generator[bytes, None, None]:
+        """The stream's lines one by one, waiting for each (for tests and small reads)."""
+        while True:
+            size, data = self.pgconn.get_copy_data(1)
+            if size > 0:
+                yield bytes(data)
+            elif size == 0:
+                select.select([self.fileno], [], [])
+                self.pgconn.consume_input()
+            else:
+                self.finished = True
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.finished:
+            self.driver.cancel()
+        failed = _drain(self.pgconn, interrupted=not self.finished)
+        if self.nested is not None:
+            (self.nested.commit if self.finished and not failed else self.nested.rollback)()
+        if failed and self.finished and exc[0] is None:
             raise psycopg.OperationalError("the audit chain could not be read")
 
 
