@@ -295,6 +295,8 @@ def audit_sequence(once: bool, interval: float) -> None:
 
     signal.signal(signal.SIGTERM, finish)
     signal.signal(signal.SIGINT, finish)
+    # From here a SIGTERM stops it cleanly: said so, for an operator and for a readiness wait.
+    click.echo(f"audit sequencer started (a pass every {interval:g} s)")
     sequencer.run()
     click.echo("audit sequencer stopped")
 

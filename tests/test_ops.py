@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -458,7 +459,15 @@ def test_the_audit_sequencer_command_stops_at_once_on_sigterm(tmp_path: Path) ->
         text=True,
     )
     try:
-        time.sleep(3)  # imports, then its first passes
+        # It says when SIGTERM will stop it cleanly (imports take seconds on a busy machine).
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while "audit sequencer started" not in line:
+            assert process.poll() is None and time.monotonic() < deadline, line
+            if select.select([process.stdout], [], [], 1)[0]:
+                line = process.stdout.readline()
+        time.sleep(0.5)  # a pass or two
         assert process.poll() is None, process.communicate()[0]
         stopped_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
