@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import JSON, Text, cast, insert, literal, select, true
+from sqlalchemy import JSON, Text, cast, func, insert, literal, select, text, true
+from sqlalchemy.orm import Session
 
+from casehub import audit
 from casehub.audit import export
-from casehub.audit.chain import sequence_pending
+from casehub.audit.chain import sequence_all, sequence_pending
 from casehub.models.audit import AuditChain, AuditEvent
 from casehub.services import audit_queries
 from casehub.services.audit_queries import (
@@ -27,6 +31,7 @@ from casehub.services.audit_queries import (
     filtered,
     seq_window,
 )
+from tests.test_audit_concurrency import scratch_engine, scratch_url  # noqa: F401
 
 EVERYTHING = AuditReach(AUDIT_READ_ALL, None)
 BASE = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
@@ -212,3 +217,36 @@ def test_the_export_holds_every_awkward_value_on_every_backend(db_session, awkwa
     assert events[1]["actor"] == {"agency": None, "client_id": None, "user_id": None}
     assert events[-3]["occurred_at"] == "2025-03-01T09:30:00+00:00"
     assert events[-2]["occurred_at"] == "2025-03-01T09:30:00.120000+00:00"
+
+
+def test_an_export_left_unread_holds_no_transaction(scratch_engine):  # noqa: F811
+    """While the client is slow, the next chunk is read ahead (on PostgreSQL) in a
+    transaction of its own that has already ended: nothing holds a snapshot meanwhile."""
+    with Session(scratch_engine) as session:
+        for i in range(30):
+            audit.record(session, type("Actor", (), {"agency": "btp"})(), f"read.{i}")
+        audit.write_pending(session, None, status=200)
+        session.commit()
+    sequence_all(scratch_engine)
+    with Session(scratch_engine) as session:
+        upto = session.scalar(select(func.max(AuditChain.seq)))
+        session.commit()
+        body = audit_queries.export_lines(
+            session, reach=EVERYTHING, filters={}, fmt="ndjson", upto=upto, chunk=4
+        )
+        first = next(body)
+        time.sleep(0.2)  # the read-ahead has fetched the next chunk by now
+        if scratch_engine.dialect.name == "postgresql":
+            with scratch_engine.connect() as other:
+                busy = other.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid()"
+                        " AND (state <> 'idle' OR backend_xmin IS NOT NULL)"
+                    )
+                ).scalar()
+            assert busy == 0
+        rest = list(itertools.islice(body, 2))
+        body.close()  # the client went away: the reader stops, the session stays usable
+        assert session.scalar(select(func.count()).select_from(AuditChain)) == 30
+    assert len(first.splitlines()) == 4 and [len(r.splitlines()) for r in rest] == [4, 4]

@@ -14,6 +14,7 @@ import io
 import json
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -471,8 +472,9 @@ def export_lines(
 
     Each chunk is a short keyset query in its own transaction on `session` (which the
     request has already committed), so a long export never holds a lock or a snapshot. On
-    PostgreSQL the database renders each line (casehub.audit.export); elsewhere, and for an
-    event the database leaves to Python, `event_dict` is rendered here.
+    PostgreSQL the database renders each line (casehub.audit.export), a chunk ahead of the
+    one being sent; elsewhere, and for an event the database leaves to Python, `event_dict`
+    is rendered here.
     """
     size = chunk or EXPORT_CHUNK
     with session.begin():
@@ -482,8 +484,32 @@ def export_lines(
     walk = Walk(walk.stmt.where(walk.seq <= upto), walk.seq, walk.start, walk.end)
     if fmt == "csv":
         yield _csv_rows([CSV_COLUMNS])
-    chunks = _database_chunks if in_database else _python_chunks
-    yield from chunks(session, walk, fmt, size)
+    if in_database:
+        yield from _read_ahead(_database_chunks(session, walk, fmt, size))
+    else:
+        yield from _python_chunks(session, walk, fmt, size)
+
+
+def _read_ahead(chunks: Iterator[str]) -> Iterator[str]:
+    """What `chunks` yields, its next chunk read in a thread while this one is sent: the
+    database renders one chunk while the worker writes the last (about a tenth faster at a
+    million events, bench.audit_export).
+
+    One chunk at most is read ahead, and each in a transaction that `chunks` closes before it
+    yields, so a client that stops reading still holds no snapshot. The thread has the
+    session to itself until it stops: this generator never touches it, and waits for the
+    thread before it returns, fails or is closed (a psycopg connection may change threads;
+    SQLite's may not, which is why only PostgreSQL's chunks come this way)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="casehub-export") as reader:
+        pending = reader.submit(next, chunks, None)
+        try:
+            while (body := pending.result()) is not None:
+                pending = reader.submit(next, chunks, None)
+                yield body
+        finally:
+            pending.cancel()
+            reader.shutdown(wait=True)
+            chunks.close()
 
 
 def _python_chunks(session: Session, walk: Walk, fmt: str, size: int) -> Iterator[str]:
