@@ -880,7 +880,8 @@ HISTORY_COLUMNS = (
 )
 SHARE_COLUMNS = (
     "id, referral_id, referral_created_at, referral_updated_at, agency_code, access, purpose, "
-    "necessity, article_6, condition, gateway, consent_status, consent_rationale, expires_at, created_at, "
+    "necessity, article_6, condition, gateway, consent_status, consent_rationale, expires_at, "
+    "created_at, "
     "created_by_agency, created_by_client_id, created_by_user_id, acknowledged_at, revoked_at, "
     "revoked_reason, ended_at"
 )
@@ -1108,8 +1109,8 @@ def share_lines(world: World) -> Iterator[str]:
         revoked = _iso(s.revoked) if s.revoked is not None else None
         updated = r.steps[-1][0] if r.steps else r.created  # as referral_lines writes it
         yield _line(
-            s.id, r.id, _iso(r.created), _iso(updated), s.agency, s.access, s.purpose, NECESSITY[s.purpose],
-            s.article_6,
+            s.id, r.id, _iso(r.created), _iso(updated), s.agency, s.access, s.purpose,
+            NECESSITY[s.purpose], s.article_6,
             s.condition, GATEWAY, s.consent, s.rationale,
             _iso(s.expires) if s.expires is not None else None, _iso(s.created), r.lead,
             by.client_id, by.user_id, _iso(s.acknowledged) if s.acknowledged else None, revoked,
