@@ -260,7 +260,7 @@ def demo(webhook_url: str | None, webhook_secret_file: Path | None) -> None:
 
 @main.group("audit")
 def audit_group() -> None:
-    """The audit trail: sequencing, verification and signed checkpoints."""
+    """The audit trail: sequencing, verification, signed checkpoints and partitions."""
 
 
 def _record_operator_action(action: str, status: int) -> None:
@@ -346,6 +346,100 @@ def audit_checkpoint() -> None:
         click.echo(f"not signed: broken at seq {result.first_bad_seq}: {result.problem}", err=True)
         sys.exit(1)
     click.echo(json.dumps(signed.as_dict()))
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "kB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _period_line(period: Any) -> str:
+    seqs = f"{period.seq_from}..{period.seq_to}" if period.seq_to else f"{period.seq_from}.. (none)"
+    occurred = (
+        f"{period.occurred_from:%Y-%m-%d %H:%M} .. {period.occurred_to:%Y-%m-%d %H:%M}"
+        if period.occurred_from and period.occurred_to
+        else "-"
+    )
+    state = "sealed" if period.sealed else "open"
+    return (
+        f"{period.name}  {state:6}  seq {seqs:>23}  {period.events:>12,} events  "
+        f"occurred {occurred}  {_size(period.size):>9}  "
+        f"events partitions {', '.join(p.rsplit('_', 1)[1] for p in period.events_partitions)}"
+    )
+
+
+@audit_group.command("partitions")
+@click.option(
+    "--ensure",
+    is_flag=True,
+    help="Create the events partitions ahead of need, and start a new period when one is due "
+    "(run it hourly).",
+)
+@click.option("--roll", "force_roll", is_flag=True, help="With --ensure: start a new period now.")
+@click.option(
+    "--period",
+    type=click.Choice(("day", "week", "month")),
+    help="How long a period runs (default: CASEHUB_AUDIT_PARTITION_PERIOD, month).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the periods as JSON.")
+@with_appcontext
+def audit_partitions(ensure: bool, force_roll: bool, period: str | None, as_json: bool) -> None:
+    """List the audit tables' partitions by period (PostgreSQL): seqs, events partitions, when
+    the events occurred, how many and their size on disk."""
+    from casehub.audit import partitions
+    from casehub.db import utcnow
+
+    engine = get_db().engine
+    assert engine is not None
+    with engine.connect() as connection:
+        if not partitions.supported(connection):
+            click.echo("SQLite keeps one table per audit table: nothing is partitioned")
+            return
+    if force_roll and not ensure:
+        raise click.UsageError("--roll goes with --ensure")
+    ensured = None
+    if ensure:
+        try:
+            ensured = partitions.ensure(
+                engine,
+                now=utcnow(),
+                period=period or current_app.config["AUDIT_PARTITION_PERIOD"],
+                force_roll=force_roll,
+            )
+        except partitions.PartitionError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+    with engine.begin() as connection:
+        periods = partitions.periods(connection)
+        stray = partitions.default_holds_events(connection)
+    if as_json:
+        body = {
+            "periods": [p.as_dict() for p in periods],
+            "default_partition_holds_events": stray,
+            "ensured": None if ensured is None else ensured.as_dict(),
+        }
+        click.echo(json.dumps(body))
+        return
+    if ensured is not None:
+        for name in ensured.freed:
+            click.echo(f"freed {name} from an interrupted roll")
+        for name in ensured.created:
+            click.echo(f"created {name}")
+        if ensured.rolled is not None:
+            roll = ensured.rolled
+            click.echo(
+                f"rolled: events from pos {roll.cut_pos} go to {roll.events_partition}"
+                + (f", the chain from seq {roll.cut_seq}" if roll.cut_seq else "")
+                + f" ({roll.seconds:.2f}s)"
+            )
+    for line in map(_period_line, periods):
+        click.echo(line)
+    if stray:
+        click.echo("warning: audit_events_default holds events (ranges were not made ahead)")
 
 
 @main.group("webhooks")

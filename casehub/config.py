@@ -9,6 +9,7 @@ from typing import Any
 MIB = 1024 * 1024
 LOG_FORMATS = ("json", "text")  # casehub/logs.py; either may be given in upper case
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+AUDIT_PARTITION_PERIODS = ("day", "week", "month")  # casehub.audit.partitions.PERIODS
 
 
 class ConfigError(RuntimeError):
@@ -42,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     # Comma-separated PEM files of the public halves of earlier checkpoint keys: after a
     # rotation, checkpoints they signed still verify.
     "AUDIT_CHECKPOINT_RETIRED_KEYS": "",
+    # How long a period of the audit tables' partitions runs on PostgreSQL before `casehub
+    # audit partitions --ensure` starts the next: day, week or month (casehub.audit.partitions).
+    "AUDIT_PARTITION_PERIOD": "month",
     # Rate limits (casehub/limits.py): per client and route class; per address without a token;
     # failed client authentications per claimed client id and per address.
     "RATE_LIMITS_ENABLED": True,
@@ -100,6 +104,8 @@ def validate(settings: Mapping[str, Any]) -> None:
         raise ConfigError("CASEHUB_EVENTS_RETENTION_DAYS must be at least 2 (retries last a day)")
     if str(settings["LOG_FORMAT"]).lower() not in LOG_FORMATS:
         raise ConfigError("CASEHUB_LOG_FORMAT must be json or text")
+    if settings["AUDIT_PARTITION_PERIOD"] not in AUDIT_PARTITION_PERIODS:
+        raise ConfigError("CASEHUB_AUDIT_PARTITION_PERIOD must be day, week or month")
     if str(settings["LOG_LEVEL"]).lower() not in LOG_LEVELS:
         raise ConfigError("CASEHUB_LOG_LEVEL must be " + ", ".join(LOG_LEVELS))
     from casehub import limits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from alembic import command
@@ -12,6 +13,20 @@ from alembic.util.exc import CommandError as AlembicError
 from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# The partitions of the audit tables on PostgreSQL (casehub.audit.partitions names them): the
+# models describe the partitioned tables, so comparisons of models and schema leave these out.
+_AUDIT_PARTITION = re.compile(
+    r"audit_(events|chain|event_subjects|event_agencies)_(p\d{4,}|default)"
+)
+
+
+def is_audit_partition(table: str) -> bool:
+    return _AUDIT_PARTITION.fullmatch(table) is not None
+
+
+def include_name(name: str | None, type_: str, _parents: object = None) -> bool:
+    """Alembic's `include_name` hook: every schema object but the audit tables' partitions."""
+    return not (type_ == "table" and name is not None and is_audit_partition(name))
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:

@@ -156,7 +156,8 @@ def test_postgresql_renders_plain_events_itself_and_leaves_the_rest(
         walk.after(0).with_only_columns(AuditChain.seq, true().label("kept"), line)
     ).all()
     left = [seq for seq, _, line in rows if line is None]
-    ids = {row.seq: row.id for row in db_session.execute(select(*ROW_COLUMNS).join(AuditEvent))}
+    events = select(*ROW_COLUMNS).join(AuditEvent, AuditEvent.pos == AuditChain.event_pos)
+    ids = {row.seq: row.id for row in db_session.execute(events)}
     plain = {uuid.UUID(int=1000 + i) for i, values in enumerate(AWKWARD) if not values}
     assert len(rows) == awkward_events
     assert 0 < len(left) < len(rows)

@@ -99,7 +99,7 @@ _SQLITE_DEQUEUE = sql_text(
 )
 
 
-def _pg_field(name: str) -> str:
+def pg_field(name: str) -> str:
     """An event field as PostgreSQL renders it into the canonical record (the same rendering
     as verification's, casehub.audit.verify: COPY's text escaping is the canonical one)."""
     if name == "occurred_at":
@@ -116,9 +116,9 @@ def _pg_field(name: str) -> str:
 # millions a batch. Built from constants; the limit is formatted as an integer.
 _PG_PENDING = (
     "COPY (SELECT p.pos, "  # noqa: S608
-    + ", ".join(_pg_field(name) for name in canonical.EVENT_FIELDS)
+    + ", ".join(pg_field(name) for name in canonical.EVENT_FIELDS)
     + ", (SELECT r.lead_agency FROM referrals r WHERE r.id = e.referral_id)"
-    " FROM (SELECT pos FROM audit_pending ORDER BY pos LIMIT {limit:d}) p"
+    " FROM (SELECT pos FROM audit_pending{below} ORDER BY pos LIMIT {limit:d}) p"
     " CROSS JOIN LATERAL (SELECT * FROM audit_events e WHERE e.pos = p.pos LIMIT 1) e"
     " ORDER BY p.pos) TO STDOUT"
 )
@@ -231,13 +231,16 @@ def _reach_rows(
     return rows
 
 
-def sequence_pending(connection: Connection, *, limit: int = BATCH, wait: bool = True) -> int:
+def sequence_pending(
+    connection: Connection, *, limit: int = BATCH, wait: bool = True, below: int | None = None
+) -> int:
     """Chain up to `limit` pending events within the connection's current transaction.
 
     Returns how many were chained; 0 when nothing is pending, or when `wait` is False and
     another sequencer holds the lock. The caller commits. Chained events that have no reach
     rows yet (chained by an earlier release during a rolling upgrade) are indexed first, and
-    count as chained here.
+    count as chained here. `below` leaves the events at that pos and after queued (a roll of
+    the partitions chains exactly those before its cut: casehub.audit.partitions).
     """
     if not _take_lock(connection, wait=wait):
         return 0
@@ -253,8 +256,9 @@ def sequence_pending(connection: Connection, *, limit: int = BATCH, wait: bool =
     if connection.dialect.name == "postgresql":
         high_text = None if high is None else canonical.field_text(high).encode()
         marks = TimeMarks(high_text, late_us, _canonical_time)
-        return caught_up + _pg_chain(connection, limit, seq, prev_hash, marks)
-    return caught_up + _chain(connection, limit, seq, prev_hash, TimeMarks(high, late_us))
+        return caught_up + _pg_chain(connection, limit, seq, prev_hash, marks, below)
+    marks = TimeMarks(high, late_us)
+    return caught_up + _chain(connection, limit, seq, prev_hash, marks, below)
 
 
 def _index_chained(
@@ -280,14 +284,21 @@ def _index_chained(
     return marks.high, marks.late_us
 
 
-def _chain(connection: Connection, limit: int, seq: int, prev_hash: str, marks: TimeMarks) -> int:
+def _chain(
+    connection: Connection,
+    limit: int,
+    seq: int,
+    prev_hash: str,
+    marks: TimeMarks,
+    below: int | None = None,
+) -> int:
     """The sequencing pass on SQLite: records rendered and rows inserted from Python."""
-    rows = connection.execute(
-        select(AuditPending.pos, *EVENT_COLUMNS, _LEAD_NOW)
-        .join(AuditEvent, AuditEvent.pos == AuditPending.pos)
-        .order_by(AuditPending.pos)
-        .limit(limit)
-    ).all()
+    stmt = select(AuditPending.pos, *EVENT_COLUMNS, _LEAD_NOW).join(
+        AuditEvent, AuditEvent.pos == AuditPending.pos
+    )
+    if below is not None:
+        stmt = stmt.where(AuditPending.pos < below)
+    rows = connection.execute(stmt.order_by(AuditPending.pos).limit(limit)).all()
     if not rows:
         return 0
     now = utcnow()
@@ -335,7 +346,12 @@ def _copy_text(value: bytes) -> str:
 
 
 def _pg_chain(
-    connection: Connection, limit: int, seq: int, prev_hash: str, marks: TimeMarks
+    connection: Connection,
+    limit: int,
+    seq: int,
+    prev_hash: str,
+    marks: TimeMarks,
+    below: int | None = None,
 ) -> int:
     """The sequencing pass on PostgreSQL, in COPY text both ways.
 
@@ -348,7 +364,8 @@ def _pg_chain(
     with driver.cursor() as cursor:
         # A pooled connection may carry another client encoding; the record is UTF-8.
         cursor.execute("SET LOCAL client_encoding TO 'UTF8'")
-        with cursor.copy(_PG_PENDING.format(limit=int(limit))) as copy:
+        below_sql = "" if below is None else f" WHERE pos < {int(below):d}"
+        with cursor.copy(_PG_PENDING.format(limit=int(limit), below=below_sql)) as copy:
             while data := copy.read():
                 lines.append(bytes(data))
     if not lines:
@@ -489,6 +506,13 @@ class BackgroundSequencer:
             except Exception:
                 failures += 1
                 log.exception("audit sequencing pass failed")
+                from casehub.audit import partitions  # (it imports this module)
+
+                # A roll of the partitions that died midway leaves a constraint the next seq
+                # breaks: drop it, and the open period simply spans on.
+                if partitions.recover(self.engine):
+                    log.warning("freed the chain partitions of an interrupted roll")
+                    continue
                 self._stop.wait(min(30.0, self.interval * 2**failures))
                 continue
             if chained < self.limit:  # caught up: rest; otherwise keep draining the queue

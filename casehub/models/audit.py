@@ -1,12 +1,17 @@
 """Audit events and their hash chain, append-only (enforced by triggers), and the indexes the
-sequencer derives from them for auditors' queries."""
+sequencer derives from them for auditors' queries.
+
+On PostgreSQL the four big tables are RANGE-partitioned (migration 0013): events by `pos`, the
+chain and its indexes by `seq`, with bounds that cut all four at the same moments, so that an
+old period can be exported, verified and dropped as a whole (casehub.audit.partitions). SQLite
+keeps one table each."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from casehub.db import Base, new_id, utcnow
@@ -23,11 +28,15 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
+    __table_args__ = {"postgresql_partition_by": "RANGE (pos)"}
     # No secondary indexes (migration 0011): every audit query walks the reach or subject index
-    # and reaches an event by its pos, and every request writes at least one event.
+    # and reaches an event by its pos, and every request writes at least one event. The `id`
+    # is not indexed either (0013): a partitioned table's unique index must hold the partition
+    # key, and (id, pos) would promise nothing `pos` does not; nothing looks an event up by id,
+    # and a uuid4 needs no index to be unique.
 
     pos: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    id: Mapped[uuid.UUID] = mapped_column(unique=True, default=new_id)
+    id: Mapped[uuid.UUID] = mapped_column(default=new_id)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
     actor_agency: Mapped[str | None] = mapped_column(String(40))
     actor_client_id: Mapped[str | None] = mapped_column(String(64))
@@ -60,12 +69,19 @@ class AuditPending(Base):
 
 class AuditChain(Base):
     """The hash chain: `seq` 1, 2, 3… without gaps; `hash` = SHA-256 of the event's canonical
-    record, which includes `seq` and `prev_hash` (see casehub.audit.canonical)."""
+    record, which includes `seq` and `prev_hash` (see casehub.audit.canonical).
+
+    `event_pos` is indexed, not unique (0013: unique indexes of a table partitioned by `seq`
+    must hold `seq`), and has no foreign key, like the reach index: the sequencer, the only
+    writer, chains each queued event once in the transaction that dequeues it, and a per-row
+    check would cost it a lookup and a row lock on every event (verification finds a chained
+    event that is missing)."""
 
     __tablename__ = "audit_chain"
+    __table_args__ = {"postgresql_partition_by": "RANGE (seq)"}
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
-    event_pos: Mapped[int] = mapped_column(BigId, ForeignKey("audit_events.pos"), unique=True)
+    event_pos: Mapped[int] = mapped_column(BigId, index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
     sequenced_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -73,12 +89,14 @@ class AuditChain(Base):
 
 class AuditEventSubject(Base):
     """Which chained events carried which child's data, in `seq` order: the index behind
-    subject filters and `GET /v1/audit/subjects/{id}/accesses` (written by the sequencer)."""
+    subject filters and `GET /v1/audit/subjects/{id}/accesses` (written by the sequencer, in
+    the transaction that chains the event: no foreign key, as for the reach index)."""
 
     __tablename__ = "audit_event_subjects"
+    __table_args__ = {"postgresql_partition_by": "RANGE (seq)"}
 
     subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigId, ForeignKey("audit_chain.seq"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
 
 
 # The reach of `audit:read:all`: every chained event has one row under it.
@@ -143,6 +161,7 @@ class AuditEventAgency(Base):
             postgresql_where=text("occurred_max IS NOT NULL"),
             sqlite_where=text("occurred_max IS NOT NULL"),
         ),
+        {"postgresql_partition_by": "RANGE (seq)"},
     )
 
     # No foreign key to audit_chain: the rows are written from the rows chained in the same
