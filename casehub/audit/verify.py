@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
-from sqlalchemy import Connection, Engine, func
+from sqlalchemy import Connection, Engine
 from sqlalchemy import select as sql_select
 
 from casehub.audit import canonical
@@ -50,6 +50,7 @@ class VerifyResult:
     problem: str | None = None
     seconds: float = 0.0
     from_seq: int = 0  # hashes were recomputed after this seq (0: the whole chain)
+    archived_seq: int = 0  # the events up to this seq were archived (casehub.audit.archive)
 
     def fail(self, seq: int, problem: str) -> None:
         """Keep the earliest break: the first bad seq is what an investigator needs."""
@@ -68,6 +69,7 @@ class VerifyResult:
             "problem": self.problem,
             "seconds": round(self.seconds, 3),
             "from_seq": self.from_seq,
+            "archived_seq": self.archived_seq,
         }
 
 
@@ -172,17 +174,30 @@ def verify(
     `bind` is an Engine (each read on a fresh connection, so SQLite's writers are not held up)
     or a Connection (reads stay in its transaction).
     """
+    from casehub.audit import archive  # it builds on this module's COPY streams
+
     started = time.perf_counter()
     result = VerifyResult()
     with _connection(bind) as connection:
         # Checkpoints first: the chain can only grow after this, never lose a signed head.
         from_seq = 0 if all_checkpoints or after is None else after[0]
         checkpoints = load_checkpoints(connection, from_seq=from_seq)
+        base = archive.base(connection, key)
         head_seq, head_hash = chain_head(connection)
         result.pending = pending_count(connection)
         fast = connection.dialect.name == "postgresql"
     result.head_seq, result.head_hash = head_seq, head_hash
-    start_seq, start_hash = after or (0, canonical.GENESIS_HASH)
+    result.archived_seq = base.seq
+    if base.problem is not None:
+        result.fail(base.problem_seq, base.problem)
+    # The chain in the database begins after the newest archive: a trusted start older than
+    # that (a checkpoint signed before the archive) gives way to it.
+    from_archive = after is None or after[0] <= base.seq
+    if from_archive:
+        start_seq, start_hash = base.seq, base.hash
+    else:
+        assert after is not None
+        start_seq, start_hash = after
     signed: dict[int, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
         result.checkpoints += 1
@@ -192,9 +207,10 @@ def verify(
             result.fail(0, f"checkpoint {checkpoint.id} does not match the chain")
         elif checkpoint.seq > start_seq:
             signed.setdefault(checkpoint.seq, []).append(checkpoint)
+        # (a checkpoint in an archived period is checked against its file: verify-archive)
 
     result.from_seq = start_seq
-    if start_seq > 0:
+    if not from_archive:
         # The trusted start must still be the chain's row at that seq: a changed hash there
         # would otherwise pass, since the next row links to the trusted value, not the stored.
         with _connection(bind) as connection:
@@ -207,7 +223,7 @@ def verify(
         result.fail(head_seq if head_seq == start_seq else head_seq + 1, "the chain lost its head")
     links = _Links(result, start_seq, start_hash.encode(), signed)
     if fast:
-        _pg_check(bind, start_seq, head_seq, links)
+        _pg_check(bind, start_seq, head_seq, links, split=from_archive)
     else:
         stream = links.stream()
         for stored_hash, record in _records(bind, start_seq, head_seq):
@@ -317,6 +333,8 @@ PG_COPY_SQL = (
 # One stream's share of the events, by insertion order: both sides of the join start there.
 _PG_WITHIN_FROM = " AND c.event_pos > {low:d} AND e.pos > {low:d}"
 _PG_WITHIN_TO = " AND c.event_pos <= {high:d} AND e.pos <= {high:d}"
+# The same records in seq order, for an archive's file (casehub.audit.archive).
+_PG_ARCHIVE_SQL = PG_COPY_SQL.replace("ORDER BY e.pos", "ORDER BY c.seq")
 STREAMS = 2  # COPY streams read at once when the whole chain is verified from an Engine
 TAB = ord("\t")
 
@@ -330,30 +348,44 @@ def copy_sql(start: int, end: int, positions: Positions = (None, None)) -> bytes
     return PG_COPY_SQL.format(start=int(start), end=int(end), within=within).encode()
 
 
-def _shares(connection: Connection, count: int) -> list[Positions]:
-    """`count` ranges of insertion order that split the events about evenly."""
-    low, high = connection.execute(
-        sql_select(func.min(AuditEvent.pos), func.max(AuditEvent.pos))
-    ).one()
-    if low is None or count < 2:
+def archive_copy_sql(start: int, end: int) -> bytes:
+    return _PG_ARCHIVE_SQL.format(start=int(start), end=int(end), within="").encode()
+
+
+def _shares(connection: Connection, count: int, start: int, end: int) -> list[Positions]:
+    """`count` ranges of insertion order that split the events after seq `start` about evenly:
+    cut at the positions of the events at evenly spaced seqs (one primary-key probe each; seqs
+    follow positions closely, and positions jump between partitions, so a cut halfway between
+    the lowest and highest position could leave one stream nearly everything)."""
+    if count < 2 or end - start < count:
         return [(None, None)]
-    step = (high - low + 1) // count
-    cuts = [low - 1 + step * i for i in range(1, count)]
+    cuts = []
+    for i in range(1, count):
+        pos = connection.scalar(
+            sql_select(AuditChain.event_pos).where(
+                AuditChain.seq == start + (end - start) * i // count
+            )
+        )
+        if pos is None or (cuts and pos <= cuts[-1]):
+            return [(None, None)]
+        cuts.append(int(pos))
     return list(zip([None, *cuts], [*cuts, None], strict=True))
 
 
-def _pg_check(bind: Engine | Connection, start: int, end: int, links: _Links) -> None:
+def _pg_check(
+    bind: Engine | Connection, start: int, end: int, links: _Links, *, split: bool
+) -> None:
     """Every chained event after `start` up to `end`, rendered by PostgreSQL and checked here.
 
-    A whole chain from an Engine is read as STREAMS COPYs at once, one per share of the
-    events, each on its own connection: the backends render in parallel while this thread
-    hashes whatever has arrived on any of them."""
+    A whole chain (`split`: from its base, every event the database holds) from an Engine
+    is read as STREAMS COPYs at once, one per share of the events, each on its own connection:
+    the backends render in parallel while this thread hashes whatever has arrived on any."""
     borrowed = isinstance(bind, Connection)
     with ExitStack() as stack:
         shares: list[Positions] = [(None, None)]
-        if start == 0 and not borrowed:
+        if split and not borrowed:
             with _connection(bind) as connection:
-                shares = _shares(connection, STREAMS)
+                shares = _shares(connection, STREAMS, start, end)
         streams = []
         for share in shares:
             connection = stack.enter_context(_connection(bind))

@@ -189,3 +189,29 @@ class AuditCheckpoint(Base):
     signed_at: Mapped[datetime]
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class AuditArchive(Base):
+    """A period of the trail exported to a signed file, verified and dropped from the database
+    (casehub.audit.archive): where the chain now begins. Append-only, like the trail itself.
+
+    The signature (the checkpoint key's, Ed25519) covers the period, its seqs, the hashes at
+    both ends and the file's content digest, so the chain of archives is checked without the
+    files, and a file against its row or on its own (`casehub audit verify-archive`)."""
+
+    __tablename__ = "audit_archives"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    period: Mapped[str] = mapped_column(String(16), unique=True)
+    seq_from: Mapped[int] = mapped_column(BigId, unique=True)
+    seq_to: Mapped[int] = mapped_column(BigId)
+    prev_hash: Mapped[str] = mapped_column(String(64))  # the hash at seq_from - 1
+    head_hash: Mapped[str] = mapped_column(String(64))  # the hash at seq_to
+    events: Mapped[int] = mapped_column(BigInteger)
+    occurred_from: Mapped[datetime | None]
+    occurred_to: Mapped[datetime | None]
+    file_name: Mapped[str] = mapped_column(String(200))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    archived_at: Mapped[datetime] = mapped_column(default=utcnow)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))

@@ -139,3 +139,11 @@ class VerifySchema(ma.Schema):
             "`casehub audit verify` recomputes it all."
         },
     )
+    archived_seq = ma.fields.Integer(
+        required=True,
+        metadata={
+            "description": "The events up to this seq were archived: exported to signed files, "
+            "verified and dropped from the database (`casehub audit archive`); the chain here "
+            "begins after it, and `casehub audit verify-archive` checks a file. 0: none."
+        },
+    )
