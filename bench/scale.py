@@ -2293,6 +2293,12 @@ def build_queries(targets: Targets) -> tuple[list[Query], list[str]]:
                 "walk",
             )
         )
+    # The commonest given name with the commonest surname: each word's keys match tens of
+    # thousands of children at scale 100 and the two together a few hundred. Then the same with
+    # one letter of the given name wrong ("Olivar"), which also shares a key with Olivia.
+    given, family = GIVEN_NAMES[0], max(COMMON_SURNAMES, key=COMMON_SURNAMES.__getitem__)
+    common = f"{given} {family}"
+    common_typo = f"{given[:-2]}{'e' if given[-2] == 'a' else 'a'}{given[-1]} {family}"
     for role in ("lead", "share-only"):
         for label, q, shown in (
             ("exact", v[f"name.{role}"], "<given family>"),
@@ -2300,6 +2306,8 @@ def build_queries(targets: Targets) -> tuple[list[Query], list[str]]:
             ("alias", v[f"alias.{role}"], "<alias>"),
             ("smith", "Smith", "Smith"),
             ("li", "Li", "Li"),
+            ("common", common, common),
+            ("common-typo", common_typo, common_typo),
         ):
             path = f"/v1/subjects?{_query_string({'q': q, 'limit': '50'})}"
             queries.append(
