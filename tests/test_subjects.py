@@ -771,23 +771,27 @@ def test_search_finds_what_a_scan_of_every_visible_subject_finds(client, btp, co
     assert sum(bool(expected(q)) for q in queries) > len(queries) // 2
     several_words = [q for q in queries if len(names.query_tokens(q)) > 1]
     # As deployed; in batches of two candidates at most, so that a page takes several batches
-    # that resume after a candidate names.matches refused; and with every word "common", so
-    # that PostgreSQL's estimates rank them.
+    # that resume after a candidate names.matches refused; then several words walked from one
+    # word and probed for the others, and merged two at a time, with every key "common" (its
+    # sample of one row projected) and with every key counted.
+    deployed = (subjects_service.FIRST_BATCH, subjects_service.MAX_BATCH)
+    probe, sample = subjects_service.PROBE_COST, subjects_service.SAMPLE_ROWS
     settings = [
-        (subjects_service.FIRST_BATCH, subjects_service.MAX_BATCH, subjects_service.RARE_ROWS),
-        (1, 2, subjects_service.RARE_ROWS),
-        (subjects_service.FIRST_BATCH, subjects_service.MAX_BATCH, 1),
+        ((*deployed, probe, sample), queries, (2, 50)),
+        ((1, 2, probe, sample), queries, (3,)),
+        ((*deployed, 0.0, 1), several_words, (2,)),
+        ((*deployed, 1e9, 1), several_words, (2,)),
+        ((1, 2, 1e9, sample), several_words, (1, 3)),
     ]
-    for (first, most, rare), asked, limits in zip(
-        settings, [queries, queries, several_words], [(2, 50), (3,), (2,)], strict=True
-    ):
+    for (first, most, probe_cost, sample_rows), asked, limits in settings:
         monkeypatch.setattr(subjects_service, "FIRST_BATCH", first)
         monkeypatch.setattr(subjects_service, "MAX_BATCH", most)
-        monkeypatch.setattr(subjects_service, "RARE_ROWS", rare)
+        monkeypatch.setattr(subjects_service, "PROBE_COST", probe_cost)
+        monkeypatch.setattr(subjects_service, "SAMPLE_ROWS", sample_rows)
         for q in asked:
             for limit in limits:
                 walked = [s["id"] for s in _walk(client, btp, limit, q=q)]
-                assert walked == expected(q), (q, limit, first, rare)
+                assert walked == expected(q), (q, limit, first, probe_cost, sample_rows)
 
 
 def test_several_words_find_only_the_children_close_to_every_word(client, btp, council):
@@ -848,6 +852,74 @@ def test_a_walk_over_many_matches_of_several_words_pages_in_order(
         for limit in (1, 2, 5, 50):
             walked = [s["id"] for s in _walk(client, partner, limit, q="ada nkemdirim")]
             assert walked == matches[partner.agency], (partner.agency, limit)
+
+
+def test_two_common_words_find_the_same_pages_merged_or_probed(
+    client, btp, council, db_session, monkeypatch
+):
+    """A common given name with a common surname ("Oliver Smith"): walked from one word and
+    probed for the other, or the two words' keys merged in page order, a walk returns the same
+    visible matches (typos in either word, aliases, parts of hyphenated names) in (created_at, id)
+    order at every page size; so does a typo in the common word ("Olivar" shares a key with
+    Olivia, two edits away)."""
+    visible = []
+    for i in range(24):
+        if i % 3 == 0:
+            visible.append(create(client, btp, given_name="Oliver", family_name=f"Nkem{i}"))
+        if i % 3 == 1:
+            visible.append(create(client, btp, given_name=f"Zara{i}", family_name="Smith"))
+        if i % 4 == 0:
+            create(client, council, given_name="Oliver", family_name="Smith")  # invisible
+    for given, family, aliases in (
+        ("Oliver", "Smith", []),
+        ("Olivr", "Smith", []),
+        ("Oliver", "Smyth", []),
+        ("Ollie", "Jones", ["Oliver Smith"]),
+        ("Oliver-James", "Smith", []),
+        ("Olivia", "Smith", []),
+        ("Oliver", "Smith", ["Ollie"]),
+        ("Olivar", "Smiht", []),
+    ):
+        visible.append(create(client, btp, given_name=given, family_name=family, aliases=aliases))
+        visible.append(create(client, btp, given_name="Oliver", family_name="Okafor"))
+        visible.append(create(client, btp, given_name="Ada", family_name="Smith"))
+    subjects = sorted((r.get_json() for r in visible), key=lambda s: (at(s["created_at"]), s["id"]))
+
+    def expected(q: str) -> list[str]:
+        tokens = names.query_tokens(q)
+        return [
+            s["id"]
+            for s in subjects
+            if names.matches(
+                tokens, names.subject_tokens(s["given_name"], s["family_name"], s["aliases"])
+            )
+        ]
+
+    olivia = next(s["id"] for s in subjects if s["given_name"] == "Olivia")
+    assert len(expected("oliver smith")) == len(expected("olivar smith")) == 7
+    assert olivia not in expected("olivar smith")
+    assert expected("smith oliver") == expected("oliver smith")
+    merged: list[bool] = []
+
+    def note(_conn, _statement, multiparams, params, _options):  # type: ignore[no-untyped-def]
+        for parameters in [params, *multiparams]:
+            if isinstance(parameters, dict) and "key_0" in parameters:  # the walk
+                merged.append("merge_0" in parameters)
+
+    connection = db_session.connection()
+    event.listen(connection, "before_execute", note)
+    try:
+        for probe_cost, merging in ((0.0, False), (1e9, True), (subjects_service.PROBE_COST, None)):
+            monkeypatch.setattr(subjects_service, "PROBE_COST", probe_cost)
+            for q in ("oliver smith", "smith oliver", "olivar smith"):
+                for limit in (1, 2, 4, 50):
+                    merged.clear()
+                    walked = [s["id"] for s in _walk(client, btp, limit, q=q)]
+                    assert walked == expected(q), (q, limit, probe_cost)
+                    if merging is not None:
+                        assert set(merged) == {merging}, (q, limit, probe_cost)
+    finally:
+        event.remove(connection, "before_execute", note)
 
 
 def test_a_search_reads_its_page_in_one_statement_however_common_the_name(

@@ -57,12 +57,16 @@ _NAME_FIELDS = frozenset({"given_name", "family_name", "aliases"})
 # apart): the first batch is nearly always the last.
 FIRST_BATCH = 1
 MAX_BATCH = 2000
-# Key rows counted per query word to find the rarest (some 2 ms for a word at the cap). A search
-# whose words are rarely found together walks every row of its driving word: at a million
-# children a rare surname has 3,000-7,000 rows and a common given name 25,000-40,000, which a
-# cap of 2,000 could not tell apart (PostgreSQL's estimates, which know only the commonest keys,
-# then drove "Aoife Ridwright" by Aoife: 4,436 candidates probed instead of 959).
-RARE_ROWS = 10_000
+# How a search of several words is planned: each key's rows after the page's start are sampled
+# up to SAMPLE_ROWS in page order (exact for a rare key, a density for a common one), which gives
+# each word's key rows and, nearly, how many subjects they name. Walking one word's keys and
+# probing each of its subjects for the others' keys costs a primary-key lookup per subject, about
+# PROBE_COST key rows streamed; merging two words' key ranges in page order costs both words'
+# rows and no lookup. At a million children "Oliver Smith" probes 5,400 Smiths, while "Mohammed
+# Ali" probed 25,000 children for Ali's keys ("ai" is a deletion of every Kai) where Mohammed
+# names 9,200: PostgreSQL's estimates, which know only the commonest keys, called Ali the rarer.
+SAMPLE_ROWS = 500
+PROBE_COST = 20.0
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -303,6 +307,20 @@ def _word_parameters(words: Sequence[_Word]) -> dict[str, Any]:
     return {f"words_{n}": list(word.keys) for n, word in enumerate(words)}
 
 
+def _range_parameters(prefix: str, word: _Word) -> dict[str, str]:
+    return {f"{prefix}_{n}": key for n, key in enumerate(word.keys)}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one search walks: the driving word's key ranges, optionally merged in page order with
+    a second word's (`merged`), and the words probed per candidate (`probed`)."""
+
+    driver: _Word
+    merged: _Word | None
+    probed: tuple[_Word, ...]
+
+
 def _matching_page(
     session: Session,
     viewer: dict[str, Any],
@@ -314,18 +332,20 @@ def _matching_page(
 ) -> tuple[list[Subject], str | None]:
     """A keyset page of the visible subjects that really are within one edit of every query word.
 
-    One statement (`_walk_statement`) walks the key index of the rarest word in page order and
-    keeps the subjects that have keys of every other word and that the viewer may see; their
-    names are checked in Python, and a batch is read again after its last candidate only when
-    names.matches refused some. The next cursor is the last subject returned, so a walk neither
-    skips nor repeats however many candidates fail, and it names no subject the caller cannot see.
+    One statement (`_walk_statement`) walks the key ranges of one word in page order (or of two,
+    merged) and keeps the subjects that have keys of every other word and that the viewer may
+    see; their names are checked in Python, and a batch is read again after its last candidate
+    only when names.matches refused some. The next cursor is the last subject returned, so a walk
+    neither skips nor repeats however many candidates fail, and it names no subject the caller
+    cannot see.
     """
     after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
-    driver, *others = _rarest_first(session, [_Word.of(token) for token in tokens])
+    plan = _plan(session, [_Word.of(token) for token in tokens], after)
     parameters: dict[str, Any] = {
         **viewer,
-        **{f"key_{n}": key for n, key in enumerate(driver.keys)},
-        **_word_parameters(others),
+        **_range_parameters("key", plan.driver),
+        **(_range_parameters("merge", plan.merged) if plan.merged else {}),
+        **_word_parameters(plan.probed),
     }
     if date_of_birth is not None:
         parameters["date_of_birth"] = date_of_birth
@@ -334,9 +354,9 @@ def _matching_page(
     found: list[Subject] = []
     while True:
         stmt = _walk_statement(
-            len(driver.keys),
-            driver.whole_only,
-            tuple(word.whole_only for word in others),
+            (len(plan.driver.keys), plan.driver.whole_only),
+            (len(plan.merged.keys), plan.merged.whole_only) if plan.merged else None,
+            tuple(word.whole_only for word in plan.probed),
             resumed=after is not None,
             by_birth_date=date_of_birth is not None,
             on_postgresql=on_postgresql,
@@ -364,107 +384,162 @@ def _matching_page(
     return found[:limit], encode_cursor((last.created_at, last.id))
 
 
-def _rarest_first(session: Session, words: list[_Word]) -> list[_Word]:
-    """The words, the one with the fewest key rows first: it drives the search, and the others
-    are probed per candidate. Rows are counted up to RARE_ROWS each, which is exact for a rare
-    name; when every word is commoner than that, PostgreSQL's planner estimates rank them
-    (its statistics know the common names; a page of common names rarely needs every row),
-    else the query's order stands."""
+def _plan(session: Session, words: list[_Word], after: tuple[datetime, uuid.UUID] | None) -> _Plan:
+    """The cheapest walk by what the sample says of each word after `after`: probing from the
+    word whose rows and subjects cost least, or merging the two words with the fewest rows
+    (both end where the page fills, so their costs per row of the walk compare directly)."""
     if len(words) == 1:
-        return words
-    stmt = _count_statement(tuple(word.whole_only for word in words))
-    parameters = {**_word_parameters(words), "rare_rows": RARE_ROWS}
-    sizes: list[float] = list(session.execute(stmt, parameters).one())
-    if min(sizes) >= RARE_ROWS and session.get_bind().dialect.name == "postgresql":
-        sizes = [_estimated_rows(session, word) for word in words]
-    ranked = sorted(range(len(words)), key=lambda n: sizes[n])
-    return [words[n] for n in ranked]
+        return _Plan(words[0], None, ())
+    rows, subjects = _sizes(session, words, after)
+    probe_cost = [rows[n] + PROBE_COST * subjects[n] for n in range(len(words))]
+    driver = min(range(len(words)), key=lambda n: probe_cost[n])
+    first, second = sorted(range(len(words)), key=lambda n: rows[n])[:2]
+    # The rest are probed only on the candidates that have the walked words: fewest first.
+    if rows[first] + rows[second] < probe_cost[driver]:
+        rest = sorted(set(range(len(words))) - {first, second}, key=lambda n: subjects[n])
+        return _Plan(words[first], words[second], tuple(words[n] for n in rest))
+    rest = sorted(set(range(len(words))) - {driver}, key=lambda n: subjects[n])
+    return _Plan(words[driver], None, tuple(words[n] for n in rest))
+
+
+def _sizes(
+    session: Session, words: list[_Word], after: tuple[datetime, uuid.UUID] | None
+) -> tuple[list[float], list[float]]:
+    """For each word, about how many key rows and how many subjects it has after `after`.
+
+    Each key's rows are read up to SAMPLE_ROWS in page order: a key with fewer is counted, one
+    with more is projected from how far in time its sample reached, to the newest subject. A
+    subject whose name is the word has every key of it, one a typo away one of them, so a word
+    names about its rows less (keys - 1) x its rarest key's."""
+    stmt = _sample_statement(
+        tuple((len(word.keys), word.whole_only) for word in words), resumed=after is not None
+    )
+    parameters: dict[str, Any] = {"sample_rows": SAMPLE_ROWS}
+    for n, word in enumerate(words):
+        parameters.update(_range_parameters(f"sample_{n}", word))
+    if after is not None:
+        parameters["after_created_at"], parameters["after_id"] = after
+    sampled = session.execute(stmt, parameters).all()
+    newest = max((row.newest for row in sampled if row.newest is not None), default=None)
+    firsts = [row.first for row in sampled if row.first is not None]
+    start = after[0] if after is not None else min(firsts, default=None)
+
+    def projected(count: int, reach: datetime | None) -> float:
+        if count < SAMPLE_ROWS or reach is None or newest is None or start is None:
+            return float(count)
+        reached = max((reach - start).total_seconds(), 1e-6)
+        return count * max((newest - start).total_seconds(), reached) / reached
+
+    per_key: list[list[float]] = [[] for _ in words]
+    for row in sampled:
+        per_key[row.word].append(projected(row.count, row.reach))
+    rows = [sum(keys) for keys in per_key]
+    subjects = [sum(keys) - (len(keys) - 1) * min(keys) for keys in per_key]
+    return rows, subjects
 
 
 @functools.lru_cache(maxsize=64)
-def _count_statement(whole_only: tuple[bool, ...]) -> Select[Any]:
+def _sample_statement(words: tuple[tuple[int, bool], ...], *, resumed: bool) -> Select[Any]:
+    """Per key of every word (parameters sample_<word>_<key>): how many of its first sample_rows
+    rows after `after` there are, the first's and the last's created_at, and the newest subject's.
+    Each is one range of ix_subject_name_keys_key_order read in order up to the limit."""
     keys = SubjectNameKey
-    rare_rows = bindparam("rare_rows", type_=Integer())
-    return select(
-        *(
-            select(func.count())
-            .select_from(
-                select(keys.key).where(_key_rows(keys, n, whole)).limit(rare_rows).subquery()
+    order = (keys.subject_created_at, keys.subject_id)
+    sample_rows = bindparam("sample_rows", type_=Integer())
+    arms = []
+    for word, (key_count, whole_only) in enumerate(words):
+        for n in range(key_count):
+            sample = select(keys.subject_created_at).where(
+                keys.key == bindparam(f"sample_{word}_{n}", type_=keys.key.type)
             )
-            .scalar_subquery()
-            for n, whole in enumerate(whole_only)
-        )
-    )
+            if whole_only:
+                sample = sample.where(keys.whole_word)
+            if resumed:
+                sample = sample.where(tuple_(*order) > tuple_(*_AFTER))
+            taken = sample.order_by(*order).limit(sample_rows).subquery()
+            arms.append(
+                select(
+                    literal(word).label("word"),
+                    func.count().label("count"),
+                    func.min(taken.c.subject_created_at).label("first"),
+                    func.max(taken.c.subject_created_at).label("reach"),
+                )
+            )
+    sampled = union_all(*arms).subquery()
+    newest = select(func.max(Subject.created_at)).scalar_subquery()
+    return select(*sampled.c, newest.label("newest"))
 
 
-def _estimated_rows(session: Session, word: _Word) -> float:
-    """PostgreSQL's estimate of the word's key rows (EXPLAIN, planned and not run)."""
-    stmt = select(SubjectNameKey.subject_id).where(_key_rows(SubjectNameKey, 0, word.whole_only))
-    expanded = stmt.compile(dialect=session.get_bind().dialect).construct_expanded_state(
-        _word_parameters([word])
-    )
-    plan = (
-        session.connection()
-        .exec_driver_sql("EXPLAIN (FORMAT JSON) " + expanded.statement, expanded.parameters)
-        .scalar_one()
-    )
-    return float(plan[0]["Plan"]["Plan Rows"])
+def _ordered_once(
+    prefix: str, key_count: int, whole_only: bool, *, resumed: bool, on_postgresql: bool
+) -> Any:
+    """The subjects that have a key prefix_0, prefix_1, ... (whole words only if `whole_only`),
+    once each, as (subject_created_at, subject_id) in page order after `after` if resumed.
+
+    Each key is a range of ix_subject_name_keys_key_order already in page order. Each range is
+    ordered in its own subquery, so PostgreSQL merges them (Merge Append), and DISTINCT ON keeps
+    a subject once (Unique; a subject has several keys of one word). Both stream: under the LIMIT
+    the ranges are read only as far as the page needs. A plain DISTINCT means the same (SQLite,
+    which has no DISTINCT ON, uses it), but PostgreSQL plans this subquery for all of its rows
+    (the outer query joins) and hashed them: every one of the 91,000 key rows of "Smith" at a
+    million children, to keep 234. DISTINCT ON it can only sort or merge, and merging ranges
+    already in order costs less than sorting them."""
+    keys = SubjectNameKey
+    order = (keys.subject_created_at, keys.subject_id)
+    arms = []
+    for n in range(key_count):
+        arm = select(*order).where(keys.key == bindparam(f"{prefix}_{n}", type_=keys.key.type))
+        if whole_only:
+            arm = arm.where(keys.whole_word)
+        if resumed:
+            arm = arm.where(tuple_(*order) > tuple_(*_AFTER))
+        arms.append(arm)
+    if key_count == 1:  # one row per subject (the primary key is subject and key)
+        return arms[0].order_by(*order).subquery()
+    ordered = [arm.order_by(*order).subquery() for arm in arms]
+    merged = union_all(*(select(*arm.c) for arm in ordered)).subquery()
+    columns = (merged.c.subject_created_at, merged.c.subject_id)
+    once = select(*columns).order_by(*columns)
+    return (once.ext(distinct_on(*columns)) if on_postgresql else once.distinct()).subquery()
 
 
 @functools.lru_cache(maxsize=256)
 def _walk_statement(
-    key_count: int,
-    whole_only: bool,
-    others: tuple[bool, ...],
+    driver: tuple[int, bool],
+    merged: tuple[int, bool] | None,
+    probed: tuple[bool, ...],
     *,
     resumed: bool,
     by_birth_date: bool,
     on_postgresql: bool,
 ) -> Select[tuple[Subject]]:
     """The first `size` visible subjects after `after` in page order that have a key of the
-    driving word (parameters key_0, key_1, ...) and of every other word (words_0, words_1, ...).
+    driving word (parameters key_0, key_1, ...; `driver` is their number and whether only whole
+    words count), of the merged word if any (merge_0, merge_1, ...) and of every probed word
+    (words_0, words_1, ...).
 
-    Each driving key is a range of ix_subject_name_keys_key_order already in page order. Each
-    range is ordered in its own subquery, so PostgreSQL merges them (Merge Append), and DISTINCT
-    ON keeps a subject once (Unique; a subject has several keys of one word). Both stream: under
-    the LIMIT the ranges are read only as far as the page needs. A plain DISTINCT means the same
-    (SQLite, which has no DISTINCT ON, uses it), but PostgreSQL plans this subquery for all of
-    its rows (the outer query joins) and hashed them: every one of the 91,000 key rows of
-    "Smith" at a million children, to keep 234. DISTINCT ON it can only sort or merge, and
-    merging ranges already in order costs less than sorting them.
-
-    Each candidate is then probed for the other words' keys, and only those that have them are
-    read from subjects and tested for visibility, in the same statement: a common name costs
-    about a page of candidates over what the viewer cannot see, a rare one all its candidates
-    (a rare name has few), and neither costs a round trip per batch.
+    The merged word's subjects stream in the same order as the driver's, so the two are joined
+    by merging (Merge Join): both are read only as far as the page needs, with no lookup per
+    candidate. Each candidate is then probed for the other words' keys, and only those that have
+    them are read from subjects and tested for visibility, in the same statement: a common name
+    costs about a page of candidates over what the viewer cannot see, a rare one all its
+    candidates (a rare name has few), and neither costs a round trip per batch.
     """
-    keys = SubjectNameKey
-    order = (keys.subject_created_at, keys.subject_id)
-    arms = []
-    for n in range(key_count):
-        arm = select(*order).where(keys.key == bindparam(f"key_{n}", type_=keys.key.type))
-        if whole_only:
-            arm = arm.where(keys.whole_word)
-        if resumed:
-            arm = arm.where(tuple_(*order) > tuple_(*_AFTER))
-        arms.append(arm)
-    if key_count == 1:
-        stream = arms[0].subquery()  # one row per subject (the primary key is subject and key)
-    else:
-        ordered = [arm.order_by(*order).subquery() for arm in arms]
-        merged = union_all(*(select(*arm.c) for arm in ordered)).subquery()
-        columns = (merged.c.subject_created_at, merged.c.subject_id)
-        once = select(*columns).order_by(*columns)
-        stream = (once.ext(distinct_on(*columns)) if on_postgresql else once.distinct()).subquery()
-    probes = (_has_keys_of(n, whole, stream.c.subject_id) for n, whole in enumerate(others))
-    stmt = (
-        select(Subject)
-        .select_from(stream)
-        .join(Subject, Subject.id == stream.c.subject_id)
-        .where(
-            *probes,
-            policy.subject_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW),
+    stream = _ordered_once("key", *driver, resumed=resumed, on_postgresql=on_postgresql)
+    stmt = select(Subject).select_from(stream)
+    if merged is not None:
+        other = _ordered_once("merge", *merged, resumed=resumed, on_postgresql=on_postgresql)
+        stmt = stmt.join(
+            other,
+            and_(
+                other.c.subject_created_at == stream.c.subject_created_at,
+                other.c.subject_id == stream.c.subject_id,
+            ),
         )
+    probes = (_has_keys_of(n, whole, stream.c.subject_id) for n, whole in enumerate(probed))
+    stmt = stmt.join(Subject, Subject.id == stream.c.subject_id).where(
+        *probes,
+        policy.subject_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW),
     )
     if by_birth_date:
         stmt = stmt.where(Subject.date_of_birth == _DATE_OF_BIRTH)
