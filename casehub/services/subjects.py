@@ -65,6 +65,9 @@ MAX_BATCH = 2000
 # rows and no lookup. At a million children "Oliver Smith" probes 5,400 Smiths, while "Mohammed
 # Ali" probed 25,000 children for Ali's keys ("ai" is a deletion of every Kai) where Mohammed
 # names 9,200: PostgreSQL's estimates, which know only the commonest keys, called Ali the rarer.
+# Measured at a million children (2 cores shared with other work): a probe 14 us, a key row
+# streamed 0.48 us, some 29 rows. 20 leans towards probing, the walk that reads least when a
+# projection is off.
 SAMPLE_ROWS = 500
 PROBE_COST = 20.0
 
