@@ -1,4 +1,4 @@
-"""Rate limits (flask-limiter): a budget per client and route class, shared by every process.
+"""Rate limits: a budget per client and route class, shared by every process.
 
 Each authenticated request spends one unit of its client's budget for the route's class —
 `read` (GET), `write` (POST, PUT, PATCH, DELETE), `search` (subject search) or `audit` (audit
@@ -12,24 +12,34 @@ The counters live in `CASEHUB_RATE_LIMIT_STORAGE`: `memory://` (one process: the
 `redis://host:6379/0`, which every API process behind the load balancer shares. Answers carry
 `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and a 429 also
 `Retry-After`. A refused request is audited (`rate.limited`, denied) like every refusal.
+
+The `limits` library counts (a sliding window counter per client, class and window), called
+here directly: flask-limiter, which drives it for most Flask apps, resolved every limit of every
+request through its decorators and callables, about a seventh of an audited read's CPU. A
+request here works out its route class once and spends one counter (the OAuth endpoints test
+two, and spend them only on failure).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limit, Limiter, RequestLimit
-from flask_limiter.errors import RateLimitExceeded
-from limits import parse_many
+from limits import RateLimitItem, parse, parse_many
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 from casehub.errors import problem
 
-# Route classes and the setting that holds each one's limit (a flask-limiter limit string).
+log = logging.getLogger("casehub.limits")
+
+# Route classes and the setting that holds each one's limit (a limit string: "600/minute").
 CLASSES: dict[str, str] = {
     "read": "RATE_LIMIT_READ",
     "write": "RATE_LIMIT_WRITE",
@@ -47,6 +57,10 @@ UNLIMITED = "none"  # liveness and readiness: an orchestrator calls them every f
 
 FAILURE_POLICY = {CLIENT_AUTH_FAILURES: "client-auth", ADDRESS_AUTH_FAILURES: "address-auth"}
 
+# While the shared store is unreachable, try it again after 1, 2, 4 … 32 seconds, then anew.
+RECHECK_BACKOFF_STEPS = 5
+INPROCESS_SWEEP_SECONDS = 1.0
+
 
 def check_settings(settings: dict[str, Any]) -> list[str]:
     """The names of rate-limit settings that are not limit strings ("600/minute")."""
@@ -62,8 +76,8 @@ def check_settings(settings: dict[str, Any]) -> list[str]:
 
 
 def route_class() -> str:
-    """The class of the current request's route: declared on the view, else by method. Asked
-    several times per request by the limiter (limit, scope, exemptions), so worked out once."""
+    """The class of the current request's route: declared on the view, else by method; worked
+    out once per request (the limit, its headers and a 429's detail all ask)."""
     cached = g.get("casehub_rate_class")
     if cached is not None:
         return str(cached)
@@ -99,80 +113,196 @@ def _claimed_client() -> str:
     return "client:" + hashlib.sha256(claimed.encode()).hexdigest()[:32]
 
 
-def _not_budgeted() -> bool:
-    return route_class() in (UNLIMITED, CLIENT_AUTH)
+class _InProcessStorage(MemoryStorage):
+    """limits' memory storage without its expiry thread: MemoryStorage starts a Timer thread
+    whenever none is alive, which at this service's pace is on almost every hit. Counters are
+    read with their expiry checked either way; the sweep of expired ones (a sliding window
+    leaves one key per client and window behind) runs here inline, at most once a second."""
+
+    def __init__(self) -> None:
+        super().__init__()  # starts one 10 ms Timer, once
+        self._swept = time.monotonic()
+        self._sweep_lock = threading.Lock()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # overrides MemoryStorage.__schedule_expiry
+        now = time.monotonic()
+        if now - self._swept < INPROCESS_SWEEP_SECONDS or not self._sweep_lock.acquire(False):
+            return
+        try:
+            self._swept = now
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        finally:
+            self._sweep_lock.release()
 
 
-def _not_client_auth() -> bool:
-    return route_class() != CLIENT_AUTH
+# The failure budgets of the OAuth endpoints, in the order they are tested.
+FAILURE_KEYS = ((CLIENT_AUTH_FAILURES, _claimed_client), (ADDRESS_AUTH_FAILURES, _address))
 
 
-def _failed_client_auth(response: Response) -> bool:
-    return response.status_code == 401
+def _storage(uri: str) -> Storage:
+    if uri.startswith("memory://"):
+        return _InProcessStorage()
+    if uri.startswith(("redis", "rediss")):
+        return storage_from_string(uri, socket_connect_timeout=0.5, socket_timeout=0.5)
+    return storage_from_string(uri)
 
 
-def _setting(key: str) -> Callable[[], str]:
-    return lambda: str(current_app.config[key])
+@dataclass
+class Spent:
+    """One limit a request counted against: its policy name (the class, or the failure
+    budget), its item and its counter's identifiers."""
+
+    name: str
+    item: RateLimitItem
+    identifiers: tuple[str, ...]
+    breached: bool = False
 
 
-def _class_limit() -> str:
-    setting = CLASSES.get(route_class())
-    return str(current_app.config[setting]) if setting else ""  # "": no limit (exempt routes)
+class RateLimited(Exception):  # a refusal, rendered as 429, not a fault
+    def __init__(self, breached: Spent) -> None:
+        super().__init__(breached.name)
+        self.breached = breached
 
 
-def _policy_name(limit: RequestLimit) -> str:
-    return str(limit.request_args[-1])  # [prefix,] key, scope: shared limits' scope is the name
+class Limiter:
+    """The counters of one app: the configured store and, for while it is unreachable, counters
+    in this process (rather than refuse every request or wave every one through)."""
 
+    def __init__(self, storage_uri: str, key_prefix: str) -> None:
+        self.storage = _storage(storage_uri)
+        self.counters = SlidingWindowCounterRateLimiter(self.storage)
+        self.fallback = SlidingWindowCounterRateLimiter(_InProcessStorage())
+        self.key_prefix = key_prefix
+        self.storage_dead = False
+        self._last_recheck = 0.0
+        self._rechecks = 0
+        self._items: dict[str, RateLimitItem] = {}
 
-def _fields(limit: RequestLimit) -> tuple[str, str]:
-    """This limit's RateLimit-Policy and RateLimit items (quota q per window w seconds;
-    r remaining, t seconds until a unit is free again)."""
-    name = _policy_name(limit)
-    window = limit.limit.get_expiry()
-    reset = max(0, math.ceil(limit.reset_at - time.time()))
-    remaining = max(0, limit.remaining)
-    return (
-        f'"{name}";q={limit.limit.amount};w={window}',
-        f'"{name}";r={remaining};t={min(reset, window)}',
-    )
+    @property
+    def strategy(self) -> SlidingWindowCounterRateLimiter:
+        return self.fallback if self.storage_dead else self.counters
 
+    def reset(self) -> None:
+        """Forget every counter (tests)."""
+        self.storage.reset()
+        self.fallback.storage.reset()
 
-def _headers(limits: list[RequestLimit]) -> dict[str, str]:
-    policies, states = [], []
-    for limit in limits:
-        policy, state = _fields(limit)
-        policies.append(policy)
-        states.append(state)
-    if not policies:
-        return {}
-    return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}
+    def item(self, setting: str) -> RateLimitItem:
+        """The limit a setting holds now (read per request: tests change it at run time)."""
+        text = str(current_app.config[setting])
+        found = self._items.get(text)
+        if found is None:
+            found = self._items[text] = parse(text)
+        return found
 
+    def _spent(self, name: str, setting: str, key: str) -> Spent:
+        identifiers = (self.key_prefix, key, name) if self.key_prefix else (key, name)
+        return Spent(name, self.item(setting), identifiers)
 
-def _add_headers(response: Response) -> Response:
-    limiter: Limiter | None = current_app.extensions.get("casehub.limiter")
-    if limiter is None or response.status_code == 429:
+    def _store_is_back(self) -> bool:
+        if self._rechecks > RECHECK_BACKOFF_STEPS:
+            self._rechecks = 0
+        if time.time() - self._last_recheck <= 2**self._rechecks:
+            return False
+        self._last_recheck = time.time()
+        self._rechecks += 1
+        return bool(self.storage.check())
+
+    def check_request(self) -> None:
+        """before_request: spend (or, for the OAuth endpoints, test) this request's budget;
+        raise RateLimited when it is spent."""
+        if not request.endpoint:
+            return  # routes nowhere: 404 or 405 without spending anything
+        rate_class = route_class()
+        if rate_class == UNLIMITED:
+            return
+        if rate_class == CLIENT_AUTH:
+            spent = [
+                self._spent(FAILURE_POLICY[setting], setting, key())
+                for setting, key in FAILURE_KEYS
+            ]
+        else:
+            setting = CLASSES.get(rate_class)
+            if setting is None:
+                return
+            spent = [self._spent(rate_class, setting, _caller())]
+        g.casehub_rate_limits = spent
+        if self.storage_dead and self._store_is_back():
+            log.info("rate limit storage recovered")
+            self.storage_dead = False
+            self._rechecks = 0
+        for _attempt in range(2):
+            try:
+                self._evaluate(spent, deduct=rate_class != CLIENT_AUTH)
+                return
+            except RateLimited:
+                raise
+            except Exception:
+                if self.storage_dead:
+                    log.exception("rate limiting failed; the request is not limited")
+                    return
+                log.warning("rate limit storage unreachable - falling back to in-process counters")
+                self.storage_dead = True
+
+    def _evaluate(self, spent: list[Spent], *, deduct: bool) -> None:
+        strategy = self.strategy
+        for limit in spent:
+            allowed = (strategy.hit if deduct else strategy.test)(limit.item, *limit.identifiers)
+            if not allowed:
+                limit.breached = True
+                raise RateLimited(limit)
+
+    def finish_request(self, response: Response) -> Response:
+        """after_request: the IETF headers (not on a 429, which has its own), then a failed
+        client authentication spends the failure budgets it was tested against."""
+        spent: list[Spent] = g.get("casehub_rate_limits") or []
+        if not spent:
+            return response
+        if response.status_code != 429:
+            try:
+                for name, value in self.headers(spent).items():
+                    response.headers[name] = value
+            except Exception:  # the storage went away after the check: the answer stands
+                log.warning("rate limit headers unavailable", exc_info=True)
+        if response.status_code == 401 and route_class() == CLIENT_AUTH:
+            try:
+                for limit in spent:
+                    self.strategy.hit(limit.item, *limit.identifiers)
+            except Exception:
+                log.exception("failed client authentication not counted")
         return response
-    try:
-        for name, value in _headers(limiter.current_limits).items():
-            response.headers[name] = value
-    except Exception:  # the storage went away after the check: the answer stands without them
-        limiter.logger.warning("rate limit headers unavailable", exc_info=True)
-    return response
+
+    def _fields(self, limit: Spent) -> tuple[str, str, int]:
+        """This limit's RateLimit-Policy and RateLimit items (quota q per window w seconds;
+        r remaining, t seconds until a unit is free again) and that t."""
+        window = limit.item.get_expiry()
+        stats = self.strategy.get_window_stats(limit.item, *limit.identifiers)
+        reset = min(max(0, math.ceil(int(stats.reset_time + 1) - time.time())), window)
+        return (
+            f'"{limit.name}";q={limit.item.amount};w={window}',
+            f'"{limit.name}";r={max(0, stats.remaining)};t={reset}',
+            reset,
+        )
+
+    def headers(self, spent: list[Spent]) -> dict[str, str]:
+        fields = [self._fields(limit) for limit in spent]
+        return {
+            "RateLimit-Policy": ", ".join(f[0] for f in fields),
+            "RateLimit": ", ".join(f[1] for f in fields),
+        }
+
+    def retry_after(self, limit: Spent) -> int:
+        """Whole seconds until the budget has room again (at least 1)."""
+        return max(1, self._fields(limit)[2])
 
 
-def too_many_requests(error: RateLimitExceeded) -> Response:
+def too_many_requests(error: RateLimited) -> Response:
     """429 problem+json with Retry-After (whole seconds until the budget has room again)."""
     from casehub import web
 
     limiter: Limiter = current_app.extensions["casehub.limiter"]
-    breached = [limit for limit in limiter.current_limits if limit.breached] or (
-        [limiter.current_limit] if limiter.current_limit else []
-    )
-    now = time.time()
-    retry_after = max(
-        [1, *(min(math.ceil(limit.reset_at - now), limit.limit.get_expiry()) for limit in breached)]
-    )
-    headers = {"Retry-After": str(retry_after), **_headers(breached)}
+    retry_after = limiter.retry_after(error.breached)
+    headers = {"Retry-After": str(retry_after), **limiter.headers([error.breached])}
     if route_class() == CLIENT_AUTH:
         detail = (
             "Too many failed client authentications from this client id or address; "
@@ -188,49 +318,9 @@ def init_app(app: Flask) -> Limiter | None:
     """Bind a limiter to `app` (after web.py's authorisation, so the caller is known)."""
     if not app.config["RATE_LIMITS_ENABLED"] or not app.config.get("SERVING", True):
         return None
-    storage = str(app.config["RATE_LIMIT_STORAGE"])
-    limiter = Limiter(
-        _caller,
-        default_limits=[
-            Limit(
-                _class_limit,
-                key_function=_caller,
-                scope=lambda _: route_class(),
-                shared=True,
-                exempt_when=_not_budgeted,
-            ),
-            Limit(
-                _setting(CLIENT_AUTH_FAILURES),
-                key_function=_claimed_client,
-                scope=FAILURE_POLICY[CLIENT_AUTH_FAILURES],
-                shared=True,
-                exempt_when=_not_client_auth,
-                deduct_when=_failed_client_auth,
-            ),
-            Limit(
-                _setting(ADDRESS_AUTH_FAILURES),
-                key_function=_address,
-                scope=FAILURE_POLICY[ADDRESS_AUTH_FAILURES],
-                shared=True,
-                exempt_when=_not_client_auth,
-                deduct_when=_failed_client_auth,
-            ),
-        ],
-        storage_uri=storage,
-        storage_options=(
-            {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
-            if storage.startswith(("redis", "rediss"))
-            else {}
-        ),
-        strategy="sliding-window-counter",
-        key_prefix=app.config["RATE_LIMIT_KEY_PREFIX"],
-        headers_enabled=False,  # casehub writes the IETF headers itself (_add_headers)
-        # Redis unreachable: keep limiting, per process, rather than refuse or wave through.
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-    )
-    limiter.init_app(app)
+    limiter = Limiter(str(app.config["RATE_LIMIT_STORAGE"]), app.config["RATE_LIMIT_KEY_PREFIX"])
     app.extensions["casehub.limiter"] = limiter
-    app.after_request(_add_headers)
-    app.register_error_handler(RateLimitExceeded, too_many_requests)
+    app.before_request(limiter.check_request)
+    app.after_request(limiter.finish_request)
+    app.register_error_handler(RateLimited, too_many_requests)
     return limiter

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -282,6 +283,32 @@ def test_an_unreachable_redis_still_limits_in_each_process(tmp_path):
     assert http.get("/.well-known/jwks.json").status_code == 200
     _expect_429(http.get("/.well-known/jwks.json"))
     get_db(app).engine.dispose()
+
+
+def test_in_process_counters_start_no_thread_per_request_and_sweep_what_expired(monkeypatch):
+    """limits' MemoryStorage starts a Timer thread whenever none is alive (on almost every hit
+    at a service's pace); casehub's in-process counters sweep inline instead."""
+    from limits import parse
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from casehub.limits import _InProcessStorage
+
+    storage = _InProcessStorage()
+    started: list[object] = []
+    monkeypatch.setattr(threading.Timer, "start", lambda timer: started.append(timer))
+    counters = SlidingWindowCounterRateLimiter(storage)
+    item = parse("1000/minute")
+    for _ in range(50):
+        assert counters.hit(item, "client:x", "read")
+    assert started == []
+    assert counters.get_window_stats(item, "client:x", "read").remaining == 950
+
+    storage.incr("gone", 0.001)
+    time.sleep(0.01)
+    storage._swept = float("-inf")  # a second has passed since the last sweep
+    assert counters.hit(item, "client:x", "read")
+    assert "gone" not in storage.storage
+    assert started == []
 
 
 # -- many processes, one budget ----------------------------------------------------------------
