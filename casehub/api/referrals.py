@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
+from sqlalchemy import Row
 
 from casehub.api.base import Blueprint, current_actor, problem_response
 from casehub.api.etag import etag_for, expected_version
@@ -30,7 +31,7 @@ blp = Blueprint("referrals", __name__, url_prefix="/v1/referrals", description="
 NOT_FOUND = {"404": problem_response("No such referral, or not visible to the caller's agency.")}
 
 
-def etag_header(referral: Referral) -> dict[str, str]:
+def etag_header(referral: Referral | Row[Any]) -> dict[str, str]:
     return {"ETag": etag_for(referral.id, referral.version)}
 
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, insert, select, tuple_, union
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Row,
+    Select,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    tuple_,
+    union,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from casehub import audit
@@ -59,6 +72,15 @@ class ReferralView:
     access: policy.Access
 
 
+@dataclass(frozen=True)
+class ReferralRead:
+    """A referral as one caller reads it, without ORM objects: a row of its columns with its
+    `categories` and `indicators` as lists (what ReferralSchema dumps), and the access."""
+
+    referral: Row[Any]
+    access: policy.Access
+
+
 # -- access -----------------------------------------------------------------------------------
 def _with_children(stmt: Select[tuple[Referral]]) -> Select[tuple[Referral]]:
     return stmt.options(selectinload(Referral.category_rows), selectinload(Referral.indicator_rows))
@@ -99,25 +121,84 @@ def reach_referral(
             share_purpose=row.share_purpose,
         )
     if referral is None or access is None:
-        audit.record(
-            session,
-            actor,
-            "access.denied",
-            outcome="denied",
-            resource_type="referral",
-            resource_id=referral_id,
-            referral_id=referral_id,
-            purpose=actor.purpose,
-        )
-        raise NotFound("No such referral.")
+        _refuse(session, actor, referral_id)
     return ReferralView(referral, access)
+
+
+def _refuse(session: Session, actor: Actor, referral_id: uuid.UUID) -> NoReturn:
+    """What a referral the caller may not see and an id that names nothing both answer."""
+    audit.record(
+        session,
+        actor,
+        "access.denied",
+        outcome="denied",
+        resource_type="referral",
+        resource_id=referral_id,
+        referral_id=referral_id,
+        purpose=actor.purpose,
+    )
+    raise NotFound("No such referral.")
+
+
+def _listed(column: Any, position: Any, dialect: str) -> Any:
+    """A referral's list (categories or indicators) as one value of the referral's row, in
+    its order: ARRAY(SELECT …) on PostgreSQL, a JSON array on SQLite; a list either way."""
+    ordered = (
+        select(column.label("item"))
+        .where(column.table.c.referral_id == Referral.id)
+        .order_by(position)
+        .correlate(Referral)
+    )
+    if dialect == "postgresql":
+        return func.array(ordered.scalar_subquery(), type_=postgresql.ARRAY(column.type))
+    inner = ordered.subquery()
+    return select(func.json_group_array(inner.c.item, type_=JSON)).scalar_subquery()
+
+
+@functools.cache
+def _read_statement(dialect: str) -> Select[Any]:
+    """What `read_referral` sends, built once per dialect: the referral's columns, its two
+    lists and the caller's active share, filtered by visibility (policy), in one SELECT."""
+    return select(
+        *Referral.__table__.columns,
+        _listed(ReferralCategory.category, ReferralCategory.position, dialect).label("categories"),
+        _listed(ReferralIndicator.code, ReferralIndicator.position, dialect).label("indicators"),
+        *policy.active_share_columns(policy.VIEWER_AGENCY, policy.VIEWER_NOW),
+    ).where(
+        Referral.id == bindparam("referral_id", type_=Referral.id.type),
+        policy.referral_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW),
+    )
+
+
+def read_referral(
+    session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
+) -> ReferralRead:
+    """As `reach_referral` (the same visibility, the same refusal), for a read that changes
+    nothing: one Core SELECT and a row instead of ORM objects and their collections, which
+    cost about a fifth of an audited read's CPU."""
+    connection = session.connection()
+    statement = _read_statement(connection.dialect.name)
+    params = {"referral_id": referral_id, **policy.viewer(actor, now)}
+    row = connection.execute(statement, params).one_or_none()
+    access = None
+    if row is not None:
+        access = policy.access_through(
+            actor.agency,
+            lead_agency=row.lead_agency,
+            share_id=row.share_id,
+            share_access=row.share_access,
+            share_purpose=row.share_purpose,
+        )
+    if row is None or access is None:
+        _refuse(session, actor, referral_id)
+    return ReferralRead(row, access)
 
 
 def record_on(
     session: Session,
     actor: Actor,
     action: str,
-    view: ReferralView,
+    view: ReferralView | ReferralRead,
     *,
     outcome: str = "allowed",
     resource_type: str = "referral",
@@ -345,8 +426,8 @@ def create_referral(
 
 def get_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
-) -> ReferralView:
-    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
+) -> ReferralRead:
+    view = read_referral(session, actor=actor, referral_id=referral_id, now=now)
     record_on(session, actor, "referral.read", view)
     return view
 
