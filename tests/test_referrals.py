@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
+from casehub.schemas.referral import ReferralSchema, referral_document
 from tests.helpers import referral_body
 
 
@@ -437,3 +440,71 @@ def test_a_422_has_one_problem_type_whichever_layer_found_the_fault(client, btp)
     assert schema_problem["title"] == rule_problem["title"]
     unknown_route = client.get("/v1/nowhere")
     assert unknown_route.get_json()["type"] == "urn:casehub:problem:not-found"
+
+
+def _shapes() -> list[SimpleNamespace]:
+    """A referral's every shape as ReferralSchema sees it: with and without a location (or
+    only part of one), a user, a narrative, indicators, immediate action."""
+    base = {
+        "id": uuid.uuid4(),
+        "reference": "CH-2026-000123",
+        "subject_id": uuid.uuid4(),
+        "lead_agency": "btp",
+        "created_by_agency": "btp",
+        "created_by_client_id": "chc_abc",
+        "created_by_user_id": None,
+        "categories": ["missing_from_care", "exploitation_criminal"],
+        "indicators": [],
+        "summary": "Seen at Grantham station at 02:00 — «alone»",
+        "narrative": None,
+        "observed_at": datetime(2026, 3, 1, 2, 0, tzinfo=UTC),
+        "location_description": None,
+        "location_postcode": None,
+        "location_transport_hub": None,
+        "risk_level": "high",
+        "immediate_action": None,
+        "status": "submitted",
+        "created_at": datetime(2026, 3, 1, 2, 5, 1, 123456, tzinfo=UTC),
+        "updated_at": datetime(2026, 3, 1, 2, 5, 1, 123456, tzinfo=UTC),
+    }
+    return [
+        SimpleNamespace(**base),
+        SimpleNamespace(
+            **{
+                **base,
+                "created_by_user_id": uuid.uuid4(),
+                "indicators": ["TRV-01", "PHN-01"],
+                "narrative": "Long text\nwith lines",
+                "location_description": "Platform 2",
+                "location_postcode": "NG31 6AA",
+                "location_transport_hub": "Grantham station",
+                "risk_level": "immediate",
+                "immediate_action": "999 called",
+                "status": "closed",
+            }
+        ),
+        SimpleNamespace(**{**base, "location_transport_hub": "Grantham station"}),
+    ]
+
+
+@pytest.mark.parametrize("shape", _shapes())
+def test_the_read_document_is_what_referral_schema_dumps(shape):
+    """GET /v1/referrals/{id} builds its document without marshmallow: the same keys, in the
+    same order (the JSON is not sorted), and the same values as ReferralSchema's dump."""
+    built = referral_document(shape)
+    dumped = ReferralSchema().dump(shape)
+    assert json.dumps(built) == json.dumps(dumped)
+
+
+def test_a_read_answers_the_document_a_create_answered(client, btp):
+    headers = btp.headers()
+    body = referral_body(
+        indicators=["TRV-01"], location={"postcode": "NG1 1AA", "transport_hub": "Nottingham"}
+    )
+    created = client.post("/v1/referrals", json=body, headers=headers)
+    assert created.status_code == 201
+    read = client.get(f"/v1/referrals/{created.get_json()['id']}", headers=headers)
+    assert read.status_code == 200
+    assert read.mimetype == "application/json"
+    assert read.headers["ETag"] == created.headers["ETag"]
+    assert read.get_data() == created.get_data()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import url_for
+from flask import current_app, url_for
 from flask.views import MethodView
 from sqlalchemy import Row
 
@@ -23,6 +23,7 @@ from casehub.schemas.referral import (
     ReferralSchema,
     ReferralUpdateSchema,
     TransitionCreateSchema,
+    referral_document,
 )
 from casehub.services import referrals
 
@@ -101,7 +102,9 @@ class ReferralById(MethodView):
         view = referrals.get_referral(
             get_session(), actor=current_actor(), referral_id=referral_id, now=utcnow()
         )
-        return view.referral, etag_header(view.referral)
+        # ReferralSchema's document, built directly (the response flask-smorest would build).
+        document = current_app.json.response(referral_document(view.referral))
+        return document, etag_header(view.referral)
 
     @blp.requires("referrals:write")
     @blp.etag_required
