@@ -90,7 +90,6 @@ LOUD = (
     "gunicorn.error",
     "gunicorn.access",
     "flask_smorest",
-    "flask_limiter",
     "limits",
     "alembic",
     "psycopg",
