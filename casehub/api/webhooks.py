@@ -192,7 +192,10 @@ class Events(MethodView):
             "cursor, from the oldest kept. Follow `next_cursor` as for any list until it is "
             "null: that is everything there is now. Keep the last page's `poll_cursor` and "
             "pass it as `cursor` on the next poll to get only what came after (an empty page: "
-            "nothing new yet). Needs `referrals:read` or `webhooks:manage`."
+            "nothing new yet). An event is served once every database transaction that began "
+            "before it committed has ended (usually within milliseconds; a long-running one "
+            "delays the feed and never reorders it), so a cursor never skips an event that "
+            "commits late. Needs `referrals:read` or `webhooks:manage`."
         ),
     )
     def get(self, args: dict[str, Any]) -> events.FeedPage:
