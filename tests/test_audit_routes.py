@@ -15,6 +15,7 @@ from casehub.models import AuditEvent
 from casehub.web import endpoint_policy
 from tests.conftest import ALL_SCOPES
 from tests.helpers import referral_body, share_body, subject_body
+from tests.windows import clear_of_a_window_edge
 
 EVERYTHING = ALL_SCOPES + " audit:read"
 
@@ -438,6 +439,7 @@ def tight_limits(app):
     limiter.reset()
     for setting in ("READ", "WRITE", "SEARCH", "AUDIT"):
         app.config[f"RATE_LIMIT_{setting}"] = "1/minute"
+    clear_of_a_window_edge()
     yield
     limiter.reset()
     app.config.update(saved)

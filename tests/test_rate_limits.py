@@ -28,6 +28,7 @@ from casehub.models import AuditEvent
 from tests.helpers import referral_body
 from tests.live_server import casehub_json, free_port, fresh_database, gunicorn, server_environment
 from tests.oauth_support import basic
+from tests.windows import clear_of_a_window_edge
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POLICY = re.compile(r'^"(?P<name>[a-z-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
@@ -42,6 +43,7 @@ def limits(app: Flask) -> Iterator[dict[str, Any]]:
     limiter = app.extensions["casehub.limiter"]
     saved = dict(app.config)
     limiter.reset()
+    clear_of_a_window_edge()
     yield app.config
     limiter.reset()
     app.config.update(saved)
@@ -375,6 +377,7 @@ def test_two_gunicorn_workers_share_one_budget_through_redis(tmp_path):
                         timeout=10,
                     )
 
+                clear_of_a_window_edge()
                 with ThreadPoolExecutor(4) as pool:
                     responses = list(pool.map(call, range(budget + 8)))
                 for response in responses:
