@@ -31,7 +31,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -121,24 +121,9 @@ def _row_message(row: ArchiveRow) -> bytes:
 def archives(connection: Connection) -> list[ArchiveRow]:
     """Every archive, oldest first."""
     table = AuditArchive.__table__
-    rows = connection.execute(select(table).order_by(table.c.seq_from))
-    return [
-        ArchiveRow(
-            r.id,
-            r.period,
-            r.seq_from,
-            r.seq_to,
-            r.prev_hash,
-            r.head_hash,
-            r.events,
-            r.content_sha256,
-            r.file_name,
-            r.archived_at,
-            r.key_id,
-            r.signature,
-        )
-        for r in rows
-    ]
+    columns = [table.c[name] for name in (f.name for f in fields(ArchiveRow))]
+    rows = connection.execute(select(*columns).order_by(table.c.seq_from))
+    return [ArchiveRow(**row._mapping) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,18 @@ _REACH = (
 )
 
 
+def _access(actor: Actor, lead_agency: str, row: Any) -> policy.Access | None:
+    """The access a row joined to the caller's share (`share_id`, `share_access`,
+    `share_purpose`) gives the caller, as policy decides; None: none."""
+    return policy.access_through(
+        actor.agency,
+        lead_agency=lead_agency,
+        share_id=row.share_id,
+        share_access=row.share_access,
+        share_purpose=row.share_purpose,
+    )
+
+
 def reach_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralView:
@@ -110,16 +122,8 @@ def reach_referral(
         .unique()
         .one_or_none()
     )
-    referral, access = None, None
-    if row is not None:
-        referral = row.Referral
-        access = policy.access_through(
-            actor.agency,
-            lead_agency=referral.lead_agency,
-            share_id=row.share_id,
-            share_access=row.share_access,
-            share_purpose=row.share_purpose,
-        )
+    referral = row.Referral if row is not None else None
+    access = _access(actor, referral.lead_agency, row) if referral is not None else None
     if referral is None or access is None:
         _refuse(session, actor, referral_id)
     return ReferralView(referral, access)
@@ -180,15 +184,7 @@ def read_referral(
     statement = _read_statement(connection.dialect.name)
     params = {"referral_id": referral_id, **policy.viewer(actor, now)}
     row = connection.execute(statement, params).one_or_none()
-    access = None
-    if row is not None:
-        access = policy.access_through(
-            actor.agency,
-            lead_agency=row.lead_agency,
-            share_id=row.share_id,
-            share_access=row.share_access,
-            share_purpose=row.share_purpose,
-        )
+    access = _access(actor, row.lead_agency, row) if row is not None else None
     if row is None or access is None:
         _refuse(session, actor, referral_id)
     return ReferralRead(row, access)
