@@ -17,6 +17,13 @@ SCOPES: dict[str, str] = {
     "audit:read:all": "Every audit event (partnership auditors).",
     "webhooks:manage": "The agency's webhook subscriptions.",
     "admin": "Clients and users of the agency; agencies themselves for the platform agency.",
+    "subjects:match": (
+        "Ask whether a child is known to other agencies (existence only), and request access."
+    ),
+    "referrals:emergency": (
+        "Time-boxed, read-only emergency access to a matched child's referrals; police and "
+        "local-authority agencies only."
+    ),
     "monitoring:read": "Operational metrics (`/metrics`), for the platform's monitoring "
     "(Prometheus). Platform agency only.",
 }
@@ -34,10 +41,18 @@ CASE_SCOPES = frozenset(SCOPES) - WITHOUT_CASE_CONTENT
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "caseworker": frozenset(
-        {"referrals:read", "referrals:write", "subjects:read", "subjects:write"}
+        {"referrals:read", "referrals:write", "subjects:read", "subjects:write", "subjects:match"}
     ),
     "safeguarding_lead": frozenset(
-        {"referrals:read", "referrals:write", "subjects:read", "subjects:write", "referrals:share"}
+        {
+            "referrals:read",
+            "referrals:write",
+            "subjects:read",
+            "subjects:write",
+            "subjects:match",
+            "referrals:share",
+            "referrals:emergency",
+        }
     ),
     "auditor": frozenset({"audit:read"}),
     "agency_admin": frozenset({"admin", "webhooks:manage"}),

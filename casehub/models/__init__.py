@@ -3,6 +3,7 @@
 from casehub.models.agency import Agency, AgencyKind, Client, RevokedToken, UsedAssertion, User
 from casehub.models.audit import AuditEvent
 from casehub.models.idempotency import IdempotencyRecord
+from casehub.models.matching import AccessRequest, EmergencyAccess, Match, SharingDecision
 from casehub.models.referral import (
     REFERENCE_SEQUENCE,
     Note,
@@ -13,7 +14,7 @@ from casehub.models.referral import (
     ReferralIndicator,
     Share,
 )
-from casehub.models.subject import Subject, SubjectNameKey
+from casehub.models.subject import Subject, SubjectIdentifier, SubjectNameKey
 from casehub.models.webhook import (
     Event,
     Webhook,
@@ -24,12 +25,15 @@ from casehub.models.webhook import (
 
 __all__ = [
     "REFERENCE_SEQUENCE",
+    "AccessRequest",
     "Agency",
     "AgencyKind",
     "AuditEvent",
     "Client",
+    "EmergencyAccess",
     "Event",
     "IdempotencyRecord",
+    "Match",
     "Note",
     "ReferenceCounter",
     "Referral",
@@ -38,7 +42,9 @@ __all__ = [
     "ReferralIndicator",
     "RevokedToken",
     "Share",
+    "SharingDecision",
     "Subject",
+    "SubjectIdentifier",
     "SubjectNameKey",
     "UsedAssertion",
     "User",

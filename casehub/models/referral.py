@@ -6,7 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, Sequence, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    Sequence,
+    String,
+    Text,
+    text,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from casehub.db import Base, new_id, utcnow
@@ -43,6 +54,8 @@ class Referral(Base):
     risk_level: Mapped[str] = mapped_column(String(10), index=True)
     immediate_action: Mapped[str | None] = mapped_column(String(1000))
     status: Mapped[str] = mapped_column(String(20), index=True)
+    # False: never matched (CONTRACT §9), e.g. during a covert investigation; set by the lead.
+    discoverable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -204,3 +217,8 @@ class Share(Base):
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(2000))
     ended_at: Mapped[datetime | None]
+    # Set on the shares that carry an emergency access (CONTRACT §10): read-only, four hours,
+    # audited with basis `emergency:<id>`; made only by casehub.services.emergency.
+    emergency_access_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("emergency_accesses.id"), index=True
+    )

@@ -35,6 +35,9 @@ class Subject(Base):
     name_keys: Mapped[list[SubjectNameKey]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True
     )
+    identifier_rows: Mapped[list[SubjectIdentifier]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
     __mapper_args__ = {"version_id_col": version}
 
@@ -60,6 +63,8 @@ class SubjectNameKey(Base):
             "subject_id",
             "whole_word",
         ),
+        # Matching (CONTRACT §9): a name's keys among children born within a year of a date.
+        Index("ix_subject_name_keys_key_birth_year", "key", "birth_year", "subject_id"),
     )
 
     subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
@@ -69,3 +74,21 @@ class SubjectNameKey(Base):
     # never a wrong answer), and on PostgreSQL a trigger of 0008 copies the subject's created_at.
     whole_word: Mapped[bool] = mapped_column(server_default=true())
     subject_created_at: Mapped[datetime]
+    # The subject's year of birth (its date of birth's, else its estimated year), for matching;
+    # NULL when neither is known (such a child is matched by identifier only). Rows written
+    # before migration 0015 were filled in by it.
+    birth_year: Mapped[int | None] = mapped_column(Integer)
+
+
+class SubjectIdentifier(Base):
+    """A subject's identifiers (`subjects.identifiers`) as rows, for matching by identifier: the
+    system and the value as stored, upper-cased with spaces and hyphens dropped."""
+
+    __tablename__ = "subject_identifiers"
+    __table_args__ = (PrimaryKeyConstraint("system", "value", "subject_id"),)
+
+    subject_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    system: Mapped[str] = mapped_column(String(40))
+    value: Mapped[str] = mapped_column(String(64))

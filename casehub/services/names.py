@@ -145,3 +145,10 @@ def close(query_token: str, name_token: str) -> bool:
 def matches(tokens: Iterable[str], names: set[str]) -> bool:
     """Every query token is close to some name token of the subject."""
     return all(any(close(token, name) for name in names) for token in tokens)
+
+
+def identifier_value(value: str) -> str:
+    """An identifier's value as matching compares it: upper case, without spaces or hyphens
+    ("ab 12-34 56c" and "AB123456C" are one National Insurance number). Migration 0015 does the
+    same in SQL for what was stored before it."""
+    return value.upper().replace(" ", "").replace("-", "")

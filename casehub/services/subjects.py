@@ -31,7 +31,7 @@ from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import new_id, new_row_values
 from casehub.errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed
-from casehub.models import Referral, Share, Subject, SubjectNameKey
+from casehub.models import Referral, Share, Subject, SubjectIdentifier, SubjectNameKey
 from casehub.services import names, policy
 from casehub.services.pagination import decode_cursor, encode_cursor, keyset_page
 
@@ -51,6 +51,8 @@ _PLAIN_FIELDS = (
     "identifiers",
 )
 _NAME_FIELDS = frozenset({"given_name", "family_name", "aliases"})
+# The keys carry the birth year too (matching finds a name among children born within a year).
+_KEY_FIELDS = _NAME_FIELDS | {"date_of_birth", "estimated_birth_year"}
 # A search reads its candidates in batches: FIRST_BATCH per page row asked for (and one more),
 # then twice as many each time up to MAX_BATCH. A candidate already has keys of every query word
 # and is visible, so names.matches refuses few of them (names that share a key yet are two edits
@@ -94,14 +96,24 @@ def create_subject(
     connection = session.connection()
     connection.execute(_INSERT_SUBJECT, [new_row_values(subject)])
     kinds = names.subject_key_kinds(subject.given_name, subject.family_name, subject.aliases)
+    year = birth_year(subject)
     if kinds:
         connection.execute(
             _INSERT_NAME_KEYS,
             [
-                {"subject_id": subject.id, "key": k, "whole_word": w, "subject_created_at": now}
+                {
+                    "subject_id": subject.id,
+                    "key": k,
+                    "whole_word": w,
+                    "subject_created_at": now,
+                    "birth_year": year,
+                }
                 for k, w in sorted(kinds.items())
             ],
         )
+    identifiers = identifier_rows(subject)
+    if identifiers:
+        connection.execute(_INSERT_IDENTIFIERS, identifiers)
     audit.record(
         session,
         actor,
@@ -117,6 +129,27 @@ def create_subject(
 
 _INSERT_SUBJECT = insert(Subject.__table__)
 _INSERT_NAME_KEYS = insert(SubjectNameKey.__table__)
+_INSERT_IDENTIFIERS = insert(SubjectIdentifier.__table__)
+
+
+def birth_year(subject: Subject) -> int | None:
+    """The year the child was born in, as far as it is known: subject_name_keys.birth_year."""
+    if subject.date_of_birth is not None:
+        return subject.date_of_birth.year
+    return subject.estimated_birth_year
+
+
+def identifier_rows(subject: Subject) -> list[dict[str, Any]]:
+    """The subject's subject_identifiers rows (one per distinct system and value)."""
+    seen = {
+        (str(item["system"]), names.identifier_value(str(item["value"])))
+        for item in subject.identifiers or []
+        if item.get("system") and item.get("value")
+    }
+    return [
+        {"subject_id": subject.id, "system": system, "value": value}
+        for system, value in sorted(seen)
+    ]
 
 
 def update_subject(
@@ -139,8 +172,10 @@ def update_subject(
     changed = _apply(subject, data)
     if changed:
         subject.updated_at = now
-        if changed & _NAME_FIELDS:
+        if changed & _KEY_FIELDS:
             _sync_name_keys(subject)
+        if "identifiers" in changed:
+            _sync_identifiers(subject)
         try:
             session.flush()
         except StaleDataError as exc:  # changed by a concurrent request since we read it
@@ -187,6 +222,7 @@ def _sync_name_keys(subject: Subject) -> None:
     """Make the stored search keys those of the subject's current names (diffed, not rewritten):
     a kept key may change kind ("li" is a deletion of "Lia" but a whole word of "Li")."""
     wanted = names.subject_key_kinds(subject.given_name, subject.family_name, subject.aliases or [])
+    year = birth_year(subject)
     current = {row.key: row for row in subject.name_keys}
     for key, row in current.items():
         if key not in wanted:
@@ -196,9 +232,29 @@ def _sync_name_keys(subject: Subject) -> None:
             row.whole_word = wanted[key]
         if row.subject_created_at != subject.created_at:
             row.subject_created_at = subject.created_at
+        if row.birth_year != year:
+            row.birth_year = year
     subject.name_keys.extend(
-        SubjectNameKey(key=key, whole_word=wanted[key], subject_created_at=subject.created_at)
+        SubjectNameKey(
+            key=key,
+            whole_word=wanted[key],
+            subject_created_at=subject.created_at,
+            birth_year=year,
+        )
         for key in sorted(wanted.keys() - current.keys())
+    )
+
+
+def _sync_identifiers(subject: Subject) -> None:
+    """Make the subject's identifier rows those of its current identifiers."""
+    wanted = {(row["system"], row["value"]) for row in identifier_rows(subject)}
+    current = {(row.system, row.value): row for row in subject.identifier_rows}
+    for pair, row in current.items():
+        if pair not in wanted:
+            subject.identifier_rows.remove(row)
+    subject.identifier_rows.extend(
+        SubjectIdentifier(system=system, value=value)
+        for system, value in sorted(wanted - current.keys())
     )
 
 
