@@ -35,14 +35,23 @@ def access_through(
     share_id: uuid.UUID | None,
     share_access: str | None,
     share_purpose: str | None,
+    share_emergency: uuid.UUID | None = None,
 ) -> Access | None:
     """The caller's access to one referral, or None (then it does not exist for the caller):
     as its lead, or through its agency's one active share, which `active_share_columns` reads
-    in the same SELECT as the referral."""
+    in the same SELECT as the referral. A share that carries an emergency access (§10) is
+    read-only whatever it says, and its basis is the emergency access's."""
     if agency == lead_agency:
         return Access(basis="lead", is_lead=True, can_contribute=True, purpose="case_work")
     if share_id is None or share_purpose is None:
         return None
+    if share_emergency is not None:
+        return Access(
+            basis=f"emergency:{share_emergency}",
+            is_lead=False,
+            can_contribute=False,
+            purpose=share_purpose,
+        )
     return Access(
         basis=f"share:{share_id}",
         is_lead=False,
@@ -75,9 +84,10 @@ def active_share_clause(agency: Agency, now: Moment) -> ColumnElement[bool]:
     )
 
 
-def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any]:
-    """The id, access and purpose of the agency's active share of the Referral in the same
-    SELECT (NULL without one): a partial unique index allows one open share per agency."""
+def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any, Any]:
+    """The id, access, purpose and emergency access of the agency's active share of the
+    Referral in the same SELECT (NULL without one): a partial unique index allows one open
+    share per agency."""
 
     def column(attribute: Any, label: str) -> Any:
         return (
@@ -93,6 +103,7 @@ def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any]:
         column(Share.id, "share_id"),
         column(Share.access, "share_access"),
         column(Share.purpose, "share_purpose"),
+        column(Share.emergency_access_id, "share_emergency"),
     )
 
 

@@ -98,13 +98,14 @@ _REACH = (
 
 def _access(actor: Actor, lead_agency: str, row: Any) -> policy.Access | None:
     """The access a row joined to the caller's share (`share_id`, `share_access`,
-    `share_purpose`) gives the caller, as policy decides; None: none."""
+    `share_purpose`, `share_emergency`) gives the caller, as policy decides; None: none."""
     return policy.access_through(
         actor.agency,
         lead_agency=lead_agency,
         share_id=row.share_id,
         share_access=row.share_access,
         share_purpose=row.share_purpose,
+        share_emergency=row.share_emergency,
     )
 
 
