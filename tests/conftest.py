@@ -23,7 +23,7 @@ from tests.live_server import fresh_database
 
 ALL_SCOPES = (
     "referrals:read referrals:write referrals:share subjects:read subjects:write "
-    "audit:read webhooks:manage admin"
+    "subjects:match referrals:emergency audit:read webhooks:manage admin"
 )
 
 
