@@ -118,6 +118,26 @@ def test_the_sequencer_writes_each_event_under_every_agency_that_reaches_it(db_s
         assert (row.occurred_max is None) == (row.agency != REACH_ALL)
 
 
+def test_a_notice_to_a_holder_reaches_the_holder_and_not_the_agency_that_asked(db_session):
+    """A match that found another agency's child (or an access request to it) is recorded twice:
+    the asker's own event, without the referral or children, and a notice on the holder's
+    referral, which the asker's auditors never see (it would tell them which referral it was)."""
+    for code in ("btp", "notts-cs"):
+        agency_service.add_agency(db_session, code=code, name=code, kind="police")
+    held = add_referral(db_session, "notts-cs")
+    record(db_session, "btp", action="subject.match")  # the asker's own record
+    record(db_session, "btp", held, action="subject.match", subject_ids=[uuid.uuid4()])
+    record(db_session, "btp", held, action="access_request.create")
+    record(db_session, "btp", held, action="referral.read")  # any other action: both
+    sequence_pending(db_session.connection(), limit=1000)
+    assert agencies_by_seq(db_session.connection()) == {
+        1: {REACH_ALL, "btp"},
+        2: {REACH_ALL, "notts-cs"},
+        3: {REACH_ALL, "notts-cs"},
+        4: {REACH_ALL, "btp", "notts-cs"},
+    }
+
+
 def test_the_time_marks_keep_the_latest_time_and_the_most_an_event_came_late(db_session):
     times = [T0, T0 + timedelta(seconds=5), T0 + timedelta(seconds=2), T0 + timedelta(seconds=6)]
     for at in times:

@@ -199,9 +199,23 @@ class TimeMarks:
             self.late_us = max(self.late_us, late)
 
 
-def reach_agencies(actor_agency: Any, lead_agency: Any, null: Any = None) -> tuple[Any, ...]:
+# Actions whose events, when they name a referral, are notices to its lead of another agency's
+# request: a match that found the lead's child, an access request to the lead. The asking agency
+# keeps its own record of the request (an event without the referral or the children), so a
+# notice reaches the referral's lead (and partnership auditors) only: an asker never learns,
+# not even from its own audit trail, which referral or child was found.
+HOLDER_NOTICES = frozenset({"subject.match", "access_request.create"})
+_PG_HOLDER_NOTICES = frozenset(action.encode() for action in HOLDER_NOTICES)
+
+
+def reach_agencies(
+    actor_agency: Any, lead_agency: Any, null: Any = None, action: Any = None
+) -> tuple[Any, ...]:
     """The agencies besides REACH_ALL whose `audit:read` reaches an event: its actor's agency
-    and the lead agency of its referral, once each."""
+    and the lead agency of its referral, once each; a holder's notice (HOLDER_NOTICES, with a
+    referral) its lead only."""
+    if lead_agency != null and (action in HOLDER_NOTICES or action in _PG_HOLDER_NOTICES):
+        return (lead_agency,)
     if actor_agency == null:
         return () if lead_agency == null else (lead_agency,)
     if lead_agency in (null, actor_agency):
@@ -226,7 +240,7 @@ def _reach_rows(
     ]
     rows.extend(
         {"agency": agency, "seq": seq, **copied, "occurred_max": None, "late_max_us": None}
-        for agency in reach_agencies(fields[0], lead)
+        for agency in reach_agencies(copied["actor_agency"], lead, None, copied["action"])
     )
     return rows
 
@@ -392,7 +406,7 @@ def _pg_chain(
         reach_out.append(
             b"%s\t%s\t%s\t%s\t%d\n" % (_PG_ALL, seq_text, copied, marks.high, marks.late_us)
         )
-        for agency in reach_agencies(fields[_REACH_AT[0]], lead, _PG_NULL):
+        for agency in reach_agencies(fields[_REACH_AT[0]], lead, _PG_NULL, fields[_REACH_AT[3]]):
             reach_out.append(b"%s\t%s\t%s\t\\N\t\\N\n" % (agency, seq_text, copied))
         done.append(int(pos))
         prev = digest
