@@ -293,7 +293,14 @@ def _authorise_replay(session: Session, actor: Actor, record: IdempotencyRecord)
 
     now = utcnow()
     basis, purpose = None, actor.purpose
-    if record.referral_id is not None:
+    if record.resource_type == "access_request" and record.resource_id:
+        # Filed under the holder's referral, which the requester does not see: the gate is the
+        # request itself (its two agencies).
+        from casehub.services.access_requests import reach_access_request
+
+        request = reach_access_request(session, actor, uuid.UUID(record.resource_id))
+        basis = "holder" if request.to_agency == actor.agency else "requester"
+    elif record.referral_id is not None:
         view = reach_referral(session, actor=actor, referral_id=record.referral_id, now=now)
         basis, purpose = view.access.basis, view.access.purpose_for(actor)
     elif record.resource_type == "subject" and record.resource_id:

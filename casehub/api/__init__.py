@@ -7,6 +7,7 @@ from casehub.api.base import Api
 
 def register_blueprints(api: Api) -> None:
     from casehub.api import (
+        access_requests,
         admin,
         agencies,
         indicators,
@@ -27,6 +28,7 @@ def register_blueprints(api: Api) -> None:
         subjects,
         referrals,
         shares,
+        access_requests,
         webhooks,
         admin,
         trail,

@@ -13,6 +13,7 @@ from marshmallow import validate
 
 from casehub.auth.scopes import ROLE_SCOPES, SCOPES
 from casehub.models import AgencyKind
+from casehub.services import access_requests
 from casehub.services.events import EVENT_TYPES
 from casehub.services.purposes import REQUEST_PURPOSES, SHARE_PURPOSES
 from casehub.services.reference import CATEGORIES
@@ -97,6 +98,25 @@ SHARE_STATUS = _codes(
     "ShareStatus",
     ("active", "expired", "revoked", "ended"),
     "`ended`: the recipient became the lead (transfer).",
+)
+ACCESS_REQUEST_URGENCY = _codes(
+    "AccessRequestUrgency", access_requests.URGENCIES, "How soon the requester needs an answer."
+)
+ACCESS_REQUEST_STATUS = _codes(
+    "AccessRequestStatus",
+    access_requests.STATUSES,
+    "`pending` until the holder shares (`shared`, with `share_id`) or declines (`declined`, "
+    "with `decision_reason`), or the requester withdraws it (`withdrawn`).",
+)
+ACCESS_REQUEST_DIRECTION = _codes(
+    "AccessRequestDirection",
+    access_requests.DIRECTIONS,
+    "`incoming`: requests to the caller's agency; `outgoing`: requests it made.",
+)
+ACCESS_DECISION = _codes(
+    "AccessDecisionOutcome",
+    ("share", "decline"),
+    "`share` needs `referral_id` and `share`; `decline` needs `reason`.",
 )
 NOTE_VISIBILITY = _codes(
     "NoteVisibility",
