@@ -56,6 +56,37 @@ def share_body(agency: str, access: str = "read", **overrides: Any) -> dict[str,
     return body
 
 
+def match_for(
+    db_session: Any, requester: str, holder: str, *subject_ids: str, hours: float = 24
+) -> str:
+    """A match `requester` made that listed `holder` for these children (as POST /v1/matches
+    keeps it), valid for `hours`; its id."""
+    from casehub.models import Match
+
+    match = Match(
+        agency_code=requester,
+        client_id="test-matcher",
+        found={holder: {"confidence": "strong", "subject_ids": list(subject_ids)}},
+        created_at=datetime.now(UTC),
+        expires_at=datetime.now(UTC) + timedelta(hours=hours),
+    )
+    db_session.add(match)
+    db_session.commit()
+    return str(match.id)
+
+
+def access_request_body(match_id: str, agency: str = "btp", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "match_id": match_id,
+        "agency": agency,
+        "purpose": "safeguard_assess",
+        "necessity": "A s47 enquiry needs what is known about the child's exploitation.",
+        "urgency": "routine",
+    }
+    body.update(overrides)
+    return body
+
+
 def transfer_lead(client: Any, partner: Any, referral_id: str, agency: str) -> Any:
     """Hand a referral's lead from `partner` to `agency` over the API (If-Match from a fresh
     read); returns the transfer's response, asserted 200."""

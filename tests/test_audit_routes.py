@@ -14,7 +14,13 @@ from sqlalchemy import func, select
 from casehub.models import AuditEvent
 from casehub.web import endpoint_policy
 from tests.conftest import ALL_SCOPES
-from tests.helpers import referral_body, share_body, subject_body
+from tests.helpers import (
+    access_request_body,
+    match_for,
+    referral_body,
+    share_body,
+    subject_body,
+)
 from tests.windows import clear_of_a_window_edge
 
 EVERYTHING = ALL_SCOPES + " audit:read"
@@ -31,6 +37,8 @@ class World:
     share_id: str
     user_id: str
     webhook_id: str
+    access_request_id: str = ""  # notts-cs asks btp about the referral's child (pending)
+    lead_match_id: str = ""  # a match of btp's that listed notts-cs
 
 
 @pytest.fixture
@@ -57,6 +65,11 @@ def world(client, factory, db_session):
         json={"url": "http://127.0.0.1:9/hooks", "events": ["referral.shared"]},
         headers=lead.headers(),
     ).get_json()
+    asked = client.post(
+        "/v1/access-requests",
+        json=access_request_body(match_for(db_session, "notts-cs", "btp", referral["subject_id"])),
+        headers=other.headers(),
+    ).get_json()
     return World(
         lead,
         other,
@@ -67,6 +80,8 @@ def world(client, factory, db_session):
         share["id"],
         user["id"],
         webhook["id"],
+        asked["id"],
+        match_for(db_session, "btp", "notts-cs", referral["subject_id"]),
     )
 
 
@@ -146,6 +161,34 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
         lambda w: (w.platform, "/v1/audit/verify", {}),
         ["audit.verify"],
     ),
+    ("GET", "/v1/access-requests"): (
+        lambda w: (w.lead, "/v1/access-requests?direction=incoming", {}),
+        ["access_request.list"],
+    ),
+    ("POST", "/v1/access-requests"): (
+        lambda w: (
+            w.lead,
+            "/v1/access-requests",
+            {"json": access_request_body(w.lead_match_id, "notts-cs")},
+        ),
+        ["access_request.create"],
+    ),
+    ("GET", "/v1/access-requests/<uuid:request_id>"): (
+        lambda w: (w.lead, f"/v1/access-requests/{w.access_request_id}", {}),
+        ["access_request.read"],
+    ),
+    ("POST", "/v1/access-requests/<uuid:request_id>/withdraw"): (
+        lambda w: (w.other, f"/v1/access-requests/{w.access_request_id}/withdraw", {}),
+        ["access_request.withdraw"],
+    ),
+    ("POST", "/v1/access-requests/<uuid:request_id>/decision"): (
+        lambda w: (
+            w.lead,
+            f"/v1/access-requests/{w.access_request_id}/decision",
+            {"json": {"decision": "decline", "reason": "Covert enquiry under way."}},
+        ),
+        ["access_request.decide", "decision.create"],
+    ),
     ("GET", "/v1/referrals"): (lambda w: (w.lead, "/v1/referrals", {}), ["referral.list"]),
     ("POST", "/v1/referrals"): (
         lambda w: (w.lead, "/v1/referrals", {"json": referral_body()}),
@@ -166,6 +209,18 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
     ("GET", "/v1/referrals/<uuid:referral_id>/accesses"): (
         lambda w: (w.lead, f"/v1/referrals/{_r(w)}/accesses", {}),
         ["referral.accesses"],
+    ),
+    ("GET", "/v1/referrals/<uuid:referral_id>/decisions"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/decisions", {}),
+        ["decision.list"],
+    ),
+    ("POST", "/v1/referrals/<uuid:referral_id>/decisions"): (
+        lambda w: (
+            w.lead,
+            f"/v1/referrals/{_r(w)}/decisions",
+            {"json": {"agency": "notts-cs", "reason": "Not needed", "purpose": "mash_triage"}},
+        ),
+        ["decision.create"],
     ),
     ("GET", "/v1/referrals/<uuid:referral_id>/history"): (
         lambda w: (w.lead, f"/v1/referrals/{_r(w)}/history", {}),

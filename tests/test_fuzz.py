@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from casehub.openapi import spec_dict
 from casehub.services import agencies as agency_service
 from tests.conftest import ALL_SCOPES, Factory
-from tests.helpers import referral_body, subject_body
+from tests.helpers import access_request_body, match_for, referral_body, subject_body
 from tests.oauth_support import JWT_BEARER, basic
 from tests.test_jwt_bearer import new_key, public_jwk, user_assertion
 
@@ -98,6 +98,7 @@ class World:
     approver_bearer: str  # a second administrator, in person: approvals are a person's act
     ids: dict[str, list[str]]  # per path parameter: the first is the caller's own record
     pairs: list[tuple[str, str]]  # (referral_id, share_id): ours out, theirs in
+    spare_match: str = ""  # a match of ours that listed fz-la, for a new access request
 
 
 def _seed(client: FlaskClient, factory: Factory) -> World:
@@ -132,6 +133,21 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
     ours, theirs_hook = post("/v1/webhooks", hooks, mine), post("/v1/webhooks", hooks, theirs)
     asker, approver = _administrators_in_person(client, factory)
     awaiting = post("/v1/admin/clients", {"name": "Awaiting", "scopes": ["referrals:read"]}, asker)
+    # Access requests: ours to fz-la about the hidden referral's child (we withdraw it), and
+    # fz-la's to us about our referral's child (we decide it); a spare match for a new one.
+    ours_asked = post(
+        "/v1/access-requests",
+        access_request_body(match_for(factory.session, "fz-police", "fz-la",
+                                      hidden["subject_id"]), "fz-la"),
+        mine,
+    )
+    theirs_asked = post(
+        "/v1/access-requests",
+        access_request_body(match_for(factory.session, "fz-la", "fz-police", led["subject_id"]),
+                            "fz-police"),
+        theirs,
+    )
+    spare_match = match_for(factory.session, "fz-police", "fz-la", shared_with_us["subject_id"])
     referrals = [led, shared_with_us, hidden]
     return World(
         bearer=mine["Authorization"],
@@ -146,8 +162,10 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
             "client_id": [awaiting["client_id"], spare.client_id, other.client_id],
             "code": ["fz-health", "fz-police", "fz-la"],
             "webhook_id": [ours["id"], theirs_hook["id"]],
+            "request_id": [ours_asked["id"], theirs_asked["id"]],
         },
         pairs=[(led["id"], shared_out["id"]), (shared_with_us["id"], shared_in["id"])],
+        spare_match=spare_match,
     )
 
 
@@ -213,6 +231,13 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
             "email": "new.person@example.org", "name": "New Person", "roles": ["caseworker"],
         },
         ("PATCH", "/v1/admin/users/{user_id}"): {"name": "Renamed"},
+        ("POST", "/v1/access-requests"): access_request_body(world.spare_match, "fz-la"),
+        ("POST", "/v1/access-requests/{request_id}/decision"): {
+            "decision": "decline", "reason": "A covert enquiry is under way.",
+        },
+        ("POST", "/v1/referrals/{referral_id}/decisions"): {
+            "agency": "fz-la", "reason": "Not needed for triage.", "purpose": "mash_triage",
+        },
         ("POST", "/v1/webhooks"): {
             "url": "http://127.0.0.1:9/more", "events": ["note.added", "referral.updated"],
         },
@@ -251,6 +276,8 @@ def _happy_case(operation: Any, world: World, body: dict[str, Any] | None,
         # The lead revokes its own share; the recipient acknowledges the one made to it.
         recipient = operation.path.endswith("/acknowledge")
         params["referral_id"], params["share_id"] = world.pairs[1 if recipient else 0]
+    if operation.path.endswith("/decision"):
+        params["request_id"] = world.ids["request_id"][1]  # the holder decides the one to it
     case = operation.Case(path_parameters=params, body=body if body is not None else NOT_SET)
     if any(header.name == "If-Match" for header in operation.headers):
         _current_etag(case, world, client)
