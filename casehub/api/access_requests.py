@@ -88,10 +88,18 @@ class AccessRequests(MethodView):
             "request and `Location` points to it (withdraw it to ask again)."
         ),
         responses={
-            "409": problem_response(
-                "The agency is not active, or a pending request to it about this child "
-                "already exists (see `Location`)."
-            )
+            "409": {
+                **problem_response(
+                    "The agency is not active, or a pending request to it about this child "
+                    "already exists (see `Location`)."
+                ),
+                "headers": {
+                    "Location": {
+                        "description": "The pending request, when one stands in the way.",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
         },
     )
     def post(self, data: dict[str, Any]) -> Any:
