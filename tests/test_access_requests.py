@@ -129,12 +129,16 @@ def test_a_request_granted_becomes_a_share_the_requester_can_use(client, db_sess
     assert (asked["from_agency"], asked["to_agency"]) == ("notts-cs", "btp")
     assert "referral_ids" not in asked and asked["share_id"] is None
 
-    created = _audit(db_session, "access_request.create")[-1]
-    assert created.actor_agency == "notts-cs" and created.resource_type == "access_request"
-    assert created.resource_id == asked["id"]
-    assert str(created.referral_id) == scene.referral_id  # in the holder's audit reach
-    assert created.subject_ids == [scene.subject_id]
-    assert created.basis == f"match:{scene.match_id}"
+    # The requester's own record, without the referral or the child, and the holder's notice on
+    # its referral (in the holder's audit reach only: casehub.audit.chain.HOLDER_NOTICES).
+    own, notice = _audit(db_session, "access_request.create")
+    for created in (own, notice):
+        assert created.actor_agency == "notts-cs" and created.resource_type == "access_request"
+        assert created.resource_id == asked["id"]
+        assert created.basis == f"match:{scene.match_id}"
+    assert (own.referral_id, own.subject_ids) == (None, [])
+    assert str(notice.referral_id) == scene.referral_id
+    assert notice.subject_ids == [scene.subject_id]
 
     received = [e for e in _feed(client, scene.holder) if e["type"] == "access_request.received"]
     assert [e["data"] for e in received] == [
@@ -632,11 +636,46 @@ def test_a_child_whose_referrals_became_undiscoverable_gives_a_request_with_noth
     response = _ask(client, scene)
     assert response.status_code == 201
     asked = response.get_json()
-    created = _audit(db_session, "access_request.create")[-1]
-    assert created.referral_id is None and created.subject_ids == [scene.subject_id]
+    # Only the requester's own record: nothing to file a notice under, and it names no child.
+    (created,) = _audit(db_session, "access_request.create")
+    assert created.referral_id is None and created.subject_ids == []
     seen = client.get(f"/v1/access-requests/{asked['id']}", headers=scene.holder.headers())
     assert seen.get_json()["referral_ids"] == []
     assert _decide(client, scene, asked["id"], _share_decision(scene)).status_code == 422
     declined = _decide(client, scene, asked["id"], {"decision": "decline", "reason": "No."})
     assert declined.status_code == 200 and declined.get_json()["status"] == "declined"
     assert db_session.execute(select(SharingDecision.id)).all() == []
+
+
+def test_the_requesters_own_audit_trail_names_neither_the_referral_nor_the_child(
+    client, db_session, scene
+):
+    """The requester's auditors see that its actor asked (and withdrew), never which of the
+    holder's referrals or children the request concerns; the holder's auditors see both."""
+    from casehub.audit.chain import sequence_pending
+
+    asked = _asked(client, scene)
+    withdrawn = client.post(
+        f"/v1/access-requests/{asked['id']}/withdraw", headers=scene.requester.headers()
+    )
+    assert withdrawn.status_code == 200, withdrawn.get_json()
+    sequence_pending(db_session.connection(), limit=1_000_000)
+    db_session.commit()
+
+    def trail(partner: Any) -> tuple[list[dict[str, Any]], bytes]:
+        response = client.get(
+            "/v1/audit/events", query_string={"limit": 200}, headers=partner.headers()
+        )
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["items"], response.get_data()
+
+    mine, raw = trail(scene.requester)
+    actions = [e["action"] for e in mine if e["resource"]["type"] == "access_request"]
+    assert {"access_request.create", "access_request.withdraw"} <= set(actions)
+    assert scene.referral_id.encode() not in raw and scene.subject_id.encode() not in raw
+    theirs, _ = trail(scene.holder)
+    notices = [
+        e for e in theirs if e["action"] in ("access_request.create", "access_request.withdraw")
+    ]
+    assert {e["action"] for e in notices} == {"access_request.create", "access_request.withdraw"}
+    assert all(e["referral_id"] == scene.referral_id for e in notices)

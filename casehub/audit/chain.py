@@ -200,11 +200,11 @@ class TimeMarks:
 
 
 # Actions whose events, when they name a referral, are notices to its lead of another agency's
-# request: a match that found the lead's child, an access request to the lead. The asking agency
-# keeps its own record of the request (an event without the referral or the children), so a
-# notice reaches the referral's lead (and partnership auditors) only: an asker never learns,
-# not even from its own audit trail, which referral or child was found.
-HOLDER_NOTICES = frozenset({"subject.match", "access_request.create"})
+# request: a match that found the lead's child, an access request to the lead (or withdrawn).
+# The asking agency keeps its own record of the request (an event without the referral or the
+# children), so a notice reaches the referral's lead (and partnership auditors) only: an asker
+# never learns, not even from its own audit trail, which referral or child was found.
+HOLDER_NOTICES = frozenset({"subject.match", "access_request.create", "access_request.withdraw"})
 _PG_HOLDER_NOTICES = frozenset(action.encode() for action in HOLDER_NOTICES)
 
 

@@ -55,8 +55,8 @@ def _role(request: AccessRequest, agency: str) -> str:
 
 
 def _first_referral(request: AccessRequest) -> uuid.UUID | None:
-    """The referral an event about the request is filed under, so that it reaches the holder's
-    `audit:read` and its access report as well as the requester's."""
+    """The referral the holder's notice of a request is filed under, so that it reaches the
+    holder's `audit:read` and its access report (and, HOLDER_NOTICES, not the requester's)."""
     return uuid.UUID(request.referral_ids[0]) if request.referral_ids else None
 
 
@@ -166,17 +166,22 @@ def create_access_request(
     )
     session.add(request)
     session.flush()
-    audit.record(
-        session,
-        actor,
-        "access_request.create",
-        resource_type=RESOURCE_TYPE,
-        resource_id=request.id,
-        referral_id=_first_referral(request),
-        subject_ids=request.subject_ids,
-        basis=f"match:{match.id}",
-        purpose=actor.purpose or request.purpose,
-    )
+    # The requester's own record names neither the referral nor the children; the notice on
+    # the holder's referral (casehub.audit.chain.HOLDER_NOTICES) reaches the holder only.
+    for referral_id, children in ((None, []), (_first_referral(request), request.subject_ids)):
+        if referral_id is None and children:
+            continue
+        audit.record(
+            session,
+            actor,
+            "access_request.create",
+            resource_type=RESOURCE_TYPE,
+            resource_id=request.id,
+            referral_id=referral_id,
+            subject_ids=children,
+            basis=f"match:{match.id}",
+            purpose=actor.purpose or request.purpose,
+        )
     events.emit(
         session,
         type="access_request.received",
@@ -269,7 +274,11 @@ def withdraw_access_request(
         _audit(session, actor, "access_request.withdraw", request, outcome="denied")
         raise Forbidden("Only the requesting agency may withdraw an access request.")
     _close(session, request, "withdrawn", actor, now)
-    _audit(session, actor, "access_request.withdraw", request, referral_id=_first_referral(request))
+    _audit(session, actor, "access_request.withdraw", request)  # the requester's own record
+    if request.referral_ids:  # and the holder's notice (HOLDER_NOTICES), on its referral
+        _audit(
+            session, actor, "access_request.withdraw", request, referral_id=_first_referral(request)
+        )
     return document(request, actor.agency)
 
 
