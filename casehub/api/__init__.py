@@ -10,6 +10,7 @@ def register_blueprints(api: Api) -> None:
         access_requests,
         admin,
         agencies,
+        emergency,
         indicators,
         oauth,
         ops,
@@ -32,5 +33,6 @@ def register_blueprints(api: Api) -> None:
         webhooks,
         admin,
         trail,
+        emergency,
     ):
         api.register_blueprint(module.blp)

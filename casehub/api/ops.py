@@ -28,6 +28,7 @@ from casehub.auth.keys import KeysUnavailable
 from casehub.db import get_session, utcnow
 from casehub.errors import problem
 from casehub.models import Webhook, WebhookAttemptCount, WebhookDelivery
+from casehub.services import emergency
 from casehub.webhooks import secrets as webhook_secrets
 
 blp = Blueprint("ops", __name__, description="Operations")
@@ -117,7 +118,8 @@ def readyz() -> Any:
     operationId="getMetrics",
     summary="Prometheus metrics",
     description="Requests by route, method and status, and latency; the webhook outbox "
-    "(pending deliveries, the oldest one's age, attempts by outcome, disabled subscriptions). "
+    "(pending deliveries, the oldest one's age, attempts by outcome, disabled subscriptions); "
+    "emergency accesses awaiting review, and those overdue (pending over 72 hours). "
     "Platform-wide figures: needs `monitoring:read`, which only the platform agency's clients "
     "may hold (a dedicated client for Prometheus).",
     responses={
@@ -137,6 +139,7 @@ def metrics() -> Response:
         multiprocess.MultiProcessCollector(registry, path=shared)
     outbox = CollectorRegistry(auto_describe=False)
     outbox.register(_OutboxCollector(get_session()))
+    outbox.register(_ReviewCollector(get_session()))
     body = generate_latest(registry) + generate_latest(outbox)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0])
 
@@ -188,6 +191,27 @@ class _OutboxCollector(Collector):
             "casehub_webhooks_disabled",
             "Subscriptions disabled after a 410 or 24 hours of failure.",
             value=disabled,
+        )
+
+
+class _ReviewCollector(Collector):
+    """The emergency-access review queue as the database holds it (one indexed count per
+    scrape), so every process reports the same backlog."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def collect(self) -> Iterator[Metric]:
+        pending, overdue = emergency.review_backlog(self.session, now=utcnow())
+        yield GaugeMetricFamily(
+            "casehub_emergency_access_reviews_pending",
+            "Emergency accesses waiting for a partnership auditor's review.",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "casehub_emergency_access_reviews_overdue",
+            "Emergency accesses pending review more than 72 hours after they were granted.",
+            value=overdue,
         )
 
 

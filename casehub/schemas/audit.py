@@ -51,7 +51,10 @@ class AuditEventSchema(ma.Schema):
     basis = ma.fields.String(
         required=True,
         allow_none=True,
-        metadata={"description": "`lead`, `share:<id>`, or the audit scope of an auditor's read."},
+        metadata={
+            "description": "`lead`, `share:<id>`, `emergency:<id>` (an emergency access, §10), "
+            "or the audit scope of an auditor's read."
+        },
     )
     purpose = enums.PURPOSE_OF_USE.field(required=True, allow_none=True)
     request = ma.fields.Nested(AuditRequestSchema, required=True)

@@ -14,6 +14,7 @@ from marshmallow import validate
 from casehub.auth.scopes import ROLE_SCOPES, SCOPES
 from casehub.models import AgencyKind
 from casehub.services import access_requests
+from casehub.services.emergency import REVIEW_OUTCOMES, REVIEW_STATUSES
 from casehub.services.events import EVENT_TYPES
 from casehub.services.purposes import REQUEST_PURPOSES, SHARE_PURPOSES
 from casehub.services.reference import CATEGORIES
@@ -97,7 +98,8 @@ SHARE_ACCESS = _codes(
 SHARE_STATUS = _codes(
     "ShareStatus",
     ("active", "expired", "revoked", "ended"),
-    "`ended`: the recipient became the lead (transfer).",
+    "`ended`: the recipient became the lead (transfer), or the lead shared the referral with "
+    "the agency that held it through an emergency access (the share replaced that access).",
 )
 ACCESS_REQUEST_URGENCY = _codes(
     "AccessRequestUrgency", access_requests.URGENCIES, "How soon the requester needs an answer."
@@ -177,6 +179,20 @@ DELIVERY_OUTCOME = _codes(
     "`delivered`: a 2xx answer; `failed`: any other answer (3xx included: redirects are never "
     "followed) or no answer in time, retried with back-off; `gone`: 410, which disables the "
     "subscription.",
+)
+# CONTRACT §10: emergency (break-glass) access and its review.
+EMERGENCY_ACCESS_STATUS = _codes(
+    "EmergencyAccessStatus",
+    ("active", "ended", "expired"),
+    "`active`: its shares give read-only access now; `ended`: ended early (by the agency that "
+    "broke the glass, or by the holder: ending it, or revoking or replacing its last open "
+    "share); `expired`: its four hours are over.",
+)
+REVIEW_STATUS = _codes(
+    "ReviewStatus", REVIEW_STATUSES, "Whether a partnership auditor has reviewed it yet."
+)
+REVIEW_OUTCOME = _codes(
+    "ReviewOutcome", REVIEW_OUTCOMES, "The auditor's judgement of an emergency access."
 )
 
 ALL: tuple[Codes, ...] = tuple(value for value in globals().values() if isinstance(value, Codes))

@@ -73,6 +73,15 @@ class ShareSchema(ma.Schema):
     acknowledged_at = ma.fields.DateTime(allow_none=True, required=True)
     revoked_at = ma.fields.DateTime(allow_none=True, required=True)
     revoked_reason = ma.fields.String(allow_none=True, required=True)
+    emergency_access_id = ma.fields.UUID(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "Set on a share an emergency access made (break-glass, §10): "
+            "read-only, created by the agency that broke the glass (`created_by_agency`), "
+            "`GET /v1/emergency-access/{id}`. Null on a share the lead made."
+        },
+    )
 
     @ma.pre_dump
     def _view(self, share: Any, **_: Any) -> dict[str, Any]:
@@ -106,4 +115,5 @@ class ShareSchema(ma.Schema):
             "acknowledged_at": share.acknowledged_at,
             "revoked_at": share.revoked_at,
             "revoked_reason": share.revoked_reason,
+            "emergency_access_id": share.emergency_access_id,
         }

@@ -14,7 +14,7 @@ from casehub.audit.chain import move_lead_reach
 from casehub.auth.actor import Actor
 from casehub.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from casehub.models import Agency, Referral, ReferralHistory, Share
-from casehub.services import events
+from casehub.services import emergency, events
 from casehub.services.pagination import keyset_page
 from casehub.services.referrals import (
     ReferralView,
@@ -109,6 +109,17 @@ def _open_share(
     return share
 
 
+def _end_emergency_share(session: Session, share: Share, actor: Actor, now: datetime) -> None:
+    """An emergency access's share ends without a revocation: a share by the lead replaces it,
+    or its agency became the lead. The emergency access ends with its last open share."""
+    assert share.emergency_access_id is not None
+    share.ended_at = now
+    session.flush()
+    emergency.share_ended(
+        session, emergency_access_id=share.emergency_access_id, by_agency=actor.agency, now=now
+    )
+
+
 def _recipient(session: Session, actor: Actor, agency_code: str) -> Agency:
     if agency_code == actor.agency:
         raise Conflict("An agency cannot share with itself.")
@@ -129,8 +140,12 @@ def create_share(
         raise ValidationFailed.field("expires_at", "Must be in the future.")
     check_lawful_basis(actor.agency_kind, data["lawful_basis"], data["consent"])
     _recipient(session, actor, data["agency"])
-    if _open_share(session, referral_id, data["agency"], now) is not None:
-        raise Conflict("That agency already has an active share of this referral.")
+    existing = _open_share(session, referral_id, data["agency"], now)
+    if existing is not None:
+        if existing.emergency_access_id is None:
+            raise Conflict("That agency already has an active share of this referral.")
+        # The lead's own decision replaces what an emergency access opened (§10).
+        _end_emergency_share(session, existing, actor, now)
     share = Share(
         referral_id=referral_id,
         referral_created_at=view.referral.created_at,
@@ -202,7 +217,7 @@ def acknowledge_share(
         if view.access.is_lead:
             raise Forbidden("Only the recipient agency acknowledges a share.")
         raise NotFound("No such share.")
-    if view.access.basis != f"share:{share.id}":
+    if view.access.basis not in (f"share:{share.id}", f"emergency:{share.emergency_access_id}"):
         raise NotFound("No such share.")  # revoked or expired: gives no access
     if share.acknowledged_at is None:
         share.acknowledged_at = now
@@ -247,6 +262,10 @@ def revoke_share(
     share.ended_at = now
     share.revoked_reason = reason
     session.flush()
+    if share.emergency_access_id is not None:  # an early end of that emergency access, here
+        emergency.share_ended(
+            session, emergency_access_id=share.emergency_access_id, by_agency=actor.agency, now=now
+        )
     record_on(session, actor, "share.revoke", view, resource_type="share", resource_id=share.id)
     # The agency that lost access is told, so it can act on (and delete) what it held.
     _notify_share(
@@ -272,7 +291,9 @@ def transfer_lead(
     check_lawful_basis(actor.agency_kind, data["lawful_basis"], None)
     new_lead = _recipient(session, actor, data["agency"])
     existing = _open_share(session, referral_id, new_lead.code, now)
-    if existing is not None:
+    if existing is not None and existing.emergency_access_id is not None:
+        _end_emergency_share(session, existing, actor, now)  # the new lead needs no share
+    elif existing is not None:
         existing.ended_at = now  # the new lead needs no share any more
     old_lead = referral.lead_agency
     referral.lead_agency = new_lead.code

@@ -647,10 +647,19 @@ def _read_basis(session: Session, actor: Actor, subject: Subject, now: datetime)
     ).first()
     if referral is not None and referral.lead_agency != actor.agency:
         share = session.execute(
-            select(Share.id, Share.purpose)
+            select(Share.id, Share.access, Share.purpose, Share.emergency_access_id)
             .where(Share.referral_id == referral.id, policy.active_share_clause(actor.agency, now))
             .limit(1)
         ).first()
         if share is not None:
-            return f"share:{share.id}", actor.purpose or share.purpose
+            access = policy.access_through(
+                actor.agency,
+                lead_agency=referral.lead_agency,
+                share_id=share.id,
+                share_access=share.access,
+                share_purpose=share.purpose,
+                share_emergency=share.emergency_access_id,
+            )
+            assert access is not None
+            return access.basis, access.purpose_for(actor)
     return "lead", actor.purpose or DEFAULT_PURPOSE
