@@ -11,8 +11,10 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from casehub.auth.actor import Actor
 from casehub.db import get_db, utcnow
-from casehub.models import Match
+from casehub.models import Agency, Match
+from casehub.services import emergency
 from tests.helpers import referral_body
 
 REASON = "Child missing overnight, believed held at an address linked to a county line."
@@ -51,6 +53,7 @@ def app_session(client: FlaskClient) -> Session:
 
 
 def grant_body(match_id: str, agency: str, **overrides: Any) -> dict[str, Any]:
+    """A body for `POST /v1/emergency-access`."""
     body: dict[str, Any] = {
         "match_id": match_id,
         "agency": agency,
@@ -88,3 +91,30 @@ def break_glass(client: FlaskClient, grantee: Any, holder: Any) -> dict[str, Any
         "subject_id": referral["subject_id"],
         "match_id": match_id,
     }
+
+
+def grant_directly(client: FlaskClient, grantee: Any, holder: Any) -> str:
+    """As `break_glass`, with the grant made by the service rather than over HTTP (so the
+    grantee's client spends no request budget on it): the emergency access's id."""
+    referral = held_referral(client, holder)
+    with app_session(client) as session:
+        match_id = add_match(
+            session, agency=grantee.agency, found={holder.agency: [referral["subject_id"]]}
+        )
+        agency = session.get(Agency, grantee.agency)
+        assert agency is not None
+        actor = Actor(
+            agency=agency.code,
+            agency_kind=agency.kind,
+            is_platform=agency.is_platform,
+            client_id=grantee.client_id,
+            scopes=frozenset({emergency.EMERGENCY_SCOPE}),
+        )
+        access = emergency.grant_emergency_access(
+            session,
+            actor=actor,
+            data={**grant_body(match_id, holder.agency), "match_id": uuid.UUID(match_id)},
+            now=utcnow(),
+        )
+        session.commit()
+        return str(access.id)

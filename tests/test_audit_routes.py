@@ -14,6 +14,13 @@ from sqlalchemy import func, select
 from casehub.models import AuditEvent
 from casehub.web import endpoint_policy
 from tests.conftest import ALL_SCOPES
+from tests.emergency_support import (
+    add_match,
+    app_session,
+    grant_body,
+    grant_directly,
+    held_referral,
+)
 from tests.helpers import (
     access_request_body,
     match_for,
@@ -91,6 +98,20 @@ Call = Callable[[World], tuple[Any, str, dict[str, Any]]]  # partner, path, requ
 
 def _r(w: World) -> str:
     return w.referral["id"]
+
+
+def _new_match(w: World) -> str:
+    """A match of the lead's finding a child of a referral the other agency leads (§10)."""
+    held = held_referral(w.other.http, w.other)
+    with app_session(w.other.http) as session:
+        return add_match(
+            session, agency=w.lead.agency, found={w.other.agency: [held["subject_id"]]}
+        )
+
+
+def _emergency_id(w: World) -> str:
+    """An emergency access the lead (police) holds over a referral the other agency leads."""
+    return grant_directly(w.lead.http, w.lead, w.other)
 
 
 ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
@@ -306,6 +327,34 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
     ("GET", "/v1/webhooks/<uuid:webhook_id>/deliveries"): (
         lambda w: (w.lead, f"/v1/webhooks/{w.webhook_id}/deliveries", {}),
         ["webhook.deliveries"],
+    ),
+    ("POST", "/v1/emergency-access"): (
+        lambda w: (
+            w.lead,
+            "/v1/emergency-access",
+            {"json": grant_body(_new_match(w), w.other.agency)},
+        ),
+        ["emergency_access.grant"],
+    ),
+    ("GET", "/v1/emergency-access/<uuid:emergency_access_id>"): (
+        lambda w: (w.lead, f"/v1/emergency-access/{_emergency_id(w)}", {}),
+        ["emergency_access.read"],
+    ),
+    ("POST", "/v1/emergency-access/<uuid:emergency_access_id>/end"): (
+        lambda w: (w.lead, f"/v1/emergency-access/{_emergency_id(w)}/end", {}),
+        ["emergency_access.end"],
+    ),
+    ("GET", "/v1/audit/reviews"): (
+        lambda w: (w.platform, "/v1/audit/reviews?status=pending", {}),
+        ["emergency_access.review_list"],
+    ),
+    ("POST", "/v1/audit/reviews/<uuid:emergency_access_id>"): (
+        lambda w: (
+            w.platform,
+            f"/v1/audit/reviews/{_emergency_id(w)}",
+            {"json": {"outcome": "justified", "note": "The child was at immediate risk."}},
+        ),
+        ["emergency_access.review"],
     ),
     ("GET", "/v1/subjects"): (lambda w: (w.lead, "/v1/subjects?q=okafor", {}), ["subject.search"]),
     ("POST", "/v1/subjects"): (

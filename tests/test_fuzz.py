@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from casehub.openapi import spec_dict
 from casehub.services import agencies as agency_service
 from tests.conftest import ALL_SCOPES, Factory
+from tests.emergency_support import add_match, grant_body
 from tests.helpers import access_request_body, match_for, referral_body, subject_body
 from tests.oauth_support import JWT_BEARER, basic
 from tests.test_jwt_bearer import new_key, public_jwk, user_assertion
@@ -99,6 +100,7 @@ class World:
     ids: dict[str, list[str]]  # per path parameter: the first is the caller's own record
     pairs: list[tuple[str, str]]  # (referral_id, share_id): ours out, theirs in
     spare_match: str = ""  # a match of ours that listed fz-la, for a new access request
+    match_id: str = ""  # a match of ours finding a child of theirs not yet opened (§10)
 
 
 def _seed(client: FlaskClient, factory: Factory) -> World:
@@ -124,6 +126,13 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         f"/v1/referrals/{shared_with_us['id']}/shares", {**SHARE, "agency": "fz-police"}, theirs
     )
     hidden = post("/v1/referrals", referral_body(), theirs)
+    # Two more of theirs: one we broke the glass on, one we have matched and may (§10).
+    glass = [post("/v1/referrals", referral_body(), theirs) for _ in range(2)]
+    matches = [
+        add_match(factory.session, agency="fz-police", found={"fz-la": [r["subject_id"]]})
+        for r in glass
+    ]
+    emergency = post("/v1/emergency-access", grant_body(matches[0], "fz-la"), mine)
     user = post(
         "/v1/admin/users",
         {"email": "fuzz.lead@example.org", "name": "Fuzz Lead", "roles": ["safeguarding_lead"]},
@@ -163,9 +172,11 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
             "code": ["fz-health", "fz-police", "fz-la"],
             "webhook_id": [ours["id"], theirs_hook["id"]],
             "request_id": [ours_asked["id"], theirs_asked["id"]],
+            "emergency_access_id": [emergency["id"]],
         },
         pairs=[(led["id"], shared_out["id"]), (shared_with_us["id"], shared_in["id"])],
         spare_match=spare_match,
+        match_id=matches[1],
     )
 
 
@@ -240,6 +251,10 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("POST", "/v1/webhooks"): {
             "url": "http://127.0.0.1:9/more", "events": ["note.added", "referral.updated"],
+        },
+        ("POST", "/v1/emergency-access"): grant_body(world.match_id, "fz-la"),
+        ("POST", "/v1/audit/reviews/{emergency_access_id}"): {
+            "outcome": "justified", "note": "The child was at immediate risk.",
         },
     }
 

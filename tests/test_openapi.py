@@ -278,6 +278,11 @@ OPERATION_IDS = {
     ("get", "/v1/audit/events/export"): "exportAuditEvents",
     ("get", "/v1/audit/subjects/{subject_id}/accesses"): "listSubjectAccesses",
     ("get", "/v1/audit/verify"): "verifyAuditChain",
+    ("post", "/v1/emergency-access"): "createEmergencyAccess",
+    ("get", "/v1/emergency-access/{emergency_access_id}"): "getEmergencyAccess",
+    ("post", "/v1/emergency-access/{emergency_access_id}/end"): "endEmergencyAccess",
+    ("get", "/v1/audit/reviews"): "listReviews",
+    ("post", "/v1/audit/reviews/{emergency_access_id}"): "reviewEmergencyAccess",
 }
 
 
