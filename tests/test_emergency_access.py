@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from casehub.audit.chain import sequence_pending
 from casehub.db import utcnow
 from casehub.models import AuditEvent, EmergencyAccess, Referral, Share
 from tests.conftest import ALL_SCOPES, Partner
@@ -668,3 +669,52 @@ def test_the_queue_pages_in_grant_order(client, db_session, parties):
     assert seen == ids
     unknown = client.get("/v1/audit/reviews?state=pending", headers=parties.auditor.headers())
     assert unknown.status_code == 422
+
+
+def test_the_holders_access_feed_shows_the_break_glass_and_every_read(client, db_session, parties):
+    granted = _granted(client, parties)
+    rid = parties.referrals[0]["id"]
+    client.get(f"/v1/referrals/{rid}", headers=parties.police.headers())
+    sequence_pending(db_session.connection(), limit=1_000_000)  # the background sequencer's work
+
+    feed = client.get(f"/v1/referrals/{rid}/accesses", headers=parties.holder.headers())
+
+    assert feed.status_code == 200
+    theirs = [
+        (item["action"], item["basis"])
+        for item in feed.get_json()["items"]
+        if item["actor"]["agency"] == "notts-police"
+    ]
+    basis = f"emergency:{granted['id']}"
+    assert theirs == [("emergency_access.grant", basis), ("referral.read", basis)]
+
+
+def _transfer(client, holder: Partner, referral_id: str, agency: str) -> None:
+    etag = client.get(f"/v1/referrals/{referral_id}", headers=holder.headers()).headers["ETag"]
+    response = client.post(
+        f"/v1/referrals/{referral_id}/transfer",
+        json={
+            "agency": agency,
+            "reason": "The police investigation takes the lead.",
+            "lawful_basis": {"article_6": "legitimate_interests"},
+        },
+        headers=holder.headers(**{"If-Match": etag}),
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def test_a_transfer_of_the_lead_to_the_grantee_ends_its_emergency_share(client, parties):
+    granted = _granted(client, parties)
+    first, second = (r["id"] for r in parties.referrals)
+    _transfer(client, parties.holder, first, "notts-police")
+
+    read = client.get(f"/v1/referrals/{first}", headers=parties.police.headers())
+    assert read.status_code == 200  # as the lead now
+    shares = client.get(f"/v1/referrals/{first}/shares", headers=parties.police.headers())
+    statuses = {s["agency"]: s["status"] for s in shares.get_json()["items"]}
+    assert statuses == {"notts-police": "ended", "tcs": "active"}
+    seen = client.get(f"/v1/emergency-access/{granted['id']}", headers=parties.police.headers())
+    assert seen.get_json()["status"] == "active"  # the second referral is still open under it
+    _transfer(client, parties.holder, second, "notts-police")
+    seen = client.get(f"/v1/emergency-access/{granted['id']}", headers=parties.police.headers())
+    assert seen.get_json()["status"] == "ended"
