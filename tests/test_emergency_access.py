@@ -718,3 +718,18 @@ def test_a_transfer_of_the_lead_to_the_grantee_ends_its_emergency_share(client, 
     _transfer(client, parties.holder, second, "notts-police")
     seen = client.get(f"/v1/emergency-access/{granted['id']}", headers=parties.police.headers())
     assert seen.get_json()["status"] == "ended"
+
+
+def test_the_glass_may_be_broken_again_once_it_has_expired(client, db_session, parties):
+    first = _granted(client, parties)
+    assert _grant(client, parties).status_code == 409  # still open: nothing more to open
+    _move_back(db_session, first["id"], timedelta(hours=4, seconds=1))
+
+    second = _granted(client, parties)
+
+    assert second["id"] != first["id"]
+    assert second["referral_ids"] == first["referral_ids"]
+    rid = parties.referrals[0]["id"]
+    assert client.get(f"/v1/referrals/{rid}", headers=parties.police.headers()).status_code == 200
+    event = _last_event(db_session, "referral.read", referral_id=uuid.UUID(rid))
+    assert event.basis == f"emergency:{second['id']}"
