@@ -200,7 +200,8 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
     ),
     ("POST", "/v1/access-requests/<uuid:request_id>/withdraw"): (
         lambda w: (w.other, f"/v1/access-requests/{w.access_request_id}/withdraw", {}),
-        ["access_request.withdraw"],
+        # The requester's own record and the holder's notice on its referral.
+        ["access_request.withdraw", "access_request.withdraw"],
     ),
     ("POST", "/v1/access-requests/<uuid:request_id>/decision"): (
         lambda w: (
