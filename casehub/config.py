@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMIT_READ": "1200/minute",
     "RATE_LIMIT_WRITE": "300/minute",
     "RATE_LIMIT_SEARCH": "120/minute",
+    "RATE_LIMIT_MATCH": "30/minute",  # CONTRACT §9: at most 30 match requests a minute
     "RATE_LIMIT_AUDIT": "120/minute",
     "RATE_LIMIT_PUBLIC": "300/minute",
     "RATE_LIMIT_AUTH_FAILURES": "10/minute",

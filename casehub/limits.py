@@ -1,9 +1,10 @@
 """Rate limits: a budget per client and route class, shared by every process.
 
 Each authenticated request spends one unit of its client's budget for the route's class —
-`read` (GET), `write` (POST, PUT, PATCH, DELETE), `search` (subject search) or `audit` (audit
-queries and exports), as a view declares with `Blueprint.rate_class` or by its method. Requests
-without a token (discovery, keys, docs) spend their address's `public` budget. The OAuth
+`read` (GET), `write` (POST, PUT, PATCH, DELETE), `search` (subject search), `match`
+(existence-only matching, CONTRACT §9) or `audit` (audit queries and exports), as a view
+declares with `Blueprint.rate_class` or by its method. Requests without a token (discovery,
+keys, docs) spend their address's `public` budget. The OAuth
 endpoints are not budgeted by use but by failure: every failed client authentication spends one
 unit of the claimed client id's budget and one of the address's, and while either is spent the
 endpoint answers 429 without checking any secret. Liveness and readiness are never limited.
@@ -44,6 +45,7 @@ CLASSES: dict[str, str] = {
     "read": "RATE_LIMIT_READ",
     "write": "RATE_LIMIT_WRITE",
     "search": "RATE_LIMIT_SEARCH",
+    "match": "RATE_LIMIT_MATCH",
     "audit": "RATE_LIMIT_AUDIT",
     "public": "RATE_LIMIT_PUBLIC",
 }

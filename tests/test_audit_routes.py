@@ -374,6 +374,14 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
         ),
         ["subject.update"],
     ),
+    ("POST", "/v1/matches"): (
+        lambda w: (
+            w.lead,
+            "/v1/matches",
+            {"json": {"identifiers": [{"system": "upn", "value": "A1"}]}},
+        ),
+        ["subject.match"],
+    ),
 }
 
 
@@ -542,7 +550,7 @@ def tight_limits(app):
     limiter = app.extensions["casehub.limiter"]
     saved = dict(app.config)
     limiter.reset()
-    for setting in ("READ", "WRITE", "SEARCH", "AUDIT"):
+    for setting in ("READ", "WRITE", "SEARCH", "MATCH", "AUDIT"):
         app.config[f"RATE_LIMIT_{setting}"] = "1/minute"
     clear_of_a_window_edge()
     yield

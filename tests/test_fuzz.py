@@ -222,6 +222,9 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/oauth/revoke"): {"token": world.spare_token},
         ("POST", "/v1/subjects"): subject_body(),
         ("PATCH", "/v1/subjects/{subject_id}"): {"given_name": "Jay"},
+        ("POST", "/v1/matches"): {
+            "given_name": "Jayden", "family_name": "Okafor", "date_of_birth": "2011-04-02",
+        },
         ("POST", "/v1/referrals"): referral_body(),
         ("PATCH", "/v1/referrals/{referral_id}"): {"summary": "Seen again at the station."},
         ("POST", "/v1/referrals/{referral_id}/transitions"): {"to": "acknowledged"},

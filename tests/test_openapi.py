@@ -253,6 +253,7 @@ OPERATION_IDS = {
     ("post", "/v1/subjects"): "createSubject",
     ("get", "/v1/subjects/{subject_id}"): "getSubject",
     ("patch", "/v1/subjects/{subject_id}"): "updateSubject",
+    ("post", "/v1/matches"): "createMatch",
     ("get", "/v1/referrals"): "listReferrals",
     ("post", "/v1/referrals"): "createReferral",
     ("get", "/v1/referrals/{referral_id}"): "getReferral",

@@ -229,7 +229,8 @@ def test_every_operation_documents_its_limit(app):
                     assert "RateLimit" in response["headers"], (method, path)
     assert spec["paths"]["/v1/subjects"]["get"]["x-rate-limit-class"] == "search"
     assert spec["paths"]["/oauth/token"]["post"]["x-rate-limit-class"] == "client-auth"
-    assert set(classes) == {"read", "write", "search", "audit", "public", "client-auth"}
+    assert spec["paths"]["/v1/matches"]["post"]["x-rate-limit-class"] == "match"
+    assert set(classes) == {"read", "write", "search", "match", "audit", "public", "client-auth"}
 
 
 @pytest.mark.parametrize(

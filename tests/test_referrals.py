@@ -464,6 +464,7 @@ def _shapes() -> list[SimpleNamespace]:
         "risk_level": "high",
         "immediate_action": None,
         "status": "submitted",
+        "discoverable": True,
         "created_at": datetime(2026, 3, 1, 2, 5, 1, 123456, tzinfo=UTC),
         "updated_at": datetime(2026, 3, 1, 2, 5, 1, 123456, tzinfo=UTC),
     }
@@ -481,6 +482,7 @@ def _shapes() -> list[SimpleNamespace]:
                 "risk_level": "immediate",
                 "immediate_action": "999 called",
                 "status": "closed",
+                "discoverable": False,
             }
         ),
         SimpleNamespace(**{**base, "location_transport_hub": "Grantham station"}),

@@ -95,6 +95,7 @@ _RATE_BUDGETS = {
     "read": "its client's `read` budget (`CASEHUB_RATE_LIMIT_READ`, default 1200/minute)",
     "write": "its client's `write` budget (`CASEHUB_RATE_LIMIT_WRITE`, default 300/minute)",
     "search": "its client's `search` budget (`CASEHUB_RATE_LIMIT_SEARCH`, default 120/minute)",
+    "match": "its client's `match` budget (`CASEHUB_RATE_LIMIT_MATCH`, default 30/minute)",
     "audit": "its client's `audit` budget (`CASEHUB_RATE_LIMIT_AUDIT`, default 120/minute)",
     "public": "its address's `public` budget (`CASEHUB_RATE_LIMIT_PUBLIC`, default 300/minute)",
     "client-auth": (
@@ -372,7 +373,7 @@ class Blueprint(flask_smorest.Blueprint):
     @staticmethod
     def rate_class(name: str) -> Callable[[F], F]:
         """Put a view in a rate-limit class other than its method's (casehub/limits.py):
-        `search`, `audit`, `client-auth` (budgeted by failed client authentications) or
+        `search`, `match`, `audit`, `client-auth` (budgeted by failed client authentications) or
         `none` (never limited: liveness and readiness)."""
 
         def decorator(func: F) -> F:

@@ -75,7 +75,9 @@ class Referrals(MethodView):
         operationId="createReferral",
         summary="Raise a referral",
         description="The caller's agency leads it. Send "
-        "`subject_id` of a subject the agency can see, or an inline `subject`.",
+        "`subject_id` of a subject the agency can see, or an inline `subject`. "
+        "`discoverable` (default `true`): `false` keeps the referral out of every match "
+        "(`POST /v1/matches`), e.g. during a covert investigation.",
     )
     def post(self, data: dict[str, Any]) -> Any:
         referral = referrals.create_referral(
@@ -114,7 +116,9 @@ class ReferralById(MethodView):
         operationId="updateReferral",
         summary="Change a referral (lead agency)",
         description="Only the fields sent change. Needs `If-Match` with the current `ETag`: "
-        "missing is 428, stale is 412. Another agency that sees the referral gets 403.",
+        "missing is 428, stale is 412. Another agency that sees the referral gets 403. "
+        "`discoverable: false` takes the referral out of existence-only matching from this "
+        "moment (a covert investigation); `true` puts it back.",
         responses=NOT_FOUND,
     )
     def patch(self, changes: dict[str, Any], referral_id: uuid.UUID) -> Any:

@@ -134,6 +134,14 @@ IDENTIFIER_SYSTEM = _codes(
     "`nhs_number` (modulus 11 checked), `upn` (unique pupil number), `pnc_id` (Police National "
     "Computer), `la_case_ref` (a local authority's case reference) or `other`.",
 )
+MATCH_CONFIDENCE = _codes(
+    "MatchConfidence",
+    ("identifier", "strong", "possible"),
+    "How a match was made, best first: `identifier` the same identifier (system and value); "
+    "`strong` the same date of birth and names that match ignoring case and accents, allowing "
+    "one typo per name or an alias; `possible` names as for `strong` and a birth year within "
+    "one year.",
+)
 SCOPE = _codes("Scope", list(SCOPES), "An OAuth scope (see the oauth2 security scheme).")
 ROLE = _codes(
     "Role",

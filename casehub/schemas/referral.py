@@ -32,6 +32,13 @@ class ActorRefSchema(ma.Schema):
     user_id = ma.fields.UUID(allow_none=True, required=True)
 
 
+DISCOVERABLE = (
+    "Whether existence-only matching (`POST /v1/matches`) may find this referral. `false`: "
+    "never matched, e.g. during a covert investigation — no other agency learns from a match "
+    "that the lead holds it. Set by the lead agency only; default `true`."
+)
+
+
 class _ReferralFields(StrictSchema):
     categories = ma.fields.List(
         CATEGORY_FIELD,
@@ -48,6 +55,7 @@ class _ReferralFields(StrictSchema):
         allow_none=True,
         metadata={"description": 'Required when risk_level is immediate, e.g. "999 called".'},
     )
+    discoverable = ma.fields.Boolean(metadata={"description": DISCOVERABLE})
 
 
 class ReferralCreateSchema(_ReferralFields):
@@ -64,6 +72,7 @@ class ReferralCreateSchema(_ReferralFields):
         required=True, metadata={"description": "RFC 3339 with offset; not in the future."}
     )
     risk_level = enums.RISK_LEVEL.field(required=True)
+    discoverable = ma.fields.Boolean(load_default=True, metadata={"description": DISCOVERABLE})
 
     @ma.validates_schema
     def _one_subject(self, data: dict[str, Any], **_: Any) -> None:
@@ -94,6 +103,7 @@ class ReferralSchema(ma.Schema):
     risk_level = enums.RISK_LEVEL.field(required=True)
     immediate_action = ma.fields.String(allow_none=True, required=True)
     status = enums.REFERRAL_STATUS.field(required=True)
+    discoverable = ma.fields.Boolean(required=True, metadata={"description": DISCOVERABLE})
     created_at = ma.fields.DateTime(required=True)
     updated_at = ma.fields.DateTime(required=True)
 
@@ -131,6 +141,7 @@ class ReferralSchema(ma.Schema):
             "risk_level": referral.risk_level,
             "immediate_action": referral.immediate_action,
             "status": referral.status,
+            "discoverable": referral.discoverable,
             "created_at": referral.created_at,
             "updated_at": referral.updated_at,
         }
@@ -181,6 +192,7 @@ def referral_document(referral: Any) -> dict[str, Any]:
         "risk_level": str(referral.risk_level),
         "immediate_action": _text(referral.immediate_action),
         "status": str(referral.status),
+        "discoverable": bool(referral.discoverable),
         "created_at": _moment(referral.created_at),
         "updated_at": _moment(referral.updated_at),
     }

@@ -398,6 +398,7 @@ def create_referral(
         risk_level=data["risk_level"],
         immediate_action=data.get("immediate_action"),
         status="submitted",
+        discoverable=bool(data.get("discoverable", True)),
         created_at=now,
         updated_at=now,
     )
@@ -547,10 +548,10 @@ def update_referral(
     risk = changes.get("risk_level", referral.risk_level)
     action = changes.get("immediate_action", referral.immediate_action)
     _check_risk(risk, action)
-    for name in ("summary", "narrative", "risk_level", "immediate_action"):
+    for name in ("summary", "narrative", "risk_level", "immediate_action", "discoverable"):
         if name in changes:
-            if name == "summary" and changes[name] is None:
-                raise ValidationFailed.field("summary", "Field may not be null.")
+            if name in ("summary", "discoverable") and changes[name] is None:
+                raise ValidationFailed.field(name, "Field may not be null.")
             setattr(referral, name, changes[name])
     if "location" in changes:
         _set_location(referral, changes["location"])
