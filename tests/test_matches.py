@@ -17,7 +17,7 @@ from casehub.audit.chain import sequence_pending
 from casehub.auth.actor import Actor
 from casehub.errors import ValidationFailed
 from casehub.models import Agency, AuditEvent, Match, Share
-from casehub.services import matching
+from casehub.services import matching, names
 from tests.conftest import ALL_SCOPES
 from tests.helpers import referral_body, share_body, subject_body
 from tests.windows import clear_of_a_window_edge
@@ -640,28 +640,58 @@ def test_a_match_that_finds_nothing_is_audited_without_children(client, agencies
     assert [e.resource_id for e in events] == [answer["match_id"], response.get_json()["match_id"]]
 
 
-# -- the planner's two walks find the same children -------------------------------------------
-@pytest.mark.parametrize("probe_cost", [0.0, 1e9])
-def test_probing_and_intersecting_find_the_same_children(client, agencies, monkeypatch, probe_cost):
-    """PROBE_COST 0 always probes from the cheapest word; a huge one always intersects the two
-    words with the fewest rows (what a common pair of names does at scale)."""
-    monkeypatch.setattr(matching, "PROBE_COST", probe_cost)
+# -- the name keys a match reads -------------------------------------------------------------
+def _one_edit(token: str, alphabet: str) -> set[str]:
+    """Every string one insertion, deletion, substitution or swap of neighbours from `token`."""
+    found = {token[:i] + token[i + 1 :] for i in range(len(token))}
+    for i in range(len(token) + 1):
+        found.update(token[:i] + c + token[i:] for c in alphabet)
+    for i in range(len(token)):
+        found.update(token[:i] + c + token[i + 1 :] for c in alphabet)
+    found.update(
+        token[:i] + token[i + 1] + token[i] + token[i + 2 :] for i in range(len(token) - 1)
+    )
+    return found - {token}
+
+
+@pytest.mark.parametrize("token", ["ali", "jack", "oliver", "smith", "mohammed", "alexandrina"])
+@pytest.mark.parametrize("common", [False, True])
+def test_the_keys_a_match_reads_find_every_name_one_edit_away(token, common):
+    keys, whole_only = matching.match_keys(token, common=common)
+    assert not whole_only
+    for name in _one_edit(token, matching.LATIN) | {token}:
+        stored = names.subject_keys(name, "", [])  # what a child named `name` stores
+        assert set(keys) & stored, (token, name)
+    if common and matching.enumerable(token):
+        # A child named exactly `token` is read once, by its whole name, not once per key.
+        assert set(keys) & names.subject_keys(token, "", []) == {token}
+    else:
+        assert keys == tuple(sorted(names.search_keys(token)))
+
+
+def test_words_outside_the_latin_letters_and_short_words_use_the_search_keys():
+    for word in ("иван", "abcdefghijklmnop", "jack"):
+        assert not matching.enumerable(word)
+        expected = (tuple(sorted(names.search_keys(word))), False)
+        assert matching.match_keys(word, common=True) == expected
+    assert matching.match_keys("li", common=True) == (("li",), True)
+
+
+@pytest.mark.parametrize("common_rows", [matching.COMMON_ROWS, 1])
+def test_each_kind_of_typo_is_found_over_http(client, agencies, monkeypatch, common_rows):
+    """With the threshold at 1 every word of five letters or more is common: its neighbours
+    are enumerated; at the default (a handful of children here) it is rare."""
+    monkeypatch.setattr(matching, "COMMON_ROWS", common_rows)
     cs = agencies["notts-cs"]
-    refer(client, cs, given_name="Mary Ann", family_name="Li", date_of_birth="2012-02-02")
-    refer(client, agencies["tcs"], given_name="Mary", family_name="Lia", date_of_birth="2012-02-02")
-    refer(client, agencies["leics-police"], given_name="Marie", family_name="Ann", aliases=["Li"])
-    btp = agencies["btp"]
     day = {"date_of_birth": "2012-02-02"}
-    assert listed(client, btp, given_name="Mary Ann", family_name="Li", **day) == {
-        "notts-cs": "strong"
-    }
-    assert listed(client, btp, given_name="Mary", family_name="Li", **day) == {"notts-cs": "strong"}
-    # "lia" is one letter from "li" (a short name in the child's record tolerates a long query)
-    assert listed(client, btp, given_name="Marry", family_name="Lia", **day) == {
-        "notts-cs": "strong",
-        "tcs": "strong",
-    }
-    assert listed(client, btp, given_name="Mary", family_name="Mary", **day) == {
-        "notts-cs": "strong",
-        "tcs": "strong",
+    for given in ("Oliver", "Olivers", "Olver", "Olivar", "Oilver", "Óliver"):
+        refer(client, cs, given_name=given, family_name="Smyth", **day)
+    refer(client, cs, given_name="Olvr", family_name="Smith", **day)  # two edits away
+    refer(client, agencies["tcs"], given_name="Иван", family_name="Smith", **day)
+    answer = ask(client, agencies["btp"], given_name="Oliver", family_name="Smith", **day)
+    (item,) = answer["items"]
+    assert (item["agency"]["code"], item["open_referrals"]) == ("notts-cs", 6)
+    # A Latin "a" for the Cyrillic one: one substitution, found by the search keys.
+    assert listed(client, agencies["btp"], given_name="Ивaн", family_name="Smith", **day) == {
+        "tcs": "strong"
     }

@@ -10,6 +10,7 @@ the holder and an emergency access opens, never to the asker until a share exist
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,12 +18,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Integer,
     Row,
-    Select,
-    and_,
+    any_,
     bindparam,
-    distinct,
     func,
     intersect,
     literal,
@@ -30,7 +30,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from casehub import audit
 from casehub.auth.actor import Actor
@@ -86,12 +86,6 @@ DEFAULT_PURPOSE = "case_work"
 AUDIT_ACTION = "subject.match"
 AUDIT_BASIS = "match"
 CLOSED = "closed"  # casehub.services.referrals.STATUSES: every other status is open
-# How the name search is planned (see `_plan`): each word's key rows among children born within
-# a year are counted up to SAMPLE_ROWS (exact below it, a floor above); probing a candidate for
-# another word's keys costs about PROBE_COST key rows streamed (casehub.services.subjects
-# measured a probe at ~14 us and a streamed key row at ~0.5 us at a million children).
-SAMPLE_ROWS = 5000
-PROBE_COST = 20.0
 
 
 @dataclass(frozen=True)
@@ -256,168 +250,186 @@ def _by_identifier(session: Session, query: MatchQuery) -> list[uuid.UUID]:
 
 
 # -- candidates by name: ix_subject_name_keys_key_birth_year (key, birth_year, subject_id) -------
-@dataclass(frozen=True)
-class _Word:
-    """A query word as the name keys see it (as in subject search): its search keys, and
-    whether only whole-word keys count (a word too short to tolerate a typo must equal a name)."""
+# The letters and digits a Latin-script name is made of once folded (names.fold): a common query
+# word of them finds the names one substitution away by their own keys (see `match_keys`).
+LATIN = "abcdefghijklmnopqrstuvwxyz0123456789"
+ENUMERABLE_LENGTHS = range(5, 13)
+# A word is common when at least this many key rows of children born within a year of the query
+# hold it whole (counted no further). Measured at a million children (shared 2-core machine): a
+# key row streamed ~0.5 us, an index range ~4 us. search_keys read a common word's children once
+# per key (7 times for "Oliver": 88,000 rows, 59 ms with "Smith"); the enumerated keys read each
+# once but cost some 700 ranges a word (20 ms for the pair; 9 ms for a rare pair, where
+# search_keys took 0.4 ms).
+COMMON_ROWS = 500
 
-    keys: tuple[str, ...]
-    whole_only: bool
 
-    @classmethod
-    def of(cls, token: str) -> _Word:
-        return cls(tuple(sorted(names.search_keys(token))), not names.tolerates_typo(token))
+def match_keys(token: str, *, common: bool = False) -> tuple[tuple[str, ...], bool]:
+    """The name keys whose rows, among the children of the three years, hold every child with a
+    name within one edit of query word `token` (and some others, which names.matches refuses);
+    and whether only whole-word keys count (a word under three letters tolerates no typo and
+    must equal a whole name).
 
-    @property
-    def shape(self) -> tuple[int, bool]:
-        return len(self.keys), self.whole_only
+    names.search_keys (the word and its one-letter deletions) finds them all, and is what a rare
+    word uses, but a child named exactly `token` holds every one of those keys. For a `common`
+    Latin-script word of 5 to 12 characters these keys find the same children reading each one
+    named `token` once: `token` itself (children so named, and those whose name is it with a
+    letter more: `token` is one of their deletions); its two-letter deletions (a name with a
+    letter less, four letters or more, stores its own one-letter deletions, which are these);
+    and each substitution of one character from LATIN and each swap of neighbours (the names
+    themselves). A child named `token` holds none of them but the first: its keys are `token`
+    and its one-letter deletions. What this misses: a name that differs from the query by a
+    character outside LATIN (another script) in place of one of its letters. Four-letter words
+    keep search_keys: their two-letter deletions are held by most three-letter names."""
+    if not names.tolerates_typo(token):
+        return (token,), True
+    if not common or not enumerable(token):
+        return tuple(sorted(names.search_keys(token))), False
+    keys = {token}
+    for i, j in itertools.combinations(range(len(token)), 2):
+        keys.add(token[:i] + token[i + 1 : j] + token[j + 1 :])
+    for i in range(len(token)):
+        keys.update(token[:i] + c + token[i + 1 :] for c in LATIN)
+    for i in range(len(token) - 1):
+        keys.add(token[:i] + token[i + 1] + token[i] + token[i + 2 :])
+    return tuple(sorted(keys)), False
+
+
+def enumerable(token: str) -> bool:
+    """Whether `match_keys` may enumerate the word's neighbours (when it is common)."""
+    return len(token) in ENUMERABLE_LENGTHS and all(c in LATIN for c in token)
+
+
+def _one_of(column: Any, name: str, on_postgresql: bool) -> Any:
+    """`column` is one of the list parameter `name`: one array parameter (= ANY) on PostgreSQL,
+    where an expanding IN renders, and psycopg parses, a parameter per item (hundreds for a
+    common word's keys); an expanding IN on SQLite."""
+    if on_postgresql:
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 _YEARS = bindparam("years", expanding=True)
-_SAMPLE_ROWS = bindparam("sample_rows", type_=Integer())
+_COMMON_ROWS = bindparam("common_rows", type_=Integer())
 
 
-def _word_rows(word: int, whole_only: bool, keys: Any = SubjectNameKey) -> Any:
-    """The key rows of children born within a year of the query's year that may belong to a
-    name close to query word number `word` (its keys are the parameter word_<word>): one index
-    range per key and year, (key, birth_year) being the index's leading columns."""
-    clauses = [
-        keys.key.in_(bindparam(f"word_{word}", expanding=True)),
-        keys.birth_year.in_(_YEARS),
-    ]
-    if whole_only:
-        clauses.append(keys.whole_word)
-    return and_(*clauses)
-
-
-@functools.lru_cache(maxsize=64)
-def _sizes_statement(words: tuple[bool, ...]) -> Any:
-    """Per query word (whole_only for each): how many key rows it has among the children of
-    the three years, and of how many children, counted up to sample_rows rows."""
+@functools.lru_cache(maxsize=16)
+def _common_statement(words: int) -> Any:
+    """For query words word_0, word_1, ... (one key each): how many key rows of children of the
+    three years hold it, counted up to common_rows (one short index range per year)."""
     keys = SubjectNameKey
     arms = []
-    for word, whole_only in enumerate(words):
-        taken = (
-            select(keys.subject_id).where(_word_rows(word, whole_only)).limit(_SAMPLE_ROWS)
-        ).subquery()
-        arms.append(
-            select(
-                literal(word).label("word"),
-                func.count().label("rows"),
-                func.count(distinct(taken.c.subject_id)).label("subjects"),
+    for word in range(words):
+        held = (
+            select(keys.subject_id)
+            .where(
+                keys.key == bindparam(f"word_{word}", type_=keys.key.type),
+                keys.birth_year.in_(_YEARS),
             )
+            .limit(_COMMON_ROWS)
+            .subquery()
+        )
+        arms.append(
+            select(literal(word).label("word"), func.count().label("rows")).select_from(held)
         )
     return union_all(*arms) if len(arms) > 1 else arms[0]
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The words whose key ranges are read (one, or two intersected) and those probed per
-    candidate, as indexes into the query's words."""
-
-    read: tuple[int, ...]
-    probed: tuple[int, ...]
-
-
-def _plan(session: Session, words: list[_Word], parameters: Mapping[str, Any]) -> _Plan:
-    """The cheapest way to the children who have keys of every word: read the range of the word
-    whose rows and children cost least and probe each of its children for the other words'
-    keys (primary key lookups), or read the two words with the fewest rows and intersect them
-    (no lookup: better when even the rarest word has many children, "Jack Smith")."""
-    if len(words) == 1:
-        return _Plan((0,), ())
-    stmt = _sizes_statement(tuple(w.whole_only for w in words))
-    rows = [0.0] * len(words)
-    subjects = [0.0] * len(words)
-    for row in session.execute(stmt, {**parameters, "sample_rows": SAMPLE_ROWS}):
-        rows[row.word], subjects[row.word] = float(row.rows), float(row.subjects)
-    everyone = range(len(words))
-    probe_cost = [rows[n] + PROBE_COST * subjects[n] for n in everyone]
-    driver = min(everyone, key=lambda n: probe_cost[n])
-    first, second = sorted(everyone, key=lambda n: rows[n])[:2]
-    if rows[first] + rows[second] < probe_cost[driver]:
-        rest = sorted(set(everyone) - {first, second}, key=lambda n: subjects[n])
-        return _Plan((first, second), tuple(rest))
-    rest = sorted(set(everyone) - {driver}, key=lambda n: subjects[n])
-    return _Plan((driver,), tuple(rest))
+def _common_words(session: Session, tokens: Sequence[str], years: list[int]) -> set[str]:
+    """The query words worth enumerating the neighbours of: those `enumerable` that at least
+    COMMON_ROWS children of the three years are named (one statement, or none)."""
+    asked = [token for token in dict.fromkeys(tokens) if enumerable(token)]
+    if not asked:
+        return set()
+    parameters: dict[str, Any] = {"years": years, "common_rows": COMMON_ROWS}
+    parameters.update({f"word_{n}": token for n, token in enumerate(asked)})
+    counted = session.execute(_common_statement(len(asked)), parameters)
+    return {asked[row.word] for row in counted if row.rows >= COMMON_ROWS}
 
 
-@functools.lru_cache(maxsize=256)
-def _candidates_statement(
-    read: tuple[tuple[int, bool], ...], probed: tuple[tuple[int, bool], ...]
-) -> Select[Any]:
-    """The children (their names and birth facts) born within a year of the query's year who
-    have keys of every query word: the key ranges of the `read` words (word number, whole
-    only), intersected when two, each child once; then each probed for the `probed` words' keys
-    by the primary key (subject_id, key), written as a scalar subquery so that PostgreSQL
-    probes rather than hashing every key row of a common word (see casehub.services.subjects)."""
+@functools.lru_cache(maxsize=64)
+def _candidates_statement(words: tuple[bool, ...], on_postgresql: bool) -> Any:
+    """The children born within a year of the query's year (parameter `years`) who have a key
+    of every query word (parameters word_0, word_1, ...; `words` says for each whether only
+    whole-word keys count), each once: one set of index ranges per word, intersected.
+
+    (key, birth_year) lead the index, so each word is one range per key and year (an IN of
+    three years is three ranges), read index-only on PostgreSQL, and the sets are hashed and
+    intersected: "Oliver Smith" at a million children reads 18,600 rows for its 192 children.
+    Probing each child of the rarer word for the other's keys instead costs a random lookup in
+    the primary key per child, 5,500 of them for "Smith", which measured ten times slower."""
     keys = SubjectNameKey
-    arms = [select(keys.subject_id).where(_word_rows(n, whole)) for n, whole in read]
-    found = (intersect(*arms) if len(arms) > 1 else arms[0].distinct()).subquery()
-    subject_id = found.c.subject_id
-    probes = []
-    for n, whole in probed:
-        other = aliased(SubjectNameKey)
+    arms = []
+    for word, whole_only in enumerate(words):
         clauses = [
-            other.subject_id == subject_id,
-            other.key.in_(bindparam(f"word_{n}", expanding=True)),
+            _one_of(keys.key, f"word_{word}", on_postgresql),
+            keys.birth_year.in_(_YEARS),
         ]
-        if whole:
-            clauses.append(other.whole_word)
-        probe = select(literal(1)).where(*clauses).limit(1).scalar_subquery()
-        probes.append(probe.is_not(None))
-    return (
-        select(
-            Subject.id,
-            Subject.given_name,
-            Subject.family_name,
-            Subject.aliases,
-            Subject.date_of_birth,
-            Subject.estimated_birth_year,
-        )
-        .select_from(found)
-        .join(Subject, Subject.id == subject_id)
-        .where(*probes)
-    )
+        if whole_only:  # not in the index: read from the table, for the few rows of a short key
+            clauses.append(keys.whole_word)
+        arms.append(select(keys.subject_id).where(*clauses))
+    return intersect(*arms) if len(arms) > 1 else arms[0].distinct()
+
+
+@functools.cache
+def _candidates(on_postgresql: bool) -> Any:
+    """The candidates' names and birth facts by primary key, in a statement of their own: joined
+    to the intersection, PostgreSQL estimated many rows and read all of `subjects` to hash them."""
+    return select(
+        Subject.id,
+        Subject.given_name,
+        Subject.family_name,
+        Subject.aliases,
+        Subject.date_of_birth,
+        Subject.estimated_birth_year,
+    ).where(_one_of(Subject.id, "candidate_ids", on_postgresql))
 
 
 def _by_name(session: Session, query: MatchQuery) -> list[Row[Any]]:
     """Children who may match by name and birth year; names.matches and the birth rule decide."""
     assert query.year is not None
-    words = [_Word.of(token) for token in query.tokens]
+    years = [query.year - 1, query.year, query.year + 1]
+    common = _common_words(session, query.tokens, years)
+    words = [match_keys(token, common=token in common) for token in query.tokens]
     parameters: dict[str, Any] = {
-        "years": [query.year - 1, query.year, query.year + 1],
-        **{f"word_{n}": list(word.keys) for n, word in enumerate(words)},
+        "years": years,
+        **{f"word_{n}": list(keys) for n, (keys, _) in enumerate(words)},
     }
-    plan = _plan(session, words, parameters)
-    stmt = _candidates_statement(
-        tuple((n, words[n].whole_only) for n in plan.read),
-        tuple((n, words[n].whole_only) for n in plan.probed),
-    )
-    return list(session.execute(stmt, parameters))
+    on_postgresql = _on_postgresql(session)
+    stmt = _candidates_statement(tuple(whole for _, whole in words), on_postgresql)
+    ids = list(session.execute(stmt, parameters).scalars())
+    if not ids:
+        return []
+    return list(session.execute(_candidates(on_postgresql), {"candidate_ids": ids}))
 
 
 # -- who holds them -----------------------------------------------------------------------------
-_SUBJECT_IDS = bindparam("subject_ids", expanding=True)
-_HELD = (
-    select(
-        Referral.id,
-        Referral.subject_id,
-        Referral.lead_agency,
-        Referral.created_at,
-        Referral.status,
-        Referral.discoverable,
-        Agency.name,
-        Agency.kind,
-        policy.referral_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW).label("visible"),
+@functools.cache
+def _held_statement(on_postgresql: bool) -> Any:
+    """Every referral another active agency leads about the children `subject_ids`, with its
+    lead's name and kind and whether the caller's agency sees it (policy decides)."""
+    return (
+        select(
+            Referral.id,
+            Referral.subject_id,
+            Referral.lead_agency,
+            Referral.created_at,
+            Referral.status,
+            Referral.discoverable,
+            Agency.name,
+            Agency.kind,
+            policy.referral_visible_to(policy.VIEWER_AGENCY, policy.VIEWER_NOW).label("visible"),
+        )
+        .join(Agency, Agency.code == Referral.lead_agency)
+        .where(
+            _one_of(Referral.subject_id, "subject_ids", on_postgresql),
+            Referral.lead_agency != policy.VIEWER_AGENCY,
+            Agency.active.is_(True),
+        )
     )
-    .join(Agency, Agency.code == Referral.lead_agency)
-    .where(
-        Referral.subject_id.in_(_SUBJECT_IDS),
-        Referral.lead_agency != policy.VIEWER_AGENCY,
-        Agency.active.is_(True),
-    )
-)
 
 
 def _holdings(
@@ -431,7 +443,8 @@ def _holdings(
     the child (policy decides): through that agency the caller knows the child already."""
     if not found:
         return {}
-    rows = session.execute(_HELD, {"subject_ids": list(found), **policy.viewer(actor, now)}).all()
+    stmt = _held_statement(_on_postgresql(session))
+    rows = session.execute(stmt, {"subject_ids": list(found), **policy.viewer(actor, now)}).all()
     seen = {(row.lead_agency, row.subject_id) for row in rows if row.visible}
     rank = {level: n for n, level in enumerate(CONFIDENCES)}
     holdings: dict[str, _Holding] = {}
