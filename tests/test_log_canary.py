@@ -278,6 +278,22 @@ def _journey(loud: Loud, monkeypatch: pytest.MonkeyPatch, is_postgres: bool) -> 
         found = call("get", f"/v1/subjects?{query}", headers=h(btp))
         assert found.status_code == 200, found.get_json()
     assert call("get", "/v1/referrals?risk_level=immediate", headers=h(btp)).status_code == 200
+    # Matching (CONTRACT §9) by the names, an alias, the identifiers, and refused on them.
+    for asked in (
+        {"given_name": c("given"), "family_name": c("family"), "date_of_birth": DOB},
+        {"given_name": c("alias"), "family_name": c("family"), "estimated_birth_year": 2013},
+        {"identifiers": _subject()["identifiers"]},
+    ):
+        matched = call("post", "/v1/matches", json=asked, headers=h(outsider))
+        assert matched.status_code == 201, matched.get_json()
+        assert matched.get_json()["items"], asked
+    for refused in (
+        {"given_name": c("given")},
+        {"given_name": c("given"), "family_name": c("family"), "date_of_birth": "2999-01-01"},
+        {"identifiers": [{"system": "nhs_number", "value": c("nhs")}]},
+        {**_subject()},
+    ):
+        assert call("post", "/v1/matches", json=refused, headers=h(outsider)).status_code == 422
 
     etag = call("get", f"/v1/referrals/{rid}", headers=h(btp)).headers["ETag"]
     patched = call(

@@ -24,6 +24,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
+    insert,
     intersect,
     literal,
     select,
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from casehub import audit
 from casehub.auth.actor import Actor
-from casehub.db import new_id
+from casehub.db import new_id, new_row_values
 from casehub.errors import ValidationFailed
 from casehub.models import Agency, Match, Referral, Subject, SubjectIdentifier, SubjectNameKey
 from casehub.services import names, policy
@@ -176,8 +177,10 @@ def find_matches(
         created_at=now,
         expires_at=now + MATCH_LIFETIME,
     )
-    session.add(match)
+    # A Core INSERT (a unit-of-work flush of one object cost more than the statement itself);
+    # the object stays out of the session: only its id and expiry are read.
     session.flush()
+    session.connection().execute(_INSERT_MATCH, [new_row_values(match)])
     purpose = actor.purpose or DEFAULT_PURPOSE
     for held in holdings.values():
         audit.record(
@@ -212,6 +215,9 @@ def find_matches(
         for code, held in sorted(holdings.items(), key=lambda h: (rank[h[1].confidence], h[0]))
     ]
     return match, items
+
+
+_INSERT_MATCH = insert(Match.__table__)
 
 
 def name_confidence(query: MatchQuery, candidate: Any) -> str | None:
@@ -263,11 +269,12 @@ ENUMERABLE_LENGTHS = range(5, 13)
 COMMON_ROWS = 500
 
 
-def match_keys(token: str, *, common: bool = False) -> tuple[tuple[str, ...], bool]:
+def match_keys(token: str, *, common: bool = False) -> tuple[str, ...]:
     """The name keys whose rows, among the children of the three years, hold every child with a
-    name within one edit of query word `token` (and some others, which names.matches refuses);
-    and whether only whole-word keys count (a word under three letters tolerates no typo and
-    must equal a whole name).
+    name within one edit of query word `token` (and some others, which names.matches refuses:
+    a word under three letters tolerates no typo and must equal a whole name, but its one key is
+    read whole and unfiltered, since `whole_word` is not in the index and filtering on it would
+    visit the table for every row of every year).
 
     names.search_keys (the word and its one-letter deletions) finds them all, and is what a rare
     word uses, but a child named exactly `token` holds every one of those keys. For a `common`
@@ -280,10 +287,8 @@ def match_keys(token: str, *, common: bool = False) -> tuple[tuple[str, ...], bo
     and its one-letter deletions. What this misses: a name that differs from the query by a
     character outside LATIN (another script) in place of one of its letters. Four-letter words
     keep search_keys: their two-letter deletions are held by most three-letter names."""
-    if not names.tolerates_typo(token):
-        return (token,), True
     if not common or not enumerable(token):
-        return tuple(sorted(names.search_keys(token))), False
+        return tuple(sorted(names.search_keys(token)))
     keys = {token}
     for i, j in itertools.combinations(range(len(token)), 2):
         keys.add(token[:i] + token[i + 1 : j] + token[j + 1 :])
@@ -291,7 +296,7 @@ def match_keys(token: str, *, common: bool = False) -> tuple[tuple[str, ...], bo
         keys.update(token[:i] + c + token[i + 1 :] for c in LATIN)
     for i in range(len(token) - 1):
         keys.add(token[:i] + token[i + 1] + token[i] + token[i + 2 :])
-    return tuple(sorted(keys)), False
+    return tuple(sorted(keys))
 
 
 def enumerable(token: str) -> bool:
@@ -351,10 +356,10 @@ def _common_words(session: Session, tokens: Sequence[str], years: list[int]) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _candidates_statement(words: tuple[bool, ...], on_postgresql: bool) -> Any:
+def _candidates_statement(words: int, on_postgresql: bool) -> Any:
     """The children born within a year of the query's year (parameter `years`) who have a key
-    of every query word (parameters word_0, word_1, ...; `words` says for each whether only
-    whole-word keys count), each once: one set of index ranges per word, intersected.
+    of every query word (parameters word_0, word_1, ...), each once: one set of index ranges per
+    word, intersected.
 
     (key, birth_year) lead the index, so each word is one range per key and year (an IN of
     three years is three ranges), read index-only on PostgreSQL, and the sets are hashed and
@@ -362,15 +367,12 @@ def _candidates_statement(words: tuple[bool, ...], on_postgresql: bool) -> Any:
     Probing each child of the rarer word for the other's keys instead costs a random lookup in
     the primary key per child, 5,500 of them for "Smith", which measured ten times slower."""
     keys = SubjectNameKey
-    arms = []
-    for word, whole_only in enumerate(words):
-        clauses = [
-            _one_of(keys.key, f"word_{word}", on_postgresql),
-            keys.birth_year.in_(_YEARS),
-        ]
-        if whole_only:  # not in the index: read from the table, for the few rows of a short key
-            clauses.append(keys.whole_word)
-        arms.append(select(keys.subject_id).where(*clauses))
+    arms = [
+        select(keys.subject_id).where(
+            _one_of(keys.key, f"word_{word}", on_postgresql), keys.birth_year.in_(_YEARS)
+        )
+        for word in range(words)
+    ]
     return intersect(*arms) if len(arms) > 1 else arms[0].distinct()
 
 
@@ -396,10 +398,10 @@ def _by_name(session: Session, query: MatchQuery) -> list[Row[Any]]:
     words = [match_keys(token, common=token in common) for token in query.tokens]
     parameters: dict[str, Any] = {
         "years": years,
-        **{f"word_{n}": list(keys) for n, (keys, _) in enumerate(words)},
+        **{f"word_{n}": list(keys) for n, keys in enumerate(words)},
     }
     on_postgresql = _on_postgresql(session)
-    stmt = _candidates_statement(tuple(whole for _, whole in words), on_postgresql)
+    stmt = _candidates_statement(len(words), on_postgresql)
     ids = list(session.execute(stmt, parameters).scalars())
     if not ids:
         return []
