@@ -34,7 +34,9 @@ class Matches(MethodView):
         description=(
             "Send an identifier, or `given_name`, `family_name` and `date_of_birth` or "
             "`estimated_birth_year` (or all of them); otherwise 422 naming the missing fields. "
-            "`date_of_birth` and `estimated_birth_year` together are 422.\n\n"
+            "`date_of_birth` and `estimated_birth_year` together are 422. Names are matched only "
+            "when both are sent with a date of birth or a birth year; an identifier alone is "
+            "enough.\n\n"
             "The answer lists each *other* active agency that leads a discoverable referral "
             "about a child who matches, with the best confidence over its matched children: "
             "`identifier` (a child's identifier with the same system and value, compared in "
