@@ -105,6 +105,12 @@ def test_an_identifier_matches_by_system_and_value_whatever_its_spacing_and_case
     ) == {"notts-cs": "identifier"}
 
 
+def test_an_identifier_of_only_spaces_and_hyphens_matches_nothing(client, agencies):
+    refer(client, agencies["tcs"], identifiers=[{"system": "other", "value": "- -"}])
+    dashes = [{"system": "other", "value": "--"}]
+    assert listed(client, agencies["btp"], identifiers=dashes) == {}
+
+
 def test_strong_is_the_same_date_of_birth_and_names_up_to_case_accents_a_typo_or_an_alias(
     client, agencies
 ):

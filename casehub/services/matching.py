@@ -87,6 +87,7 @@ DEFAULT_PURPOSE = "case_work"
 AUDIT_ACTION = "subject.match"
 AUDIT_BASIS = "match"
 CLOSED = "closed"  # casehub.services.referrals.STATUSES: every other status is open
+_RANK = {level: n for n, level in enumerate(CONFIDENCES)}
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ class MatchQuery:
             (str(item["system"]), names.identifier_value(str(item["value"])))
             for item in data.get("identifiers") or []
         }
-        return cls(tuple(tokens), born, year, tuple(sorted(pairs)))
+        # A value of nothing but spaces and hyphens is no identifier: it matches nothing.
+        kept = sorted((system, value) for system, value in pairs if value)
+        return cls(tuple(tokens), born, year, tuple(kept))
 
     @property
     def by_name(self) -> bool:
@@ -204,7 +207,6 @@ def find_matches(
             basis=AUDIT_BASIS,
             purpose=purpose,
         )
-    rank = {level: n for n, level in enumerate(CONFIDENCES)}
     items = [
         MatchItem(
             agency={"code": code, "name": held.name, "kind": held.kind},
@@ -212,7 +214,7 @@ def find_matches(
             known_since=held.known_since,
             open_referrals=held.open_referrals,
         )
-        for code, held in sorted(holdings.items(), key=lambda h: (rank[h[1].confidence], h[0]))
+        for code, held in sorted(holdings.items(), key=lambda h: (_RANK[h[1].confidence], h[0]))
     ]
     return match, items
 
@@ -448,7 +450,6 @@ def _holdings(
     stmt = _held_statement(_on_postgresql(session))
     rows = session.execute(stmt, {"subject_ids": list(found), **policy.viewer(actor, now)}).all()
     seen = {(row.lead_agency, row.subject_id) for row in rows if row.visible}
-    rank = {level: n for n, level in enumerate(CONFIDENCES)}
     holdings: dict[str, _Holding] = {}
     for row in rows:
         if not row.discoverable or (row.lead_agency, row.subject_id) in seen:
@@ -466,7 +467,7 @@ def _holdings(
                 first_referral=first,
                 open_referrals=0,
             )
-        if rank[level] < rank[held.confidence]:
+        if _RANK[level] < _RANK[held.confidence]:
             held.confidence = level
         held.subject_ids.add(row.subject_id)
         held.known_since = min(held.known_since, row.created_at)
