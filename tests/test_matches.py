@@ -486,6 +486,7 @@ def test_no_answer_carries_another_agencys_child_ids_or_case_content(
     [
         ({}, {"given_name", "family_name", "date_of_birth"}),
         ({"given_name": "Jayden", "family_name": "Okafor"}, {"date_of_birth"}),
+        ({"date_of_birth": "2011-04-02"}, {"given_name", "family_name"}),
         ({"family_name": "Okafor", "date_of_birth": "2011-04-02"}, {"given_name"}),
         ({"given_name": "Jayden", "estimated_birth_year": 2011}, {"family_name"}),
         ({"identifiers": []}, {"given_name", "family_name", "date_of_birth"}),

@@ -238,6 +238,7 @@ def test_every_operation_documents_its_limit(app):
     [
         ("RATE_LIMIT_READ", "lots"),
         ("RATE_LIMIT_WRITE", "1/minute;2/hour"),
+        ("RATE_LIMIT_MATCH", "often"),
         ("RATE_LIMIT_STORAGE", "mongodb://x"),
     ],
 )
