@@ -261,14 +261,19 @@ def _by_identifier(session: Session, query: MatchQuery) -> list[uuid.UUID]:
 # The letters and digits a Latin-script name is made of once folded (names.fold): a common query
 # word of them finds the names one substitution away by their own keys (see `match_keys`).
 LATIN = "abcdefghijklmnopqrstuvwxyz0123456789"
-ENUMERABLE_LENGTHS = range(5, 13)
+ENUMERABLE_LENGTHS = range(4, 13)
 # A word is common when at least this many key rows of children born within a year of the query
-# hold it whole (counted no further). Measured at a million children (shared 2-core machine): a
-# key row streamed ~0.5 us, an index range ~4 us. search_keys read a common word's children once
-# per key (7 times for "Oliver": 88,000 rows, 59 ms with "Smith"); the enumerated keys read each
+# hold it (counted no further). Measured at a million children (shared 2-core machine): a key
+# row streamed ~0.5 us, an index range ~4 us. search_keys read a common word's children once per
+# key (7 times for "Oliver": 88,000 rows, 59 ms with "Smith"); the enumerated keys read each
 # once but cost some 700 ranges a word (20 ms for the pair; 9 ms for a rare pair, where
 # search_keys took 0.4 ms).
 COMMON_ROWS = 500
+# A four-letter word's two-letter deletions are held by most three-letter names: enumerating
+# pays only for the commonest ("Jack" with "Jones" 61 -> 40 ms, "Noah" with "Smith" 16 -> 8 ms;
+# "Lily" with "Patel", 2,200 Lilys, 9 -> 18 ms), and only beside longer words, whose sets are
+# narrow (with "Ali", whose set is as broad, "Khan" gave 4,500 candidates to check).
+COMMON_ROWS_FOUR_LETTERS = 4000
 
 
 def match_keys(token: str, *, common: bool = False) -> tuple[str, ...]:
@@ -280,15 +285,16 @@ def match_keys(token: str, *, common: bool = False) -> tuple[str, ...]:
 
     names.search_keys (the word and its one-letter deletions) finds them all, and is what a rare
     word uses, but a child named exactly `token` holds every one of those keys. For a `common`
-    Latin-script word of 5 to 12 characters these keys find the same children reading each one
+    Latin-script word of 4 to 12 characters these keys find the same children reading each one
     named `token` once: `token` itself (children so named, and those whose name is it with a
     letter more: `token` is one of their deletions); its two-letter deletions (a name with a
-    letter less, four letters or more, stores its own one-letter deletions, which are these);
+    letter less, three letters or more, stores its own one-letter deletions, which are these);
     and each substitution of one character from LATIN and each swap of neighbours (the names
     themselves). A child named `token` holds none of them but the first: its keys are `token`
     and its one-letter deletions. What this misses: a name that differs from the query by a
-    character outside LATIN (another script) in place of one of its letters. Four-letter words
-    keep search_keys: their two-letter deletions are held by most three-letter names."""
+    character outside LATIN (another script) in place of one of its letters. (A four-letter
+    word's two-letter deletions find the three-letter names a letter away, whose one-letter
+    deletions they are; see COMMON_ROWS_FOUR_LETTERS.)"""
     if not common or not enumerable(token):
         return tuple(sorted(names.search_keys(token)))
     keys = {token}
@@ -320,13 +326,12 @@ def _on_postgresql(session: Session) -> bool:
 
 
 _YEARS = bindparam("years", expanding=True)
-_COMMON_ROWS = bindparam("common_rows", type_=Integer())
 
 
 @functools.lru_cache(maxsize=16)
 def _common_statement(words: int) -> Any:
     """For query words word_0, word_1, ... (one key each): how many key rows of children of the
-    three years hold it, counted up to common_rows (one short index range per year)."""
+    three years hold it, counted up to rows_0, rows_1, ... (one short index range per year)."""
     keys = SubjectNameKey
     arms = []
     for word in range(words):
@@ -336,7 +341,7 @@ def _common_statement(words: int) -> Any:
                 keys.key == bindparam(f"word_{word}", type_=keys.key.type),
                 keys.birth_year.in_(_YEARS),
             )
-            .limit(_COMMON_ROWS)
+            .limit(bindparam(f"rows_{word}", type_=Integer()))
             .subquery()
         )
         arms.append(
@@ -347,14 +352,27 @@ def _common_statement(words: int) -> Any:
 
 def _common_words(session: Session, tokens: Sequence[str], years: list[int]) -> set[str]:
     """The query words worth enumerating the neighbours of: those `enumerable` that at least
-    COMMON_ROWS children of the three years are named (one statement, or none)."""
-    asked = [token for token in dict.fromkeys(tokens) if enumerable(token)]
-    if not asked:
+    COMMON_ROWS children of the three years are named (a four-letter word: at least
+    COMMON_ROWS_FOUR_LETTERS, and only when every other word is longer). One statement, or
+    none."""
+    words = list(dict.fromkeys(tokens))
+    needed: dict[str, int] = {}
+    for token in words:
+        if not enumerable(token):
+            continue
+        if len(token) > 4:
+            needed[token] = COMMON_ROWS
+        elif all(len(other) > 4 for other in words if other != token):
+            needed[token] = COMMON_ROWS_FOUR_LETTERS
+    if not needed:
         return set()
-    parameters: dict[str, Any] = {"years": years, "common_rows": COMMON_ROWS}
-    parameters.update({f"word_{n}": token for n, token in enumerate(asked)})
+    asked = list(needed)
+    parameters: dict[str, Any] = {"years": years}
+    for n, token in enumerate(asked):
+        parameters[f"word_{n}"] = token
+        parameters[f"rows_{n}"] = needed[token]
     counted = session.execute(_common_statement(len(asked)), parameters)
-    return {asked[row.word] for row in counted if row.rows >= COMMON_ROWS}
+    return {asked[row.word] for row in counted if row.rows >= needed[asked[row.word]]}
 
 
 @functools.lru_cache(maxsize=64)
