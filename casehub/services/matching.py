@@ -263,11 +263,11 @@ def _by_identifier(session: Session, query: MatchQuery) -> list[uuid.UUID]:
 LATIN = "abcdefghijklmnopqrstuvwxyz0123456789"
 ENUMERABLE_LENGTHS = range(4, 13)
 # A word is common when at least this many key rows of children born within a year of the query
-# hold it (counted no further). Measured at a million children (shared 2-core machine): a key
-# row streamed ~0.5 us, an index range ~4 us. search_keys read a common word's children once per
-# key (7 times for "Oliver": 88,000 rows, 59 ms with "Smith"); the enumerated keys read each
-# once but cost some 700 ranges a word (20 ms for the pair; 9 ms for a rare pair, where
-# search_keys took 0.4 ms).
+# hold it (counted no further). Measured at a million children on a 2-core machine shared with
+# other work (load 5-8: quiet, about half): a key row streamed ~0.5 us, an index range ~4 us.
+# search_keys read a common word's children once per key (7 times for "Oliver": 88,000 rows,
+# 59 ms with "Smith"); the enumerated keys read each once but cost some 700 ranges a word
+# (20 ms for the pair; 9 ms for a rare pair, where search_keys took 0.4 ms).
 COMMON_ROWS = 500
 # A four-letter word's two-letter deletions are held by most three-letter names: enumerating
 # pays only for the commonest ("Jack" with "Jones" 61 -> 40 ms, "Noah" with "Smith" 16 -> 8 ms;
