@@ -596,7 +596,9 @@ def test_each_listed_holder_sees_who_asked_after_its_child(client, agencies, db_
     events = db_session.scalars(
         select(AuditEvent).where(AuditEvent.action == "subject.match").order_by(AuditEvent.pos)
     ).all()
-    by_referral = {str(e.referral_id): e for e in events}
+    (own,) = [e for e in events if e.referral_id is None]  # the asker's own record
+    assert (own.subject_ids, own.resource_id, own.basis) == ([], match_id, "match")
+    by_referral = {str(e.referral_id): e for e in events if e is not own}  # the notices
     assert set(by_referral) == {first["id"], held_by_tcs["id"]}
     cs_event = by_referral[first["id"]]
     assert sorted(cs_event.subject_ids) == sorted([first["subject_id"], other_child["subject_id"]])
@@ -626,6 +628,11 @@ def test_each_listed_holder_sees_who_asked_after_its_child(client, agencies, db_
     assert accesses(tcs, f"/v1/audit/subjects/{first['subject_id']}/accesses") == []
     assert len(accesses(tcs, f"/v1/audit/subjects/{held_by_tcs['subject_id']}/accesses")) == 1
     assert accesses(leics, f"/v1/audit/subjects/{first['subject_id']}/accesses") == []
+    # The asker's own trail holds its record of the match, naming no referral and no child.
+    trail = client.get("/v1/audit/events?action=subject.match", headers=btp.headers())
+    assert [(e["referral_id"], e["subject_ids"]) for e in trail.get_json()["items"]] == [(None, [])]
+    for secret in (first["id"], first["subject_id"], held_by_tcs["id"], other_child["subject_id"]):
+        assert secret not in trail.get_data(as_text=True)
 
 
 def test_a_match_that_finds_nothing_is_audited_without_children(client, agencies, db_session):

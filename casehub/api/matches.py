@@ -56,10 +56,12 @@ class Matches(MethodView):
             "the caller's agency, to request access (`POST /v1/access-requests`) or break the "
             "glass (`POST /v1/emergency-access`). `Idempotency-Key` is not honoured: a repeated "
             "request is asked, and audited, again.\n\n"
-            "Audited as `subject.match`: one event per listed agency, naming that agency's "
-            "matched children and its earliest matched referral, so that the holder's access "
-            "reports (`GET /v1/audit/subjects/{id}/accesses`, `GET /v1/referrals/{id}/accesses`) "
-            "show who asked after its child; one event naming no child when nobody is listed. "
+            "Audited as `subject.match`: the caller's own record (the match, no referral, no "
+            "child) and, per listed agency, a notice on that agency's earliest matched referral "
+            "naming its matched children, which only that agency's auditors (and partnership "
+            "auditors) see: its access reports (`GET /v1/audit/subjects/{id}/accesses`, "
+            "`GET /v1/referrals/{id}/accesses`) show who asked after its child, and the caller's "
+            "own trail never says which child or referral was found. "
             "Budgeted by the `match` rate limit (default 30 a minute per client)."
         ),
     )

@@ -153,9 +153,9 @@ def find_matches(
 ) -> tuple[Match, list[MatchItem]]:
     """Ask whether a child is known to other agencies; `data` is MatchCreateSchema's loaded
     data. Answers with agencies only, and keeps what the answer was worked out from as a Match
-    (usable by the caller's agency for MATCH_LIFETIME). Audited per listed agency, with its
-    matched children and its earliest matched referral, so that each holder's access reports
-    show who asked after its child; with no agency listed, one event naming no child."""
+    (usable by the caller's agency for MATCH_LIFETIME). Audited as `subject.match`: the asker's
+    own record (no referral, no child) and, per listed agency, a notice naming its matched
+    children and its earliest matched referral, which reaches that agency only."""
     query = MatchQuery.of(data)
     found: dict[uuid.UUID, str] = dict.fromkeys(_by_identifier(session, query), "identifier")
     if query.by_name:
@@ -184,7 +184,20 @@ def find_matches(
     # the object stays out of the session: only its id and expiry are read.
     session.flush()
     session.connection().execute(_INSERT_MATCH, [new_row_values(match)])
+    # The asker's own record names no referral and no child; each listed holder gets a notice
+    # on its earliest matched referral naming its matched children, which reaches that
+    # referral's lead only (casehub.audit.chain.HOLDER_NOTICES): the holder's access reports
+    # show who asked after its child, and the asker's trail never says which child it was.
     purpose = actor.purpose or DEFAULT_PURPOSE
+    audit.record(
+        session,
+        actor,
+        AUDIT_ACTION,
+        resource_type="match",
+        resource_id=match.id,
+        basis=AUDIT_BASIS,
+        purpose=purpose,
+    )
     for held in holdings.values():
         audit.record(
             session,
@@ -194,16 +207,6 @@ def find_matches(
             resource_id=match.id,
             referral_id=held.first_referral[1],
             subject_ids=held.subject_ids,
-            basis=AUDIT_BASIS,
-            purpose=purpose,
-        )
-    if not holdings:
-        audit.record(
-            session,
-            actor,
-            AUDIT_ACTION,
-            resource_type="match",
-            resource_id=match.id,
             basis=AUDIT_BASIS,
             purpose=purpose,
         )
