@@ -19,7 +19,7 @@ from casehub.errors import ValidationFailed
 from casehub.models import Agency, AuditEvent, Match, Share
 from casehub.services import matching, names
 from tests.conftest import ALL_SCOPES
-from tests.helpers import referral_body, share_body, subject_body
+from tests.helpers import access_request_body, referral_body, share_body, subject_body
 from tests.windows import clear_of_a_window_edge
 
 NHS_NUMBER = "9434765919"  # passes the modulus-11 check
@@ -723,3 +723,46 @@ def test_a_four_letter_word_is_enumerated_only_beside_longer_words():
     thousands of candidates: neither is counted, nothing is asked of the database."""
     assert matching._common_words(None, ["jack", "lee"], [2010, 2011, 2012]) == set()  # type: ignore[arg-type]
     assert matching._common_words(None, ["ali", "khan"], [2010, 2011, 2012]) == set()  # type: ignore[arg-type]
+
+
+# -- the journey: match, ask, share (CONTRACT §9 end to end) --------------------------------
+def test_a_match_leads_to_an_access_request_and_a_share_after_which_it_lists_nobody(
+    client, agencies
+):
+    btp, cs = agencies["btp"], agencies["notts-cs"]
+    held = refer(client, cs, **JAYDEN)
+    answer = ask(client, btp, **JAYDEN)
+    assert [i["agency"]["code"] for i in answer["items"]] == ["notts-cs"]
+    asked = client.post(
+        "/v1/access-requests",
+        json=access_request_body(answer["match_id"], "notts-cs"),
+        headers=btp.headers(),
+    )
+    assert asked.status_code == 201, asked.get_json()
+    request_id = asked.get_json()["id"]
+    # The holder sees which of its referrals the match found; the requester never does.
+    seen = client.get(f"/v1/access-requests/{request_id}", headers=cs.headers())
+    assert seen.get_json()["referral_ids"] == [held["id"]]
+    assert held["id"] not in client.get(
+        f"/v1/access-requests/{request_id}", headers=btp.headers()
+    ).get_data(as_text=True)
+    share = share_body("btp")
+    share.pop("agency")
+    decided = client.post(
+        f"/v1/access-requests/{request_id}/decision",
+        json={"decision": "share", "referral_id": held["id"], "share": share},
+        headers=cs.headers(),
+    )
+    assert decided.status_code == 200, decided.get_json()
+    assert client.get(f"/v1/referrals/{held['id']}", headers=btp.headers()).status_code == 200
+    # Through that agency the caller now sees the child: a new match does not list it.
+    assert listed(client, btp, **JAYDEN) == {}
+    # Another agency's match_id is refused for an access request, as an expired one would be.
+    other = ask(client, agencies["tcs"], **JAYDEN)
+    refused = client.post(
+        "/v1/access-requests",
+        json=access_request_body(other["match_id"], "notts-cs"),
+        headers=btp.headers(),
+    )
+    assert refused.status_code == 422
+    assert "match_id" in refused.get_json()["errors"]["json"]
