@@ -18,7 +18,10 @@ from casehub.services import agencies, referrals, shares, webhooks
 from casehub.services.events import EVENT_TYPES
 from casehub.webhooks import secrets
 
-CASEWORK = "referrals:read referrals:write referrals:share subjects:read subjects:write"
+CASEWORK = (
+    "referrals:read referrals:write referrals:share subjects:read subjects:write "
+    "subjects:match referrals:emergency"
+)
 _AGENCY_ROWS = [
     # code, name, kind, area
     ("casehub", "casehub platform", "other", "East Midlands"),
@@ -175,6 +178,46 @@ def _referrals(session: Session, btp: Actor, notts_cs: Actor, now: datetime) -> 
     )
 
 
+# A child children's services already know (two missing-from-care episodes) and BTP does not:
+# the demo's match and access request find him.
+KNOWN_CHILD = {
+    "given_name": "Kyle",
+    "family_name": "Mensah",
+    "date_of_birth": datetime(2010, 8, 14).date(),
+    "gender": "male",
+    "identifiers": [{"system": "nhs_number", "value": "9434765919"}],
+}
+
+
+def _known_child(session: Session, notts_cs: Actor, now: datetime) -> None:
+    first = referrals.create_referral(
+        session,
+        actor=notts_cs,
+        now=now,
+        data={
+            "subject": dict(KNOWN_CHILD),
+            "categories": ["missing"],
+            "indicators": ["MIS-01"],
+            "summary": "Missing from his children's home overnight; returned at 6 a.m.",
+            "observed_at": now - timedelta(days=20),
+            "risk_level": "medium",
+        },
+    )
+    referrals.create_referral(
+        session,
+        actor=notts_cs,
+        now=now,
+        data={
+            "subject_id": first.subject_id,
+            "categories": ["missing", "county_lines"],
+            "indicators": ["MIS-01", "PHN-01"],
+            "summary": "Missing again for two nights; came back with a second phone and cash.",
+            "observed_at": now - timedelta(days=6),
+            "risk_level": "high",
+        },
+    )
+
+
 def seed(
     session: Session,
     *,
@@ -214,6 +257,7 @@ def seed(
             assert webhook_key is not None
             webhook_secret = _demo_webhook(session, webhook_url, webhook_key, now)
         _referrals(session, systems["btp"], systems["nottingham-cs"], now)
+        _known_child(session, systems["nottingham-cs"], now)
     elif webhook_url is not None:
         assert webhook_key is not None
         webhook_secret = _demo_webhook(session, webhook_url, webhook_key, now)
@@ -258,6 +302,18 @@ Get a token and list BTP's referrals:
       -d grant_type=client_credentials {base_url}/oauth/token \\
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -H "Authorization: Bearer $TOKEN" {base_url}/v1/referrals
+
+Is a child BTP found known elsewhere? Ask without seeing anything (existence only):
+  MATCH=$(curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{{"given_name": "Kyle", "family_name": "Mensa", "date_of_birth": "2010-08-14"}}' \\
+      {base_url}/v1/matches | tee /dev/stderr \\
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["match_id"])')
+Nottingham children's services know him (one typo away: a strong match). Ask them to share:
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{{"match_id": "'$MATCH'", "agency": "nottingham-cs", "purpose": "safeguard_assess",
+           "necessity": "Found alone at Grantham station at 2 a.m.; we need to know the risks.",
+           "urgency": "urgent"}}' \\
+      {base_url}/v1/access-requests
 
 Interactive docs: {base_url}/docs
 {_webhook_instructions(result, base_url)}"""

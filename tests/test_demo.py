@@ -111,3 +111,46 @@ def test_demo_subscribes_childrens_services_and_hands_the_receiver_its_secret(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_demo_match_and_access_request_calls_work_as_printed(tmp_path, monkeypatch):
+    """The printed example: BTP asks whether Kyle (one typo in his family name) is known
+    elsewhere, learns only that Nottingham children's services hold referrals about him, and asks
+    them to share; children's services see the request with the referrals it concerns."""
+    import json
+    import re
+
+    monkeypatch.setenv("CASEHUB_DATABASE_URL", f"sqlite:///{tmp_path / 'demo.db'}")
+    monkeypatch.setenv("CASEHUB_SIGNING_KEYS_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("CASEHUB_CLIENT_SECRET_SCRYPT_N", "1024")
+    app = create_app()
+    printed = CliRunner().invoke(main, ["demo"])
+    assert printed.exit_code == 0, printed.output
+    fields = dict(
+        (part.strip() for part in line.split(": ", 1))
+        for line in printed.output.splitlines()
+        if line.strip().startswith("client_")
+    )
+    http = app.test_client()
+    basic = base64.b64encode(f"{fields['client_id']}:{fields['client_secret']}".encode()).decode()
+    token = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    ).get_json()["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+
+    bodies = re.findall(r"-d '(\{.*?\})'", printed.output, flags=re.DOTALL)
+    match_body = json.loads(bodies[0])
+    match = http.post("/v1/matches", json=match_body, headers=bearer)
+    assert match.status_code == 201, match.get_data(as_text=True)
+    answer = match.get_json()
+    found = [(i["agency"]["code"], i["confidence"], i["open_referrals"]) for i in answer["items"]]
+    assert found == [("nottingham-cs", "strong", 2)]
+    for personal in (b"Kyle", b"Mensah", b"missing", b"9434765919"):
+        assert personal not in match.get_data()
+
+    request_body = json.loads(bodies[1].replace("'$MATCH'", answer["match_id"]))
+    made = http.post("/v1/access-requests", json=request_body, headers=bearer)
+    assert made.status_code == 201, made.get_data(as_text=True)
+    assert made.get_json()["status"] == "pending" and "referral_ids" not in made.get_json()
