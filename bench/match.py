@@ -465,6 +465,8 @@ def load(children: int, server: str, *, name: str | None = None, quiet: bool = F
         conn.execute(f"VACUUM ANALYZE {', '.join(LOADED)}")
         seconds["vacuum analyze"] = time.perf_counter() - mark
         report(f"VACUUM ANALYZE in {seconds['vacuum analyze']:.1f}s")
+        row = conn.execute("SELECT coalesce(max(pos), 0) FROM audit_events").fetchone()
+        max_pos = int(row[0]) if row else 0
     seconds["total"] = time.perf_counter() - started
     marker = {
         "bench": "bench.match",
@@ -473,6 +475,7 @@ def load(children: int, server: str, *, name: str | None = None, quiet: bool = F
         "revision": migrate.head_revision(),
         "caller": caller_id,
         "rows": counts,
+        "max_pos": max_pos,
         "seeded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
@@ -777,10 +780,12 @@ class Bench:
         out.append(f"POST /v1/matches {json.dumps(body)}: {len(sent)} statements")
         for number, (statement, parameters) in enumerate(sent, start=1):
             first = statement.lstrip().split(None, 1)[0].upper()
-            out.append(f"\n-- statement {number}: {' '.join(statement.split())}")
+            text = " ".join(statement.split())
             if first not in ("SELECT", "WITH"):
-                out.append("   (a write or a command: not explained)")
+                shown = text if len(text) < 300 else text[:300] + " …"
+                out.append(f"\n-- statement {number}: {shown}\n   (a write: not explained)")
                 continue
+            out.append(f"\n-- statement {number}: {text}")
             if isinstance(parameters, list):  # executemany: the first row's
                 parameters = parameters[0] if parameters else None
             out.append(f"   parameters: {parameters!r}"[:2000])
@@ -799,6 +804,31 @@ class Bench:
 
     def close(self) -> None:
         self.engine.dispose()
+        forget_measurements(self.loaded)
+
+
+def forget_measurements(loaded: Loaded) -> None:
+    """Remove the matches and audit events measuring wrote (never chained: the sequencer is
+    off), so a kept database meets the next run as loaded. audit_events refuses DELETE by
+    trigger; on this scratch copy it is set aside (session_replication_role), as bench.scale
+    does."""
+    with psycopg.connect(_libpq(loaded.url), autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("DELETE FROM matches")
+            after = loaded.marker.get("max_pos", 0)
+            conn.execute("DELETE FROM audit_pending WHERE pos > %s", (after,))
+            conn.execute("DELETE FROM audit_events WHERE pos > %s", (after,))
+        conn.execute("VACUUM ANALYZE matches, audit_events, audit_pending")
+
+
+def table_sizes(url: str) -> dict[str, str]:
+    with psycopg.connect(_libpq(url)) as conn:
+        rows = conn.execute(
+            "SELECT t, pg_size_pretty(pg_total_relation_size(t::regclass)) FROM unnest(%s::text[]) t",
+            (list(LOADED),),
+        ).fetchall()
+    return {str(t): str(size) for t, size in rows}
 
 
 def print_results(children: int, results: list[Result]) -> None:
@@ -849,9 +879,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     for index, children in enumerate(scales):
         loaded = prepare(children, server, reuse=options.reuse)
         entry: dict[str, Any] = {
-            "load_seconds": loaded.marker["seconds"] if loaded.fresh else None,
+            "loaded_at": loaded.marker["seeded_at"],
+            "load_seconds": loaded.marker["seconds"],
             "rows": loaded.marker["rows"],
+            "sizes": table_sizes(loaded.url),
         }
+        print(
+            f"{database_name(children)}: loaded {loaded.marker['seeded_at']} in "
+            f"{loaded.marker['seconds']['total']:.0f}s; rows "
+            + ", ".join(f"{t} {n:,}" for t, n in loaded.marker["rows"].items())
+            + "; sizes "
+            + ", ".join(f"{t} {size}" for t, size in entry["sizes"].items())
+        )
         figures[str(children)] = entry
         try:
             if not options.load_only:
