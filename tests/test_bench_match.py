@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -87,3 +88,16 @@ def test_query_children_are_found_for_the_cases(loaded: match.Loaded) -> None:
     cases = {case.name: case for case in match.build_cases(loaded.url)}
     for name in ("exact", "typo", "possible", "identifier", "no match"):
         assert cases[name].bodies, name
+
+
+def test_the_cases_are_answered_as_expected_and_timed(loaded: match.Loaded, tmp_path: Path) -> None:
+    bench = match.Bench(loaded, tmp_path)
+    try:
+        cases = {case.name: case for case in match.build_cases(loaded.url)}
+        for name in ("exact", "identifier", "no match"):
+            result = bench.measure(cases[name], 3)
+            assert result.kept > 0, (name, result.note)
+            assert len(result.times) == 3
+    finally:
+        bench.close()
+    assert _one(loaded.url, "SELECT count(*) FROM matches") == 0  # the measurement's, removed
