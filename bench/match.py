@@ -46,6 +46,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -667,6 +668,7 @@ class Result:
     kept: int  # bodies whose answer had the expected confidence
     tried: int
     note: str = ""
+    listed: list[int] = field(default_factory=list)  # agencies in each timed answer
 
     def p(self, share: float) -> float:
         return _percentile(self.times, share) if self.times else float("nan")
@@ -769,9 +771,14 @@ class Bench:
             self.ask(kept[index % len(kept)])
         gc.collect()
         gc.freeze()  # a full collection in the timed loop would make a p99 of its own
-        times = [self.ask(kept[index % len(kept)])[0] for index in range(requests)]
+        times: list[float] = []
+        listed: list[int] = []
+        for index in range(requests):
+            elapsed, answer = self.ask(kept[index % len(kept)])
+            times.append(elapsed)
+            listed.append(len(answer["items"]))
         gc.unfreeze()
-        return Result(case, times, statements, len(kept), tried)
+        return Result(case, times, statements, len(kept), tried, listed=listed)
 
     def explain(self, body: dict[str, Any]) -> list[str]:
         out: list[str] = []
@@ -825,7 +832,8 @@ def forget_measurements(loaded: Loaded) -> None:
 def table_sizes(url: str) -> dict[str, str]:
     with psycopg.connect(_libpq(url)) as conn:
         rows = conn.execute(
-            "SELECT t, pg_size_pretty(pg_total_relation_size(t::regclass)) FROM unnest(%s::text[]) t",
+            "SELECT t, pg_size_pretty(pg_total_relation_size(t::regclass)) "
+            "FROM unnest(%s::text[]) t",
             (list(LOADED),),
         ).fetchall()
     return {str(t): str(size) for t, size in rows}
@@ -836,14 +844,18 @@ def print_results(children: int, results: list[Result]) -> None:
         f"\n{database_name(children)}: POST /v1/matches, ms (in process, Flask test client, "
         "real token, after a warm-up)"
     )
-    print(f"  {'case':12} {'request':42} {'pool':>5} {'n':>5} {'p50':>8} {'p99':>8} {'stmts':>5}")
+    print(
+        f"  {'case':12} {'request':42} {'pool':>5} {'n':>5} {'p50':>8} {'p99':>8} {'stmts':>5} "
+        f"{'listed':>6}"
+    )
     for r in results:
         if not r.times:
             print(f"  {r.case.name:12} {r.case.shown:42} {r.kept:>2}/{r.tried:<2} —  {r.note}")
             continue
         print(
             f"  {r.case.name:12} {r.case.shown:42} {r.kept:>5} {len(r.times):>5} "
-            f"{r.p(0.5):8.1f} {r.p(0.99):8.1f} {r.statements:>5}"
+            f"{r.p(0.5):8.1f} {r.p(0.99):8.1f} {r.statements:>5} "
+            f"{statistics.median(r.listed):>6.0f}"
         )
 
 
@@ -909,6 +921,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                             "requests": len(r.times),
                             "pool": r.kept,
                             "statements": r.statements,
+                            "agencies_listed_median": statistics.median(r.listed)
+                            if r.listed
+                            else None,
                             **({"note": r.note} if r.note else {}),
                         }
                         for r in results
@@ -919,6 +934,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if index == len(scales) - 1 and not options.no_explain:
                         body = (common.case.bodies or [FALLBACK_COMMON])[0]
                         explained = bench.explain(body)
+                        entry["explain_common_name"] = explained
                         print(f"\nEXPLAIN (ANALYZE, BUFFERS) on {database_name(children)}:")
                         print("\n".join(explained))
                 finally:

@@ -16,9 +16,12 @@ from bench import match
 from bench.audit_data import _libpq
 
 SERVER = os.environ.get("CASEHUB_TEST_DATABASE_URL", "")
-pytestmark = pytest.mark.skipif(
-    not SERVER.startswith("postgresql"), reason="bench.match loads PostgreSQL only"
-)
+pytestmark = [
+    pytest.mark.postgres_only,
+    pytest.mark.skipif(
+        not SERVER.startswith("postgresql"), reason="bench.match loads PostgreSQL only"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
