@@ -3,6 +3,7 @@ seeded with COPY on PostgreSQL, measured in process with real tokens.
 
     .venv/bin/python -m bench.match [--scales 10000,1000000] [--database-url URL] [--keep]
                                     [--reuse] [--requests N] [--json] [--no-explain]
+                                    [--only TEXT] [--load-only]
 
 Each scale loads a fresh database `casehub_bench_match_<scale>` on the server of
 `--database-url` (default BENCH_PG, else postgresql+psycopg://postgres@127.0.0.1:5432/postgres),
@@ -876,6 +877,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="the figures as JSON too")
     parser.add_argument("--no-explain", action="store_true")
     parser.add_argument("--load-only", action="store_true", help="load, do not measure")
+    parser.add_argument("--only", default="", help="measure the cases whose name holds this")
     options = parser.parse_args(argv)
     scales = [int(s.replace("_", "")) for s in options.scales.split(",") if s]
     server = server_url(options.database_url)
@@ -911,6 +913,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     cases = build_cases(loaded.url)
                     results = []
                     for case in cases:
+                        if options.only not in case.name:
+                            continue
                         results.append(bench.measure(case, options.requests))
                     entry["load_average"] = _uptime()
                     entry["cases"] = {
@@ -930,9 +934,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     }
                     print_results(children, results)
                     print(f"  load average after: {entry['load_average']}")
-                    common = next(r for r in results if r.case.name == "common name")
+                    common = next(c for c in cases if c.name == "common name")
                     if index == len(scales) - 1 and not options.no_explain:
-                        body = (common.case.bodies or [FALLBACK_COMMON])[0]
+                        body = (common.bodies or [FALLBACK_COMMON])[0]
                         explained = bench.explain(body)
                         entry["explain_common_name"] = explained
                         print(f"\nEXPLAIN (ANALYZE, BUFFERS) on {database_name(children)}:")
