@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -58,8 +59,10 @@ def _limit(token: str) -> str:
     return token[:MAX_KEY_LENGTH]
 
 
-def name_tokens(name: str) -> set[str]:
-    """The tokens a stored name is found by.
+@functools.lru_cache(maxsize=65536)
+def name_tokens(name: str) -> frozenset[str]:
+    """The tokens a stored name is found by (memoised: names repeat, and a match or search
+    folds every candidate's).
 
     Each word counts whole with its apostrophes and hyphens removed ("O'Brien" → "obrien",
     "Smith-Jones" → "smithjones") and also by its parts ("o", "brien"; "smith", "jones"), so
@@ -74,7 +77,7 @@ def name_tokens(name: str) -> set[str]:
         if len(pieces) > 1:
             tokens.update(_limit(p) for p in pieces)
         tokens.update(_limit(s) for s in _parts(fold(_APOSTROPHES.sub("", word))))
-    return tokens
+    return frozenset(tokens)
 
 
 def query_tokens(query: str) -> list[str]:
@@ -108,7 +111,8 @@ def search_keys(token: str) -> set[str]:
 
 
 def subject_tokens(given_name: str, family_name: str, aliases: Iterable[str]) -> set[str]:
-    tokens = name_tokens(given_name) | name_tokens(family_name)
+    tokens = set(name_tokens(given_name))
+    tokens |= name_tokens(family_name)
     for alias in aliases:
         tokens |= name_tokens(alias)
     return tokens
