@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from casehub.audit.chain import sequence_pending
 from casehub.auth.actor import Actor
 from casehub.errors import ValidationFailed
-from casehub.models import Agency, AuditEvent, Match, Share
+from casehub.models import Agency, AuditEvent, Match, Share, SubjectIdentifier
 from casehub.services import matching, names
 from tests.conftest import ALL_SCOPES
 from tests.helpers import access_request_body, referral_body, share_body, subject_body
@@ -105,10 +105,12 @@ def test_an_identifier_matches_by_system_and_value_whatever_its_spacing_and_case
     ) == {"notts-cs": "identifier"}
 
 
-def test_an_identifier_of_only_spaces_and_hyphens_matches_nothing(client, agencies):
+def test_an_identifier_of_only_spaces_and_hyphens_matches_nothing(client, agencies, db_session):
     refer(client, agencies["tcs"], identifiers=[{"system": "other", "value": "- -"}])
     dashes = [{"system": "other", "value": "--"}]
     assert listed(client, agencies["btp"], identifiers=dashes) == {}
+    # Nor is such a value kept as an identifier row to be matched by.
+    assert db_session.scalars(select(SubjectIdentifier.value)).all() == []
 
 
 def test_strong_is_the_same_date_of_birth_and_names_up_to_case_accents_a_typo_or_an_alias(

@@ -146,6 +146,7 @@ def identifier_rows(subject: Subject) -> list[dict[str, Any]]:
         for item in subject.identifiers or []
         if item.get("system") and item.get("value")
     }
+    seen = {(system, value) for system, value in seen if value}  # "- -" identifies nobody
     return [
         {"subject_id": subject.id, "system": system, "value": value}
         for system, value in sorted(seen)
