@@ -103,7 +103,7 @@ def upgrade() -> None:
     op.execute(
         "INSERT INTO subject_identifiers (subject_id, system, value) "  # noqa: S608 (constants)
         f"SELECT s.id, {system}, {normalised} FROM subjects s, {elements} "
-        f"WHERE {system} IS NOT NULL AND {value} IS NOT NULL "
+        f"WHERE {system} IS NOT NULL AND {value} IS NOT NULL AND {normalised} <> '' "
         "ON CONFLICT DO NOTHING"
     )
 
