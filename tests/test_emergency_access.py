@@ -733,3 +733,32 @@ def test_the_glass_may_be_broken_again_once_it_has_expired(client, db_session, p
     assert client.get(f"/v1/referrals/{rid}", headers=parties.police.headers()).status_code == 200
     event = _last_event(db_session, "referral.read", referral_id=uuid.UUID(rid))
     assert event.basis == f"emergency:{second['id']}"
+
+
+def test_an_agency_does_not_review_its_own_emergency_access(client, factory, db_session, parties):
+    """A platform agency that is also a police force may break the glass, and its auditors may
+    review others' emergency accesses, but never one its own agency is party to."""
+    factory.agency("btp-platform", "police", platform=True)
+    both = factory.partner(
+        "btp-platform", scopes="referrals:read referrals:emergency subjects:match audit:read:all"
+    )
+    match_id = add_match(
+        db_session, agency=both.agency, found={"tcs": [parties.referrals[0]["subject_id"]]}
+    )
+    body = grant_body(match_id, parties.holder.agency)
+    granted = client.post("/v1/emergency-access", json=body, headers=both.headers())
+    assert granted.status_code == 201, granted.get_json()
+    own = client.post(
+        f"/v1/audit/reviews/{granted.get_json()['id']}",
+        json={"outcome": "justified", "note": "We were right to."},
+        headers=both.headers(),
+    )
+    assert own.status_code == 403
+    assert _last_event(db_session, "emergency_access.review").outcome == "denied"
+    other = _granted(client, parties)  # notts-police's: btp-platform's auditors may review it
+    reviewed = client.post(
+        f"/v1/audit/reviews/{other['id']}",
+        json={"outcome": "justified", "note": "A child at risk at 2 a.m."},
+        headers=both.headers(),
+    )
+    assert reviewed.status_code == 200, reviewed.get_json()

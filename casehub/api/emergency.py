@@ -203,10 +203,14 @@ class Review(MethodView):
         summary="Review an emergency access",
         description=(
             "Records the auditor's judgement (`justified` or `not_justified`) and note; it may "
-            "be given while the access is still open. Audited (`emergency_access.review`). "
-            + REVIEW_SCOPE_NOTE
+            "be given while the access is still open, never by an auditor of either agency in "
+            "it. Audited (`emergency_access.review`). " + REVIEW_SCOPE_NOTE
         ),
         responses={
+            "403": problem_response(
+                "The scope is missing, or the caller's agency broke the glass or holds what it "
+                "opened."
+            ),
             "404": problem_response("No such emergency access."),
             "409": problem_response("It has already been reviewed."),
         },

@@ -397,6 +397,9 @@ def review_emergency_access(
     access = session.get(EmergencyAccess, emergency_access_id, with_for_update=True)
     if access is None:
         raise NotFound("No such emergency access.")
+    if actor.agency in (access.agency_code, access.holder_agency):
+        _refuse(session, actor, "emergency_access.review", access.id)
+        raise Forbidden("An emergency access is reviewed by an auditor of neither agency in it.")
     if access.review_status != "pending":
         raise Conflict("This emergency access has already been reviewed.")
     access.review_status = "reviewed"
