@@ -11,9 +11,21 @@ from sqlalchemy import update
 
 from casehub.models import Share
 from tests.conftest import ALL_SCOPES
+from tests.emergency_support import add_match, grant_body
 from tests.helpers import referral_body, share_body
 
-RELATIONS = ("lead", "contribute", "read", "revoked", "expired", "unrelated")
+# `emergency`: an agency that broke the glass (CONTRACT §10): read-only; `emergency-ended`: one
+# whose emergency access was ended early.
+RELATIONS = (
+    "lead",
+    "contribute",
+    "read",
+    "revoked",
+    "expired",
+    "unrelated",
+    "emergency",
+    "emergency-ended",
+)
 
 
 @dataclass
@@ -33,6 +45,8 @@ def scenario(client, factory, db_session):
         "revoked": factory.partner("derby-cs", kind="local_authority"),
         "expired": factory.partner("em-probation", kind="probation"),
         "unrelated": factory.partner("leics-police", kind="police"),
+        "emergency": factory.partner("lincs-police", kind="police"),
+        "emergency-ended": factory.partner("derby-police", kind="police"),
     }
     lead = partners["lead"]
     created = client.post("/v1/referrals", json=referral_body(), headers=lead.headers())
@@ -63,11 +77,28 @@ def scenario(client, factory, db_session):
         .values(expires_at=datetime.now(UTC) - timedelta(minutes=1))
     )
     db_session.commit()
+    for relation in ("emergency", "emergency-ended"):
+        partner = partners[relation]
+        match_id = add_match(
+            db_session, agency=partner.agency, found={"btp": [referral["subject_id"]]}
+        )
+        granted = client.post(
+            "/v1/emergency-access", json=grant_body(match_id, "btp"), headers=partner.headers()
+        )
+        assert granted.status_code == 201, granted.get_json()
+        listed = client.get(f"/v1/referrals/{rid}/shares", headers=partner.headers()).get_json()
+        (own,) = [s["id"] for s in listed["items"] if s["agency"] == partner.agency]
+        shares[relation] = own
+        if relation == "emergency-ended":
+            ended = client.post(
+                f"/v1/emergency-access/{granted.get_json()['id']}/end", headers=partner.headers()
+            )
+            assert ended.status_code == 200, ended.get_json()
     return Scenario(referral, created.headers["ETag"], partners, shares)
 
 
 # operation → (method, path template, needed scope, body factory, expected by relation)
-OK_READ = {"lead": 200, "contribute": 200, "read": 200}
+OK_READ = {"lead": 200, "contribute": 200, "read": 200, "emergency": 200}
 OPERATIONS = {
     "get": ("GET", "/v1/referrals/{rid}", "referrals:read", None, OK_READ),
     "history": ("GET", "/v1/referrals/{rid}/history", "referrals:read", None, OK_READ),
@@ -78,35 +109,35 @@ OPERATIONS = {
         "/v1/referrals/{rid}",
         "referrals:write",
         lambda s: {"risk_level": "medium"},
-        {"lead": 200, "contribute": 403, "read": 403},
+        {"lead": 200, "contribute": 403, "read": 403, "emergency": 403},
     ),
     "transition": (
         "POST",
         "/v1/referrals/{rid}/transitions",
         "referrals:write",
         lambda s: {"to": "acknowledged"},
-        {"lead": 200, "contribute": 403, "read": 403},
+        {"lead": 200, "contribute": 403, "read": 403, "emergency": 403},
     ),
     "notes.add": (
         "POST",
         "/v1/referrals/{rid}/notes",
         "referrals:write",
         lambda s: {"body": "Seen again", "visibility": "shared"},
-        {"lead": 201, "contribute": 201, "read": 403},
+        {"lead": 201, "contribute": 201, "read": 403, "emergency": 403},
     ),
     "shares.add": (
         "POST",
         "/v1/referrals/{rid}/shares",
         "referrals:share",
         lambda s: share_body("hub-new"),
-        {"lead": 201, "contribute": 403, "read": 403},
+        {"lead": 201, "contribute": 403, "read": 403, "emergency": 403},
     ),
     "acknowledge": (
         "POST",
         "/v1/referrals/{rid}/shares/{own_share}/acknowledge",
         "referrals:write",
         None,
-        {"lead": 403, "contribute": 200, "read": 200},
+        {"lead": 403, "contribute": 200, "read": 200, "emergency": 200},
     ),
     "revoke": (
         "POST",
@@ -125,7 +156,7 @@ OPERATIONS = {
             "reason": "MASH takes the lead",
             "lawful_basis": {"article_6": "public_task"},
         },
-        {"lead": 200, "contribute": 403, "read": 403},
+        {"lead": 200, "contribute": 403, "read": 403, "emergency": 403},
     ),
 }
 
@@ -206,8 +237,9 @@ def test_lists_search_and_subjects_follow_visibility(client, scenario):
         shared = client.get(
             "/v1/referrals?shared_with_me=true", headers=partner.headers()
         ).get_json()
+        # An emergency access is held through shares: the referral is listed as shared with it.
         assert [r["id"] for r in shared["items"]] == (
-            [rid] if relation in ("contribute", "read") else []
+            [rid] if relation in ("contribute", "read", "emergency") else []
         )
 
 
@@ -216,19 +248,17 @@ def test_recipient_sees_only_its_own_share_and_lead_sees_all(client, scenario):
     lead_view = client.get(
         f"/v1/referrals/{rid}/shares", headers=scenario.partners["lead"].headers()
     ).get_json()
-    assert {s["agency"] for s in lead_view["items"]} == {
-        "notts-cs",
-        "tcs",
-        "derby-cs",
-        "em-probation",
-    }
     statuses = {s["agency"]: s["status"] for s in lead_view["items"]}
     assert statuses == {
         "notts-cs": "active",
         "tcs": "active",
         "derby-cs": "revoked",
         "em-probation": "expired",
+        "lincs-police": "active",  # an emergency access, which the lead sees as a share
+        "derby-police": "revoked",  # one ended early
     }
+    emergency = {s["agency"] for s in lead_view["items"] if s["emergency_access_id"]}
+    assert emergency == {"lincs-police", "derby-police"}
     own = client.get(
         f"/v1/referrals/{rid}/shares", headers=scenario.partners["read"].headers()
     ).get_json()
