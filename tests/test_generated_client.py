@@ -55,6 +55,7 @@ AGENCIES = {
     },
     "tcs": {"name": "The Children's Society", "kind": "charity"},
     "probation-em": {"name": "Probation Service East Midlands", "kind": "probation"},
+    "notts-police": {"name": "Nottinghamshire Police", "kind": "police"},
     "partnership": {
         "name": "Nottingham Safeguarding Partnership",
         "kind": "other",
@@ -68,6 +69,13 @@ PARTNER_SYSTEMS = {  # one per agency, registered by the operator
     "probation": {"agency": "probation-em", "scopes": PARTNER_SCOPES},
     "auditor": {"agency": "partnership", "scopes": "audit:read:all"},
     "la-integration": {"agency": "nottingham-cs", "scopes": "webhooks:manage referrals:read"},
+    # Joining the dots (CONTRACT §9, §10): BTP's and the county force's matching systems.
+    "btp-dots": {"agency": "btp", "scopes": "subjects:match referrals:read"},
+    # referrals:write, so that the refused note is the emergency access being read-only.
+    "police-dots": {
+        "agency": "notts-police",
+        "scopes": "subjects:match referrals:emergency referrals:read referrals:write",
+    },
 }
 
 
@@ -717,3 +725,325 @@ def test_a_partner_hears_of_a_share_by_webhook_and_by_feed(partnership, connect)
     assert [(str(a.event_id), a.attempt, a.http_status) for a in attempts] == [
         (event["id"], 1, 204)
     ]
+
+
+# -- joining the dots, as partner systems meet it (CONTRACT §9, §10) -----------------------------
+def test_joining_the_dots_journey(partnership, connect):
+    """Children's services hold a referral about a girl; BTP, worried about her, asks whether she
+    is known elsewhere (a name with a typo and her date of birth, then her NHS number alone),
+    requests access and is granted a share; the county force, declined, breaks the glass, which
+    the holder ends early; a partnership auditor reviews it. Existence only until a share."""
+    from casehub_client.api.access_requests import (
+        create_access_request,
+        create_sharing_decision,
+        decide_access_request,
+        get_access_request,
+        list_access_requests,
+        list_sharing_decisions,
+    )
+    from casehub_client.api.audit import list_referral_accesses
+    from casehub_client.api.emergency import (
+        create_emergency_access,
+        end_emergency_access,
+        get_emergency_access,
+        list_reviews,
+        review_emergency_access,
+    )
+    from casehub_client.api.matches import create_match
+    from casehub_client.api.referrals import create_note, create_referral, get_referral
+    from casehub_client.models import (
+        AccessDecision,
+        AccessDecisionOutcome,
+        AccessRequestCreate,
+        AccessRequestDirection,
+        AccessRequestStatus,
+        AccessRequestUrgency,
+        AgencyKind,
+        Article6Basis,
+        AuditOutcome,
+        Category,
+        Consent,
+        ConsentStatus,
+        DecisionCreate,
+        EmergencyAccessCreate,
+        EmergencyAccessStatus,
+        Gender,
+        Identifier,
+        IdentifierSystem,
+        LawfulBasis,
+        MatchConfidence,
+        MatchCreate,
+        NoteCreate,
+        NoteVisibility,
+        ProcessingCondition,
+        ReferralCreate,
+        RequestedShare,
+        ReviewCreate,
+        ReviewOutcome,
+        ReviewStatus,
+        RiskLevel,
+        ShareAccess,
+        SharePurpose,
+        SubjectCreate,
+    )
+    from casehub_client.types import UNSET
+
+    server = partnership.server
+    la, btp, police, auditor = (
+        connect(system_token(server, partnership.systems[name]))
+        for name in ("la", "btp-dots", "police-dots", "auditor")
+    )
+    holder = "nottingham-cs"
+
+    # -- children's services record their worry about a girl, with her NHS number ---------------
+    born = date(date.today().year - 14, 3, 9)
+    nhs_number = "9434765919"
+    made = create_referral.sync_detailed(
+        client=la,
+        body=ReferralCreate(
+            categories=[Category.CSE, Category.MISSING],
+            summary="Girl, 14, missing from home three nights this month; older boyfriend.",
+            narrative="Returned with new clothes and a phone she will not explain.",
+            observed_at=datetime.now(UTC) - timedelta(days=1),
+            risk_level=RiskLevel.HIGH,
+            subject=SubjectCreate(
+                given_name="Precious",
+                family_name="Adeyemi",
+                date_of_birth=born,
+                gender=Gender.FEMALE,
+                identifiers=[Identifier(system=IdentifierSystem.NHS_NUMBER, value=nhs_number)],
+            ),
+        ),
+    )
+    assert made.status_code == 201, made.content
+    referral = made.parsed
+
+    # -- BTP finds her on a train with an older man: is she known elsewhere? ---------------------
+    by_name = create_match.sync_detailed(
+        client=btp,
+        body=MatchCreate(given_name="Precious", family_name="Adeyemy", date_of_birth=born),
+    )
+    assert by_name.status_code == 201, by_name.content
+    (item,) = by_name.parsed.items
+    assert item.agency.code == holder and item.agency.kind is AgencyKind.LOCAL_AUTHORITY
+    assert item.confidence is MatchConfidence.STRONG
+    assert item.open_referrals == 1
+    answer = by_name.content.lower()
+    for secret in ("Precious", "Adeyemi", "Adeyemy", referral.subject_id, referral.id):
+        assert str(secret).lower().encode() not in answer, secret
+    assert referral.reference.lower().encode() not in answer
+    unsure = create_match.sync_detailed(
+        client=btp,
+        body=MatchCreate(
+            given_name="Precious", family_name="Adeyemi", estimated_birth_year=born.year + 1
+        ),
+    )
+    assert unsure.status_code == 201, unsure.content
+    assert [(i.agency.code, i.confidence) for i in unsure.parsed.items] == [
+        (holder, MatchConfidence.POSSIBLE)
+    ]
+    by_number = create_match.sync_detailed(
+        client=btp,
+        body=MatchCreate(
+            identifiers=[Identifier(system=IdentifierSystem.NHS_NUMBER, value=nhs_number)]
+        ),
+    )
+    assert by_number.status_code == 201, by_number.content
+    assert [(i.agency.code, i.confidence) for i in by_number.parsed.items] == [
+        (holder, MatchConfidence.IDENTIFIER)
+    ]
+
+    # -- BTP asks children's services for a share ------------------------------------------------
+    asked = create_access_request.sync_detailed(
+        client=btp,
+        body=AccessRequestCreate(
+            match_id=by_number.parsed.match_id,
+            agency=holder,
+            purpose=SharePurpose.INVESTIGATION,
+            necessity="Found with an older man on a train at 23:00; we need to know the risks.",
+            urgency=AccessRequestUrgency.URGENT,
+        ),
+    )
+    assert asked.status_code == 201, asked.content
+    request = asked.parsed
+    assert request.status is AccessRequestStatus.PENDING
+    assert (request.from_agency, request.to_agency) == ("btp", holder)
+    assert request.referral_ids is UNSET  # the requester never learns which referrals
+
+    incoming = list(
+        every_item(
+            list_access_requests.sync,
+            client=la,
+            direction=AccessRequestDirection.INCOMING,
+            status=AccessRequestStatus.PENDING,
+        )
+    )
+    assert [(r.id, r.referral_ids) for r in incoming] == [(request.id, [referral.id])]
+    at_holder = get_access_request.sync_detailed(request.id, client=la)
+    assert at_holder.status_code == 200, at_holder.content
+    assert at_holder.parsed.referral_ids == [referral.id]
+    assert at_holder.parsed.urgency is AccessRequestUrgency.URGENT
+    at_requester = get_access_request.sync_detailed(request.id, client=btp)
+    assert at_requester.status_code == 200, at_requester.content
+    assert at_requester.parsed.referral_ids is UNSET
+    assert b"referral_ids" not in at_requester.content
+
+    # -- the holder shares it; BTP reads the referral --------------------------------------------
+    safeguarding = LawfulBasis(
+        article_6=Article6Basis.PUBLIC_TASK,
+        condition=ProcessingCondition.DPA2018_SCH1_PARA18_SAFEGUARDING,
+        gateway="Children Act 2004 s11",
+    )
+    decided = decide_access_request.sync_detailed(
+        request.id,
+        client=la,
+        body=AccessDecision(
+            decision=AccessDecisionOutcome.SHARE,
+            referral_id=referral.id,
+            share=RequestedShare(
+                access=ShareAccess.READ,
+                purpose=SharePurpose.INVESTIGATION,
+                necessity="BTP need her history to safeguard her tonight.",
+                lawful_basis=safeguarding,
+                consent=Consent(
+                    status=ConsentStatus.NOT_SOUGHT,
+                    rationale="Asking her could alert the man she was found with.",
+                ),
+            ),
+        ),
+    )
+    assert decided.status_code == 200, decided.content
+    assert decided.parsed.status is AccessRequestStatus.SHARED
+    share_id = decided.parsed.share_id
+    assert share_id is not None
+    granted = get_access_request.sync(request.id, client=btp)
+    assert (granted.status, granted.share_id) == (AccessRequestStatus.SHARED, share_id)
+    assert granted.decided_at is not None and granted.referral_ids is UNSET
+    again = decide_access_request.sync_detailed(
+        request.id,
+        client=la,
+        body=AccessDecision(decision=AccessDecisionOutcome.DECLINE, reason="Changed our mind."),
+    )
+    assert again.status_code == 409 and again.parsed.status == 409  # a Problem
+    read = get_referral.sync_detailed(referral.id, client=btp)
+    assert read.status_code == 200, read.content
+    assert read.parsed.summary == referral.summary and read.parsed.lead_agency == holder
+
+    # -- decisions not to share: one the holder records, one a declined request records ----------
+    noted = create_sharing_decision.sync_detailed(
+        referral.id,
+        client=la,
+        body=DecisionCreate(
+            agency="probation-em",
+            purpose=SharePurpose.OFFENDER_MANAGEMENT,
+            reason="Her history does not bear on managing the man's licence; not necessary.",
+        ),
+    )
+    assert noted.status_code == 201, noted.content
+    by_police = create_match.sync_detailed(
+        client=police,
+        body=MatchCreate(given_name="precious", family_name="ADEYEMI", date_of_birth=born),
+    )
+    assert by_police.status_code == 201, by_police.content
+    assert [(i.agency.code, i.confidence) for i in by_police.parsed.items] == [
+        (holder, MatchConfidence.STRONG)
+    ]
+    match_id = by_police.parsed.match_id
+    asked = create_access_request.sync_detailed(
+        client=police,
+        body=AccessRequestCreate(
+            match_id=match_id,
+            agency=holder,
+            purpose=SharePurpose.INVESTIGATION,
+            necessity="A man she is linked to is under investigation for exploitation.",
+            urgency=AccessRequestUrgency.ROUTINE,
+        ),
+    )
+    assert asked.status_code == 201, asked.content
+    declined = decide_access_request.sync_detailed(
+        asked.parsed.id,
+        client=la,
+        body=AccessDecision(
+            decision=AccessDecisionOutcome.DECLINE,
+            reason="A strategy discussion is set for Monday; the force is invited to it.",
+        ),
+    )
+    assert declined.status_code == 200, declined.content
+    assert declined.parsed.status is AccessRequestStatus.DECLINED
+    assert declined.parsed.decision_reason.startswith("A strategy discussion")
+    decisions = list(every_item(list_sharing_decisions.sync, referral.id, client=la))
+    assert [(d.agency, d.access_request_id, d.referral_id) for d in decisions] == [
+        ("probation-em", None, referral.id),
+        ("notts-police", asked.parsed.id, referral.id),
+    ]
+    assert decisions[0].reason == noted.parsed.reason
+
+    # -- that night she is missing again: the county force breaks the glass ----------------------
+    broken = create_emergency_access.sync_detailed(
+        client=police,
+        body=EmergencyAccessCreate(
+            match_id=match_id,
+            agency=holder,
+            reason="Missing overnight and believed to be with the man under investigation.",
+            purpose=SharePurpose.INVESTIGATION,
+        ),
+    )
+    assert broken.status_code == 201, broken.content
+    grant = broken.parsed
+    assert grant.referral_ids == [referral.id]
+    assert grant.expires_at > datetime.now(UTC) + timedelta(hours=3)
+    read = get_referral.sync_detailed(referral.id, client=police)
+    assert read.status_code == 200, read.content
+    refused = create_note.sync_detailed(
+        referral.id,
+        client=police,
+        body=NoteCreate(body="Search under way.", visibility=NoteVisibility.SHARED),
+    )
+    assert refused.status_code == 403 and refused.parsed.status == 403  # read-only
+    ended = end_emergency_access.sync_detailed(grant.id, client=la)
+    assert ended.status_code == 200, ended.content
+    assert ended.parsed.status is EmergencyAccessStatus.ENDED
+    assert ended.parsed.ended_by_agency == holder
+    assert get_referral.sync_detailed(referral.id, client=police).status_code == 404
+
+    # -- a partnership auditor reviews it ---------------------------------------------------------
+    pending = list(every_item(list_reviews.sync, client=auditor, status=ReviewStatus.PENDING))
+    (queued,) = [r for r in pending if r.id == grant.id]
+    assert (queued.agency, queued.holder_agency) == ("notts-police", holder)
+    assert queued.referral_ids == [referral.id]
+    assert queued.access_status is EmergencyAccessStatus.ENDED
+    reviewed = review_emergency_access.sync_detailed(
+        grant.id,
+        client=auditor,
+        body=ReviewCreate(
+            outcome=ReviewOutcome.JUSTIFIED,
+            note="A missing child at immediate risk; ended by the holder within the hour.",
+        ),
+    )
+    assert reviewed.status_code == 200, reviewed.content
+    assert reviewed.parsed.status is ReviewStatus.REVIEWED
+    assert reviewed.parsed.outcome is ReviewOutcome.JUSTIFIED
+    still = every_item(list_reviews.sync, client=auditor, status=ReviewStatus.PENDING)
+    assert grant.id not in {r.id for r in still}
+    seen_by_holder = get_emergency_access.sync(grant.id, client=la)
+    assert seen_by_holder.review_status is ReviewStatus.REVIEWED
+    assert seen_by_holder.review_outcome is ReviewOutcome.JUSTIFIED
+
+    # -- the holder's access report shows who asked after her, and on what basis each read was -----
+    expected = {
+        ("btp", "subject.match", None),
+        ("notts-police", "subject.match", None),
+        ("btp", "referral.read", f"share:{share_id}"),
+        ("notts-police", "referral.read", f"emergency:{grant.id}"),
+    }
+    deadline = time.monotonic() + AUDIT_CHAINED_WITHIN
+    while True:
+        accesses = {
+            (a.actor.agency, a.action, a.basis if a.action == "referral.read" else None)
+            for a in every_item(list_referral_accesses.sync, referral.id, client=la)
+            if a.outcome is AuditOutcome.ALLOWED
+        }
+        if expected <= accesses or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert expected <= accesses, accesses
