@@ -732,7 +732,9 @@ def test_joining_the_dots_journey(partnership, connect):
     """Children's services hold a referral about a girl; BTP, worried about her, asks whether she
     is known elsewhere (a name with a typo and her date of birth, then her NHS number alone),
     requests access and is granted a share; the county force, declined, breaks the glass, which
-    the holder ends early; a partnership auditor reviews it. Existence only until a share."""
+    the holder ends early; a partnership auditor reviews it. Existence only until a share.
+    (It runs after the journeys above, in file order: the share it gives BTP would otherwise be
+    in the BTP officer's `shared_with_me` list there.)"""
     from casehub_client.api.access_requests import (
         create_access_request,
         create_sharing_decision,
