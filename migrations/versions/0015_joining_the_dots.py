@@ -41,38 +41,19 @@ def upgrade() -> None:
         sa.Column("discoverable", sa.Boolean(), server_default=sa.true(), nullable=False),
     )
 
-    op.add_column("subject_name_keys", sa.Column("birth_year", sa.Integer(), nullable=True))
-    op.execute(
-        "UPDATE subject_name_keys SET birth_year = (SELECT "  # noqa: S608 (constants only)
-        + BIRTH_YEAR[dialect]
-        + " FROM subjects s WHERE s.id = subject_name_keys.subject_id)"
-    )
-    op.create_index(
-        "ix_subject_name_keys_key_birth_year",
-        "subject_name_keys",
-        ["key", "birth_year", "subject_id"],
-    )
     if dialect == "postgresql":
+        _rebuild_name_keys_with_birth_years()
+    else:
+        op.add_column("subject_name_keys", sa.Column("birth_year", sa.Integer(), nullable=True))
         op.execute(
-            """
-            CREATE OR REPLACE FUNCTION casehub_subject_name_keys_created_at() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            BEGIN
-                SELECT s.created_at,
-                       coalesce(NEW.birth_year, extract(year FROM s.date_of_birth)::int,
-                                s.estimated_birth_year)
-                  INTO NEW.subject_created_at, NEW.birth_year
-                  FROM subjects s WHERE s.id = NEW.subject_id;
-                RETURN NEW;
-            END
-            $$
-            """
+            "UPDATE subject_name_keys SET birth_year = (SELECT "  # noqa: S608 (constants only)
+            + BIRTH_YEAR[dialect]
+            + " FROM subjects s WHERE s.id = subject_name_keys.subject_id)"
         )
-        op.execute("DROP TRIGGER subject_name_keys_created_at ON subject_name_keys")
-        op.execute(
-            "CREATE TRIGGER subject_name_keys_created_at BEFORE INSERT ON subject_name_keys "
-            "FOR EACH ROW WHEN (NEW.subject_created_at IS NULL OR NEW.birth_year IS NULL) "
-            "EXECUTE FUNCTION casehub_subject_name_keys_created_at()"
+        op.create_index(
+            "ix_subject_name_keys_key_birth_year",
+            "subject_name_keys",
+            ["key", "birth_year", "subject_id"],
         )
 
     op.create_table(
@@ -278,6 +259,70 @@ def upgrade() -> None:
                 f"BEGIN SELECT RAISE(ABORT, 'decisions not to share are append-only: {verb} on "
                 f"{DECISIONS} refused'); END"
             )
+
+
+def _rebuild_name_keys_with_birth_years() -> None:
+    """PostgreSQL: the keys copied into a new table with each subject's birth year (one hash
+    join), then indexed, constrained and swapped in, as a restore would build them. An UPDATE
+    of every key row (15 million at a million children) rewrote each row and both its index
+    entries in place and took many times longer, holding every row's lock to the end."""
+    op.execute("ALTER TABLE subject_name_keys RENAME TO subject_name_keys_0014")
+    op.execute(
+        "CREATE TABLE subject_name_keys ("
+        " key VARCHAR(100) NOT NULL, subject_id UUID NOT NULL,"
+        " whole_word BOOLEAN DEFAULT true NOT NULL,"
+        " subject_created_at TIMESTAMP WITH TIME ZONE NOT NULL, birth_year INTEGER)"
+    )
+    op.execute(
+        "INSERT INTO subject_name_keys (key, subject_id, whole_word, subject_created_at, "  # noqa: S608
+        "birth_year) SELECT k.key, k.subject_id, k.whole_word, k.subject_created_at, "
+        + BIRTH_YEAR["postgresql"]
+        + " FROM subject_name_keys_0014 k JOIN subjects s ON s.id = k.subject_id"
+    )
+    op.execute("DROP TABLE subject_name_keys_0014")  # its constraints, indexes and trigger
+    op.create_primary_key("pk_subject_name_keys", "subject_name_keys", ["subject_id", "key"])
+    op.create_index(
+        "ix_subject_name_keys_key_order",
+        "subject_name_keys",
+        ["key", "subject_created_at", "subject_id", "whole_word"],
+    )
+    op.create_index(
+        "ix_subject_name_keys_key_birth_year",
+        "subject_name_keys",
+        ["key", "birth_year", "subject_id"],
+    )
+    op.create_foreign_key(
+        "fk_subject_name_keys_subject_id_subjects",
+        "subject_name_keys",
+        "subjects",
+        ["subject_id"],
+        ["id"],
+        ondelete="CASCADE",
+    )
+    op.execute("ANALYZE subject_name_keys")
+    # 0008's trigger went with the table the keys were copied from. The previous release writes
+    # key rows without the subject's created_at or birth year while this one rolls out (and
+    # after a rollback): the row takes them from the subject.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION casehub_subject_name_keys_created_at() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            SELECT s.created_at,
+                   coalesce(NEW.birth_year, extract(year FROM s.date_of_birth)::int,
+                            s.estimated_birth_year)
+              INTO NEW.subject_created_at, NEW.birth_year
+              FROM subjects s WHERE s.id = NEW.subject_id;
+            RETURN NEW;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER subject_name_keys_created_at BEFORE INSERT ON subject_name_keys "
+        "FOR EACH ROW WHEN (NEW.subject_created_at IS NULL OR NEW.birth_year IS NULL) "
+        "EXECUTE FUNCTION casehub_subject_name_keys_created_at()"
+    )
 
 
 def downgrade() -> None:
