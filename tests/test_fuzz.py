@@ -133,6 +133,13 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         for r in glass
     ]
     emergency = post("/v1/emergency-access", grant_body(matches[0], "fz-la"), mine)
+    # Another agency's break-glass, which the caller's auditors (party to neither) review.
+    county = factory.partner("fz-county", ALL_SCOPES, kind="local_authority")
+    looked_for = post("/v1/referrals", referral_body(), theirs)
+    county_match = add_match(
+        factory.session, agency="fz-county", found={"fz-la": [looked_for["subject_id"]]}
+    )
+    reviewed = post("/v1/emergency-access", grant_body(county_match, "fz-la"), county.headers())
     user = post(
         "/v1/admin/users",
         {"email": "fuzz.lead@example.org", "name": "Fuzz Lead", "roles": ["safeguarding_lead"]},
@@ -172,7 +179,7 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
             "code": ["fz-health", "fz-police", "fz-la"],
             "webhook_id": [ours["id"], theirs_hook["id"]],
             "request_id": [ours_asked["id"], theirs_asked["id"]],
-            "emergency_access_id": [emergency["id"]],
+            "emergency_access_id": [emergency["id"], reviewed["id"]],
         },
         pairs=[(led["id"], shared_out["id"]), (shared_with_us["id"], shared_in["id"])],
         spare_match=spare_match,
@@ -296,6 +303,9 @@ def _happy_case(operation: Any, world: World, body: dict[str, Any] | None,
         params["referral_id"], params["share_id"] = world.pairs[1 if recipient else 0]
     if operation.path.endswith("/decision"):
         params["request_id"] = world.ids["request_id"][1]  # the holder decides the one to it
+    if operation.path.startswith("/v1/audit/reviews/"):
+        # An auditor reviews an emergency access its agency is party to neither side of.
+        params["emergency_access_id"] = world.ids["emergency_access_id"][1]
     case = operation.Case(path_parameters=params, body=body if body is not None else NOT_SET)
     if any(header.name == "If-Match" for header in operation.headers):
         _current_etag(case, world, client)
