@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import casehub.db
+from casehub import migrate
 
 revision = "0015"
 down_revision = "0014"
@@ -300,6 +301,9 @@ def _rebuild_name_keys_with_birth_years() -> None:
         ondelete="CASCADE",
     )
     op.execute("ANALYZE subject_name_keys")
+    # Without a visibility map every index-only scan of the new table visits its heap: `casehub
+    # db upgrade` vacuums it once this migration has committed (casehub.migrate.needs_vacuum).
+    migrate.needs_vacuum(op.get_context().config, "subject_name_keys")
     # 0008's trigger went with the table the keys were copied from. The previous release writes
     # key rows without the subject's created_at or birth year while this one rolls out (and
     # after a rollback): the row takes them from the subject.
