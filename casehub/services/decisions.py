@@ -85,18 +85,15 @@ def create_decision(
         raise Conflict("An agency does not decide about sharing with itself.")
     if session.get(Agency, data["agency"]) is None:
         raise ValidationFailed.field("agency", "No such agency.")
-    decision = _insert(
-        session, actor, referral_id, data["agency"], data["reason"], data["purpose"], None, now
-    )
-    record_on(
+    return add_decision(
         session,
-        actor,
-        "decision.create",
-        view,
-        resource_type=RESOURCE_TYPE,
-        resource_id=decision.id,
+        actor=actor,
+        referral=view.referral,
+        agency=data["agency"],
+        reason=data["reason"],
+        purpose=data["purpose"],
+        now=now,
     )
-    return decision
 
 
 def list_decisions(
