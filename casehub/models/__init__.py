@@ -14,7 +14,7 @@ from casehub.models.referral import (
     ReferralIndicator,
     Share,
 )
-from casehub.models.subject import Subject, SubjectIdentifier, SubjectNameKey
+from casehub.models.subject import Subject, SubjectIdentifier, SubjectMerge, SubjectNameKey
 from casehub.models.webhook import (
     Event,
     Webhook,
@@ -45,6 +45,7 @@ __all__ = [
     "SharingDecision",
     "Subject",
     "SubjectIdentifier",
+    "SubjectMerge",
     "SubjectNameKey",
     "UsedAssertion",
     "User",

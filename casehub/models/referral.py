@@ -36,6 +36,13 @@ class Referral(Base):
             "updated_at",
             postgresql_include=["created_at", "id"],
         ),
+        # Retention (CONTRACT §11): closed referrals not yet erased, oldest closure first.
+        Index(
+            "ix_referrals_retention",
+            "closed_at",
+            postgresql_where=text("closed_at IS NOT NULL AND erased_at IS NULL"),
+            sqlite_where=text("closed_at IS NOT NULL AND erased_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -56,6 +63,14 @@ class Referral(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     # False: never matched (CONTRACT §9), e.g. during a covert investigation; set by the lead.
     discoverable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # When the referral last moved to `closed` (NULL while open): its retention clock.
+    closed_at: Mapped[datetime | None]
+    # Legal hold (CONTRACT §11): while set, retention never erases the referral.
+    legal_hold_reason: Mapped[str | None] = mapped_column(String(2000))
+    legal_hold_at: Mapped[datetime | None]
+    legal_hold_by_agency: Mapped[str | None] = mapped_column(String(40))
+    # Set when retention erased the referral's content: the row is then its tombstone.
+    erased_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -201,6 +216,8 @@ class Share(Base):
     # whoever updates it; written here when the share is made.
     referral_updated_at: Mapped[datetime]
     access: Mapped[str] = mapped_column(String(10))  # read | contribute
+    # What the recipient sees (CONTRACT §11): everything, or the summary profile's fields only.
+    profile: Mapped[str] = mapped_column(String(10), default="full", server_default="full")
     purpose: Mapped[str] = mapped_column(String(40))
     necessity: Mapped[str] = mapped_column(String(2000))
     article_6: Mapped[str] = mapped_column(String(40))

@@ -6,7 +6,17 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, true
+from sqlalchemy import (
+    JSON,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    text,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from casehub.db import Base, new_id, utcnow
@@ -14,7 +24,15 @@ from casehub.db import Base, new_id, utcnow
 
 class Subject(Base):
     __tablename__ = "subjects"
-    __table_args__ = (Index("ix_subjects_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_subjects_created_at_id", "created_at", "id"),
+        Index(
+            "ix_subjects_merged_into",
+            "merged_into",
+            postgresql_where=text("merged_into IS NOT NULL"),
+            sqlite_where=text("merged_into IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     given_name: Mapped[str] = mapped_column(String(100))
@@ -28,6 +46,11 @@ class Subject(Base):
     address_town: Mapped[str | None] = mapped_column(String(100))
     address_postcode: Mapped[str | None] = mapped_column(String(10))
     created_by_agency: Mapped[str] = mapped_column(ForeignKey("agencies.code"), index=True)
+    # Set when this record was merged into another as a duplicate (CONTRACT §11); cleared by
+    # an unmerge. The survivor's id: both records are then one child.
+    merged_into: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("subjects.id"))
+    # Set when retention erased the record (no remaining referral needed it): a tombstone.
+    erased_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -92,3 +115,24 @@ class SubjectIdentifier(Base):
     )
     system: Mapped[str] = mapped_column(String(40))
     value: Mapped[str] = mapped_column(String(64))
+
+
+class SubjectMerge(Base):
+    """Every merge and unmerge of two children's records (CONTRACT §11): who, when and why.
+    Append-only, like the audit trail."""
+
+    __tablename__ = "subject_merges"
+    __table_args__ = (
+        Index("ix_subject_merges_subject_order", "subject_id", "occurred_at", "id"),
+        Index("ix_subject_merges_duplicate_order", "duplicate_id", "occurred_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    action: Mapped[str] = mapped_column(String(10))  # merge | unmerge
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id"))  # the survivor
+    duplicate_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id"))
+    reason: Mapped[str] = mapped_column(String(2000))
+    actor_agency: Mapped[str] = mapped_column(String(40))
+    actor_client_id: Mapped[str] = mapped_column(String(64))
+    actor_user_id: Mapped[uuid.UUID | None]
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -589,6 +589,7 @@ def transition_referral(
             "reason", f"Required when moving to {to}" + (" (reopening)." if reopening else ".")
         )
     referral.status = to
+    referral.closed_at = now if to == "closed" else None  # retention runs from the closure
     referral.updated_at = now
     session.add(
         _history(
