@@ -23,7 +23,8 @@ from tests.live_server import fresh_database
 
 ALL_SCOPES = (
     "referrals:read referrals:write referrals:share subjects:read subjects:write "
-    "subjects:match referrals:emergency audit:read webhooks:manage admin"
+    "subjects:match referrals:emergency subjects:sar statistics:read audit:read webhooks:manage "
+    "admin"
 )
 
 

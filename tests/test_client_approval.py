@@ -373,8 +373,16 @@ def test_the_operators_cli_needs_no_approval(app, db_session, factory):
 
 # -- which scopes are case scopes ----------------------------------------------------------------
 def test_every_scope_is_a_case_scope_unless_declared_without_case_content():
-    without = {"admin", "webhooks:manage", "audit:read", "audit:read:all", "monitoring:read"}
+    without = {
+        "admin",
+        "webhooks:manage",
+        "audit:read",
+        "audit:read:all",
+        "monitoring:read",
+        "statistics:read",  # suppressed aggregates: never a record (CONTRACT §12)
+    }
     assert without == scope_registry.WITHOUT_CASE_CONTENT
     assert set(scope_registry.SCOPES) - without == scope_registry.CASE_SCOPES
     assert {"referrals:read", "referrals:write", "referrals:share"} <= scope_registry.CASE_SCOPES
     assert {"subjects:read", "subjects:write"} <= scope_registry.CASE_SCOPES
+    assert "subjects:sar" in scope_registry.CASE_SCOPES

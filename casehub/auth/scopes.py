@@ -24,6 +24,13 @@ SCOPES: dict[str, str] = {
         "Time-boxed, read-only emergency access to a matched child's referrals; police and "
         "local-authority agencies only."
     ),
+    "subjects:sar": (
+        "Assemble a subject access request pack: what the agency holds about a child and what "
+        "it disclosed, to whom and on what basis."
+    ),
+    "statistics:read": (
+        "Partnership-wide counts of referrals with small numbers suppressed; never a record."
+    ),
     "monitoring:read": "Operational metrics (`/metrics`), for the platform's monitoring "
     "(Prometheus). Platform agency only.",
 }
@@ -33,7 +40,14 @@ PLATFORM_ONLY = frozenset({"audit:read:all", "monitoring:read"})
 # administration, webhook subscriptions (payloads carry ids only), the audit trail and metrics.
 # Every other scope is a case scope, so a scope added later is one unless it is listed here.
 WITHOUT_CASE_CONTENT = frozenset(
-    {"admin", "webhooks:manage", "audit:read", "audit:read:all", "monitoring:read"}
+    {
+        "admin",
+        "webhooks:manage",
+        "audit:read",
+        "audit:read:all",
+        "monitoring:read",
+        "statistics:read",
+    }
 )
 # Case scopes on a client registered by a person need a second administrator's approval
 # (casehub.services.admin) before any token carries them.
@@ -56,6 +70,8 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     ),
     "auditor": frozenset({"audit:read"}),
     "agency_admin": frozenset({"admin", "webhooks:manage"}),
+    "data_protection_officer": frozenset({"referrals:read", "subjects:read", "subjects:sar"}),
+    "analyst": frozenset({"statistics:read"}),
 }
 
 # Declared on routes that need a valid token but no particular scope (e.g. GET /v1/agencies).
