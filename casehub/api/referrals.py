@@ -45,7 +45,9 @@ class Referrals(MethodView):
     @blp.doc(
         operationId="listReferrals",
         summary="List referrals the caller's agency can see",
-        description="Ordered by created_at, then id (oldest first).",
+        description="Ordered by created_at, then id (oldest first). A referral the agency "
+        "sees through a share of the `summary` profile lists with `narrative` and "
+        "`location.description` null.",
     )
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args.pop("limit")
@@ -97,7 +99,8 @@ class ReferralById(MethodView):
         summary="Read a referral",
         description="For the lead agency and agencies holding an active share. The `ETag` "
         "header is the version to send as `If-Match` with a change. The read is audited, with "
-        "the basis (`lead` or `share:<id>`) and the purpose.",
+        "the basis (`lead` or `share:<id>`) and the purpose. Through a share of the "
+        "`summary` profile, `narrative` and `location.description` are null.",
         responses=NOT_FOUND,
     )
     def get(self, referral_id: uuid.UUID) -> Any:
@@ -196,7 +199,8 @@ class Notes(MethodView):
     @blp.doc(
         operationId="listNotes",
         summary="Notes the caller's agency may see, oldest first",
-        description="`shared` notes, and the caller's own agency's `agency` notes.",
+        description="`shared` notes, and the caller's own agency's `agency` notes. Through a "
+        "share of the `summary` profile, only the notes the caller's own agency wrote.",
         responses=NOT_FOUND,
     )
     def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:

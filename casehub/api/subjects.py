@@ -39,7 +39,7 @@ ETAG_HEADER = {
 NOT_FOUND = problem_response("No such subject, or not visible to the caller's agency.")
 
 
-def _headers(subject: Subject) -> dict[str, str]:
+def _headers(subject: Subject | Any) -> dict[str, str]:
     return {"ETag": etag_for(subject.id, subject.version)}
 
 
@@ -106,10 +106,12 @@ class SubjectById(MethodView):
         operationId="getSubject",
         summary="Read a subject",
         description="A child the caller's agency recorded, or sees a referral about. The "
-        "`ETag` header is the version to send as `If-Match` with a change.",
+        "`ETag` header is the version to send as `If-Match` with a change. An agency that "
+        "sees the child only through shares of the `summary` profile gets `address` null and "
+        "`identifiers` empty.",
         responses={"404": NOT_FOUND},
     )
-    def get(self, subject_id: uuid.UUID) -> tuple[Subject, dict[str, str]]:
+    def get(self, subject_id: uuid.UUID) -> tuple[Any, dict[str, str]]:
         subject = subjects.get_subject(
             get_session(), actor=current_actor(), subject_id=subject_id, now=utcnow()
         )

@@ -85,6 +85,15 @@ class RequestedShareSchema(StrictSchema):
     lawful_basis = ma.fields.Nested(LawfulBasisSchema, required=True)
     consent = ma.fields.Nested(ConsentSchema, required=True)
     expires_at = ma.fields.AwareDateTime(allow_none=True)
+    profile = enums.SHARE_PROFILE.field(
+        load_default="full",
+        metadata={
+            "description": "What the recipient sees (default `full`). `summary`: the referral "
+            "without `narrative`, `location.description` and the notes of other agencies, and "
+            "the child without `address` and `identifiers` — share only what the recipient "
+            "needs."
+        },
+    )
 
 
 class AccessDecisionSchema(StrictSchema):

@@ -95,6 +95,13 @@ CONSENT_STATUS = _codes(
 SHARE_ACCESS = _codes(
     "ShareAccess", ("read", "contribute"), "`contribute` may also add notes; `read` may not."
 )
+SHARE_PROFILE = _codes(
+    "ShareProfile",
+    ("full", "summary"),
+    "What the recipient sees (CONTRACT §11). `full`: the whole referral and child's record. "
+    "`summary`: the referral without `narrative`, `location.description` and other agencies' "
+    "notes, and the child without `address` and `identifiers`.",
+)
 SHARE_STATUS = _codes(
     "ShareStatus",
     ("active", "expired", "revoked", "ended"),

@@ -45,6 +45,15 @@ class ShareCreateSchema(StrictSchema):
     lawful_basis = ma.fields.Nested(LawfulBasisSchema, required=True)
     consent = ma.fields.Nested(ConsentSchema, required=True)
     expires_at = ma.fields.AwareDateTime(allow_none=True)
+    profile = enums.SHARE_PROFILE.field(
+        load_default="full",
+        metadata={
+            "description": "What the recipient sees (default `full`). `summary`: the referral "
+            "without `narrative`, `location.description` and the notes of other agencies, and "
+            "the child without `address` and `identifiers` — share only what the recipient "
+            "needs."
+        },
+    )
 
 
 class ShareRevokeSchema(StrictSchema):
@@ -62,6 +71,7 @@ class ShareSchema(ma.Schema):
     referral_id = ma.fields.UUID(required=True)
     agency = ma.fields.String(required=True)
     access = enums.SHARE_ACCESS.field(required=True)
+    profile = enums.SHARE_PROFILE.field(required=True)
     purpose = enums.SHARE_PURPOSE.field(required=True)
     necessity = ma.fields.String(required=True)
     lawful_basis = ma.fields.Nested(LawfulBasisSchema, required=True)
@@ -100,6 +110,7 @@ class ShareSchema(ma.Schema):
             "referral_id": share.referral_id,
             "agency": share.agency_code,
             "access": share.access,
+            "profile": share.profile,
             "purpose": share.purpose,
             "necessity": share.necessity,
             "lawful_basis": {

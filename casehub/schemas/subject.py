@@ -13,6 +13,7 @@ from casehub.models import Subject
 from casehub.schemas import enums
 from casehub.schemas.common import ListArgsSchema, StrictSchema, Text
 from casehub.services import names
+from casehub.services.policy import Summary
 from casehub.services.validation import (
     date_of_birth_problem,
     estimated_birth_year_problem,
@@ -175,7 +176,7 @@ class SubjectSchema(ma.Schema):
 
     @ma.pre_dump
     def _from_model(self, subject: Any, **_: Any) -> Any:
-        if not isinstance(subject, Subject):
+        if not isinstance(subject, (Subject, Summary)):
             return subject
         parts = {
             "line": subject.address_line,

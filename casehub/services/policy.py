@@ -23,6 +23,11 @@ class Access:
     is_lead: bool
     can_contribute: bool
     purpose: str  # the default purpose of use for this access
+    profile: str = "full"  # what it shows (CONTRACT §11): "full" or "summary"
+
+    @property
+    def summary(self) -> bool:
+        return self.profile == SUMMARY
 
     def purpose_for(self, actor: Actor) -> str:
         return actor.purpose or self.purpose
@@ -36,11 +41,13 @@ def access_through(
     share_access: str | None,
     share_purpose: str | None,
     share_emergency: uuid.UUID | None = None,
+    share_profile: str | None = None,
 ) -> Access | None:
     """The caller's access to one referral, or None (then it does not exist for the caller):
     as its lead, or through its agency's one active share, which `active_share_columns` reads
     in the same SELECT as the referral. A share that carries an emergency access (§10) is
-    read-only whatever it says, and its basis is the emergency access's."""
+    read-only whatever it says, and its basis is the emergency access's. A share's profile
+    (§11) is what it shows; the lead sees everything."""
     if agency == lead_agency:
         return Access(basis="lead", is_lead=True, can_contribute=True, purpose="case_work")
     if share_id is None or share_purpose is None:
@@ -51,13 +58,64 @@ def access_through(
             is_lead=False,
             can_contribute=False,
             purpose=share_purpose,
+            profile=share_profile or FULL,
         )
     return Access(
         basis=f"share:{share_id}",
         is_lead=False,
         can_contribute=share_access == "contribute",
         purpose=share_purpose,
+        profile=share_profile or FULL,
     )
+
+
+# -- data profiles (CONTRACT §11) -----------------------------------------------------------
+FULL = "full"
+SUMMARY = "summary"
+# What a summary share hides, as the attribute names of the records (and what each reads as
+# instead). Notes are the third: under a summary share only the caller's own agency's notes
+# are listed (`notes_seen`).
+SUMMARY_HIDES_OF_REFERRAL: dict[str, Any] = {"narrative": None, "location_description": None}
+SUMMARY_HIDES_OF_SUBJECT: dict[str, Any] = {
+    "address_line": None,
+    "address_town": None,
+    "address_postcode": None,
+    "identifiers": [],
+}
+
+
+class Summary:
+    """A referral or child's record as a summary share shows it: every attribute of the record
+    except the hidden ones, which read as empty. Whatever dumps it (a schema, the hot path's
+    document builder) cannot reach what the profile hides."""
+
+    __slots__ = ("_hidden", "_record")
+
+    def __init__(self, record: Any, hidden: dict[str, Any]) -> None:
+        self._record = record
+        self._hidden = hidden
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._hidden:
+            return self._hidden[name]
+        return getattr(self._record, name)
+
+
+def referral_as_seen(record: Any, access: Access) -> Any:
+    """The referral (an ORM object or a row) as `access` shows it."""
+    return Summary(record, SUMMARY_HIDES_OF_REFERRAL) if access.summary else record
+
+
+def subject_as_seen(record: Any, *, in_full: bool) -> Any:
+    """The child's record as the caller's agency sees it: in full when `subject_seen_in_full`
+    holds for it, else as a summary share shows it."""
+    return record if in_full else Summary(record, SUMMARY_HIDES_OF_SUBJECT)
+
+
+def notes_seen(access: Access, agency: str, author_agency: Any) -> ColumnElement[bool] | None:
+    """The extra condition on the notes a caller with `access` may list: under a summary share
+    only its own agency's; None: no further condition."""
+    return author_agency == agency if access.summary else None
 
 
 # -- query builders -------------------------------------------------------------------------
@@ -84,9 +142,9 @@ def active_share_clause(agency: Agency, now: Moment) -> ColumnElement[bool]:
     )
 
 
-def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any, Any]:
-    """The id, access, purpose and emergency access of the agency's active share of the
-    Referral in the same SELECT (NULL without one): a partial unique index allows one open
+def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any, Any, Any]:
+    """The id, access, purpose, emergency access and profile of the agency's active share of
+    the Referral in the same SELECT (NULL without one): a partial unique index allows one open
     share per agency."""
 
     def column(attribute: Any, label: str) -> Any:
@@ -104,6 +162,7 @@ def active_share_columns(agency: Agency, now: Moment) -> tuple[Any, Any, Any, An
         column(Share.access, "share_access"),
         column(Share.purpose, "share_purpose"),
         column(Share.emergency_access_id, "share_emergency"),
+        column(Share.profile, "share_profile"),
     )
 
 
@@ -112,11 +171,25 @@ def referral_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
     return referral_visible_to(actor.agency, now)
 
 
-def referral_visible_to(agency: Agency, now: Moment) -> ColumnElement[bool]:
-    shared = exists(
-        select(Share.id).where(Share.referral_id == Referral.id, active_share_clause(agency, now))
+def referral_visible_to(
+    agency: Agency, now: Moment, *, in_full: bool = False
+) -> ColumnElement[bool]:
+    """The agency leads the referral or holds an active share of it; `in_full`: a share of the
+    full profile (§11), through which it sees the whole referral and its child's record."""
+    share = [Share.referral_id == Referral.id, active_share_clause(agency, now)]
+    if in_full:
+        share.append(Share.profile == FULL)
+    return or_(Referral.lead_agency == agency, exists(select(Share.id).where(*share)))
+
+
+def summary_shared(agency: Agency, now: Moment, referral_ids: Any) -> Select[tuple[uuid.UUID]]:
+    """Which of `referral_ids` the agency sees through a summary share (the others it leads,
+    or sees in full, or not at all): for a list's page, one query for all of its items."""
+    return select(Share.referral_id).where(
+        Share.referral_id.in_(referral_ids),
+        active_share_clause(agency, now),
+        Share.profile == SUMMARY,
     )
-    return or_(Referral.lead_agency == agency, shared)
 
 
 def visible_referrals(actor: Actor, now: datetime) -> Select[tuple[Referral]]:
@@ -181,13 +254,24 @@ def subject_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
     return subject_visible_to(actor.agency, now)
 
 
-def subject_visible_to(agency: Agency, now: Moment) -> ColumnElement[bool]:
+def subject_visible_to(
+    agency: Agency, now: Moment, *, in_full: bool = False
+) -> ColumnElement[bool]:
+    """`in_full`: the agency sees the whole record (address, identifiers): it recorded the
+    child, or leads or holds a full share of a referral about it (§11)."""
     about_visible = exists(
         select(Referral.id).where(
-            Referral.subject_id == Subject.id, referral_visible_to(agency, now)
+            Referral.subject_id == Subject.id, referral_visible_to(agency, now, in_full=in_full)
         )
     )
     return or_(Subject.created_by_agency == agency, about_visible)
+
+
+def seen_only_in_summary(agency: Agency, now: Moment, subject_ids: Any) -> Select[tuple[Any]]:
+    """Which of `subject_ids` (visible to the agency) it sees only through summary shares."""
+    return select(Subject.id).where(
+        Subject.id.in_(subject_ids), ~subject_visible_to(agency, now, in_full=True)
+    )
 
 
 def visible_subjects(actor: Actor, now: datetime) -> Select[tuple[Subject]]:

@@ -98,7 +98,8 @@ _REACH = (
 
 def _access(actor: Actor, lead_agency: str, row: Any) -> policy.Access | None:
     """The access a row joined to the caller's share (`share_id`, `share_access`,
-    `share_purpose`, `share_emergency`) gives the caller, as policy decides; None: none."""
+    `share_purpose`, `share_emergency`, `share_profile`) gives the caller, as policy decides;
+    None: none."""
     return policy.access_through(
         actor.agency,
         lead_agency=lead_agency,
@@ -106,6 +107,7 @@ def _access(actor: Actor, lead_agency: str, row: Any) -> policy.Access | None:
         share_access=row.share_access,
         share_purpose=row.share_purpose,
         share_emergency=row.share_emergency,
+        share_profile=row.share_profile,
     )
 
 
@@ -425,9 +427,10 @@ def create_referral(
 def get_referral(
     session: Session, *, actor: Actor, referral_id: uuid.UUID, now: datetime
 ) -> ReferralRead:
+    """The referral as the caller's access shows it (§11: a summary share hides some fields)."""
     view = read_referral(session, actor=actor, referral_id=referral_id, now=now)
     record_on(session, actor, "referral.read", view)
-    return view
+    return ReferralRead(policy.referral_as_seen(view.referral, view.access), view.access)
 
 
 def list_referrals(
@@ -438,10 +441,11 @@ def list_referrals(
     limit: int,
     cursor: str | None,
     now: datetime,
-) -> tuple[list[Referral], str | None]:
-    """One page in (created_at, id) order. Each of the two visibility streams (led, shared
-    with the caller) is read in that order, filtered and limited on its own, and the page is
-    the first `limit` of their merge, so neither stream is read further than one page.
+) -> tuple[list[Any], str | None]:
+    """One page in (created_at, id) order, each referral as the caller's access shows it.
+    Each of the two visibility streams (led, shared with the caller) is read in that order,
+    filtered and limited on its own, and the page is the first `limit` of their merge, so
+    neither stream is read further than one page.
     With `updated_since` a stream is instead the range of what changed since then (an index
     on updated_at beside the agency), sorted: what changed, not what the agency holds."""
     clauses: list[ColumnElement[bool]] = []
@@ -497,7 +501,21 @@ def list_referrals(
         subject_ids=[r.subject_id for r in items],
         purpose=actor.purpose or "case_work",
     )
-    return items, next_cursor
+    return _as_seen(session, actor, items, now), next_cursor
+
+
+def _as_seen(session: Session, actor: Actor, items: list[Referral], now: datetime) -> list[Any]:
+    """A page of referrals as the caller sees each: those it sees through a summary share
+    without what that profile hides. One query for the page, and none when the agency leads
+    every item."""
+    shared = [r.id for r in items if r.lead_agency != actor.agency]
+    if not shared:
+        return list(items)
+    summary = set(session.execute(policy.summary_shared(actor.agency, now, shared)).scalars())
+    return [
+        policy.Summary(r, policy.SUMMARY_HIDES_OF_REFERRAL) if r.id in summary else r
+        for r in items
+    ]
 
 
 def _stream_page(
@@ -668,6 +686,9 @@ def list_notes(
         Note.referral_id == referral_id,
         (Note.visibility == "shared") | (Note.author_agency == actor.agency),
     )
+    profile_clause = policy.notes_seen(view.access, actor.agency, Note.author_agency)
+    if profile_clause is not None:
+        stmt = stmt.where(profile_clause)
     page = keyset_page(session, stmt, keys=[Note.created_at, Note.id], limit=limit, cursor=cursor)
     record_on(session, actor, "note.list", view)
     return page

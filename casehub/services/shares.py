@@ -152,6 +152,7 @@ def create_share(
         referral_updated_at=view.referral.updated_at,
         agency_code=data["agency"],
         access=data["access"],
+        profile=data.get("profile", "full"),
         purpose=data["purpose"],
         necessity=data["necessity"],
         article_6=data["lawful_basis"]["article_6"],

@@ -275,7 +275,9 @@ def require_visible_subject(
     return subject
 
 
-def get_subject(session: Session, *, actor: Actor, subject_id: uuid.UUID, now: datetime) -> Subject:
+def get_subject(session: Session, *, actor: Actor, subject_id: uuid.UUID, now: datetime) -> Any:
+    """The child's record as the caller's agency sees it (§11: through summary shares only,
+    without address and identifiers)."""
     subject = require_visible_subject(session, actor=actor, subject_id=subject_id, now=now)
     basis, purpose = _read_basis(session, actor, subject, now)
     audit.record(
@@ -288,7 +290,19 @@ def get_subject(session: Session, *, actor: Actor, subject_id: uuid.UUID, now: d
         basis=basis,
         purpose=purpose,
     )
-    return subject
+    return as_seen(session, actor, [subject], now)[0]
+
+
+def as_seen(session: Session, actor: Actor, items: Sequence[Subject], now: datetime) -> list[Any]:
+    """Children's records as the caller's agency sees each (CONTRACT §11): in full, or without
+    what a summary share hides when it sees the child through summary shares only. One query
+    for all of them, and none for the records its agency made."""
+    others = [s.id for s in items if s.created_by_agency != actor.agency]
+    partial: set[uuid.UUID] = set()
+    if others:
+        statement = policy.seen_only_in_summary(actor.agency, now, others)
+        partial = set(session.execute(statement).scalars())
+    return [policy.subject_as_seen(s, in_full=s.id not in partial) for s in items]
 
 
 def search_subjects(
@@ -300,7 +314,7 @@ def search_subjects(
     cursor: str | None = None,
     q: str | None = None,
     date_of_birth: date | None = None,
-) -> tuple[list[Subject], str | None]:
+) -> tuple[list[Any], str | None]:
     """Visible subjects, optionally by name or alias (`q`) and exact date of birth, in
     (created_at, id) order; returns one page and the cursor of the next."""
     if q is None:
@@ -328,7 +342,7 @@ def search_subjects(
         subject_ids=[s.id for s in items],
         purpose=actor.purpose or DEFAULT_PURPOSE,
     )
-    return items, next_cursor
+    return as_seen(session, actor, items, now), next_cursor
 
 
 @dataclass(frozen=True)
