@@ -513,8 +513,7 @@ def _as_seen(session: Session, actor: Actor, items: list[Referral], now: datetim
         return list(items)
     summary = set(session.execute(policy.summary_shared(actor.agency, now, shared)).scalars())
     return [
-        policy.Summary(r, policy.SUMMARY_HIDES_OF_REFERRAL) if r.id in summary else r
-        for r in items
+        policy.Summary(r, policy.SUMMARY_HIDES_OF_REFERRAL) if r.id in summary else r for r in items
     ]
 
 
