@@ -228,3 +228,23 @@ def test_profile_is_validated_and_shown_on_the_share(client, world):
     assert "profile" in json.dumps(bad.get_json())
     listed = client.get(f"/v1/referrals/{rid}/shares", headers=lead.headers()).get_json()
     assert sorted(s["profile"] for s in listed["items"]) == ["full", "summary"]
+
+
+def test_a_summary_recipient_is_not_told_of_notes_it_cannot_read(client, world, db_session):
+    from sqlalchemy import select
+
+    from casehub.models import Event
+
+    rid = world["referral"]["id"]
+    added = client.post(
+        f"/v1/referrals/{rid}/notes",
+        json={"body": "Mother called the school.", "visibility": "shared"},
+        headers=world["lead"].headers(),
+    )
+    assert added.status_code == 201
+    told = db_session.execute(
+        select(Event.agency_code).where(
+            Event.type == "note.added", Event.data["note_id"].as_string() == added.json["id"]
+        )
+    ).scalars()
+    assert sorted(told) == [world["full"].agency]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,13 +57,22 @@ EVENT_TYPES: dict[str, str] = {
 MAX_PAGE = 200
 
 
-def open_share_agencies(session: Session, referral_id: uuid.UUID, now: datetime) -> set[str]:
-    """Agencies holding an open, unexpired share of the referral."""
+ALL_PROFILES = ("full", "summary")
+
+
+def open_share_agencies(
+    session: Session,
+    referral_id: uuid.UUID,
+    now: datetime,
+    profiles: Sequence[str] = ALL_PROFILES,
+) -> set[str]:
+    """Agencies holding an open, unexpired share of the referral, of one of `profiles`."""
     rows = session.execute(
         select(Share.agency_code).where(
             Share.referral_id == referral_id,
             Share.ended_at.is_(None),
             or_(Share.expires_at.is_(None), Share.expires_at > now),
+            Share.profile.in_(profiles),
         )
     ).scalars()
     return set(rows)
@@ -81,6 +90,7 @@ _EMIT_POSTGRES = text(
             SELECT s.agency_code FROM shares AS s
             WHERE s.referral_id = CAST(:referral_id AS uuid)
               AND s.ended_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > :now)
+              AND s.profile = ANY(CAST(:profiles AS varchar[]))
         ) AS candidates
         WHERE agency IS DISTINCT FROM CAST(:actor AS varchar)
     ),
@@ -115,9 +125,11 @@ def emit(
     data: dict[str, Any],
     now: datetime,
     shares_of: uuid.UUID | None = None,
+    profiles: Sequence[str] = ALL_PROFILES,
 ) -> list[uuid.UUID]:
     """Write `type` to each recipient, and with `shares_of` to every agency holding an open
-    share of that referral, except the actor's agency; return the events' ids."""
+    share of that referral of one of `profiles` (§11: a summary share is not told of what it
+    cannot read), except the actor's agency; return the events' ids."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
     payload = {key: str(value) for key, value in data.items() if value is not None}
@@ -129,6 +141,7 @@ def emit(
             {
                 "agencies": sorted(set(recipients)),
                 "referral_id": shares_of,
+                "profiles": list(profiles),
                 "actor": actor.agency if actor is not None else None,
                 "type": type,
                 "now": now,
@@ -138,7 +151,7 @@ def emit(
         return [row.id for row in written]
     audience = set(recipients)
     if shares_of is not None:
-        audience |= open_share_agencies(session, shares_of, now)
+        audience |= open_share_agencies(session, shares_of, now, profiles)
     audience -= {actor.agency} if actor is not None else set()
     rows = [
         {

@@ -342,9 +342,16 @@ def _history(
 
 
 def _notify(
-    session: Session, type: str, referral: Referral, actor: Actor, now: datetime, **ids: Any
+    session: Session,
+    type: str,
+    referral: Referral,
+    actor: Actor,
+    now: datetime,
+    profiles: Sequence[str] = events.ALL_PROFILES,
+    **ids: Any,
 ) -> None:
-    """Tell every other agency that can see the referral (CONTRACT §6)."""
+    """Tell every other agency that can see the referral (CONTRACT §6), or with `profiles`
+    the lead and those whose shares are of one of them."""
     events.emit(
         session,
         type=type,
@@ -353,6 +360,7 @@ def _notify(
         actor=actor,
         data={"referral_id": referral.id, **ids},
         now=now,
+        profiles=profiles,
     )
 
 
@@ -667,7 +675,8 @@ def add_note(
     session.flush()
     record_on(session, actor, "note.create", view, resource_type="note", resource_id=note.id)
     if visibility == "shared":  # an agency note is seen by its author's agency only
-        _notify(session, "note.added", view.referral, actor, now, note_id=note.id)
+        # A summary share lists no other agency's notes: it is not told of one (§11).
+        _notify(session, "note.added", view.referral, actor, now, ("full",), note_id=note.id)
     return note
 
 
