@@ -52,6 +52,9 @@ class DemoResult:
     client_id: str
     client_secret: str
     station_referral_id: uuid.UUID | None = None
+    # The Children's Society's system, which sees the station referral through a summary share.
+    charity_client_id: str | None = None
+    charity_client_secret: str | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None  # the demo receiver verifies with it
 
@@ -143,6 +146,31 @@ def _referrals(session: Session, btp: Actor, notts_cs: Actor, now: datetime) -> 
             "access": "contribute",
             "purpose": "safeguard_assess",
             "necessity": "Children's services must assess the risk of criminal exploitation.",
+            "lawful_basis": {
+                "article_6": "public_task",
+                "condition": "dpa2018_sch8_para4_safeguarding",
+                "gateway": "Children Act 2004 s11",
+            },
+            "consent": {
+                "status": "not_sought",
+                "rationale": "Seeking consent could place the child at risk.",
+            },
+            "expires_at": None,
+        },
+    )
+    # The Children's Society's project worker needs to know a boy at risk was found, to offer
+    # him support; not the police narrative, where on the station, or his address (§11).
+    shares.create_share(
+        session,
+        actor=btp,
+        referral_id=station.id,
+        now=now,
+        data={
+            "agency": "childrens-society",
+            "access": "read",
+            "profile": "summary",
+            "purpose": "support_service",
+            "necessity": "A support worker can offer the boy help; the summary is enough for it.",
             "lawful_basis": {
                 "article_6": "public_task",
                 "condition": "dpa2018_sch8_para4_safeguarding",
@@ -268,6 +296,13 @@ def seed(
         scope=CASEWORK,
         scrypt_n=scrypt_n,
     )
+    charity, charity_secret = agencies.add_client(
+        session,
+        agency_code="childrens-society",
+        name=f"Children's Society demo integration {uuid.uuid4().hex[:6]}",
+        scope="referrals:read subjects:read",
+        scrypt_n=scrypt_n,
+    )
     audit.write_pending(session, audit.RequestInfo(None, "CLI", "casehub demo", None), status=None)
     assert secret is not None
     station = session.execute(
@@ -281,6 +316,8 @@ def seed(
         client_id=client.client_id,
         client_secret=secret,
         station_referral_id=station,
+        charity_client_id=charity.client_id,
+        charity_client_secret=charity_secret,
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
     )
@@ -315,8 +352,22 @@ Nottingham children's services know him (one typo away: a strong match). Ask the
            "urgency": "urgent"}}' \\
       {base_url}/v1/access-requests
 
+{_summary_instructions(result, base_url)}
 Interactive docs: {base_url}/docs
 {_webhook_instructions(result, base_url)}"""
+
+
+def _summary_instructions(result: DemoResult, base_url: str) -> str:
+    if result.station_referral_id is None:
+        return ""
+    return f"""BTP shared the station referral with The Children's Society under the summary
+profile: the charity's system reads it without the narrative, where on the station, notes, or
+the boy's address and identifiers (its secret, shown once, is in the command):
+  CHARITY=$(curl -s -u '{result.charity_client_id}:{result.charity_client_secret}' \\
+      -d grant_type=client_credentials {base_url}/oauth/token \\
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -H "Authorization: Bearer $CHARITY" {base_url}/v1/referrals/{result.station_referral_id}
+"""
 
 
 def _webhook_instructions(result: DemoResult, base_url: str) -> str:

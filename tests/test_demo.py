@@ -154,3 +154,34 @@ def test_demo_match_and_access_request_calls_work_as_printed(tmp_path, monkeypat
     made = http.post("/v1/access-requests", json=request_body, headers=bearer)
     assert made.status_code == 201, made.get_data(as_text=True)
     assert made.get_json()["status"] == "pending" and "referral_ids" not in made.get_json()
+
+
+def test_demo_summary_share_call_works_as_printed(tmp_path, monkeypatch):
+    """The printed charity call: The Children's Society reads the station referral through a
+    summary share, without the narrative or where on the station he was."""
+    import re
+
+    monkeypatch.setenv("CASEHUB_DATABASE_URL", f"sqlite:///{tmp_path / 'demo.db'}")
+    monkeypatch.setenv("CASEHUB_SIGNING_KEYS_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("CASEHUB_CLIENT_SECRET_SCRYPT_N", "1024")
+    app = create_app()
+    printed = CliRunner().invoke(main, ["demo"])
+    assert printed.exit_code == 0, printed.output
+    (credentials,) = re.findall(r"CHARITY=\$\(curl -s -u '([^']+)'", printed.output)
+    (path,) = re.findall(
+        r'Bearer \$CHARITY" http://[^/]+(/v1/referrals/[0-9a-f-]+)', printed.output
+    )
+    http = app.test_client()
+    basic = base64.b64encode(credentials.encode()).decode()
+    token = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    ).get_json()["access_token"]
+    read = http.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert read.status_code == 200, read.get_data(as_text=True)
+    referral = read.get_json()
+    assert referral["summary"].startswith("Boy travelling alone")
+    assert referral["narrative"] is None
+    assert referral["location"]["description"] is None
+    assert b"Platform 4" not in read.get_data()
