@@ -38,12 +38,18 @@ def upgrade() -> None:
         sa.Column("profile", sa.String(length=10), server_default="full", nullable=False),
     )
 
-    with op.batch_alter_table("subjects") as batch:
-        batch.add_column(sa.Column("merged_into", sa.Uuid(), nullable=True))
-        batch.add_column(sa.Column("erased_at", UTC, nullable=True))
-        batch.create_foreign_key(
-            op.f("fk_subjects_merged_into_subjects"), "subjects", ["merged_into"], ["id"]
+    # Never a batch copy of `subjects` on SQLite: dropping the old table would cascade to the
+    # rows that reference it (its name keys). SQLite adds a foreign key only inline.
+    fk = "fk_subjects_merged_into_subjects"
+    if dialect == "postgresql":
+        op.add_column("subjects", sa.Column("merged_into", sa.Uuid(), nullable=True))
+        op.create_foreign_key(fk, "subjects", "subjects", ["merged_into"], ["id"])
+    else:
+        op.execute(
+            "ALTER TABLE subjects ADD COLUMN merged_into CHAR(32) "
+            f"CONSTRAINT {fk} REFERENCES subjects (id)"
         )
+    op.add_column("subjects", sa.Column("erased_at", UTC, nullable=True))
     op.create_index(
         "ix_subjects_merged_into",
         "subjects",
@@ -134,8 +140,8 @@ def downgrade() -> None:
         op.drop_column("referrals", name)
     op.drop_column("referrals", "closed_at")
     op.drop_index("ix_subjects_merged_into", table_name="subjects")
-    with op.batch_alter_table("subjects") as batch:
-        batch.drop_constraint(op.f("fk_subjects_merged_into_subjects"), type_="foreignkey")
-        batch.drop_column("erased_at")
-        batch.drop_column("merged_into")
+    if dialect == "postgresql":
+        op.drop_constraint("fk_subjects_merged_into_subjects", "subjects", type_="foreignkey")
+    op.drop_column("subjects", "erased_at")
+    op.drop_column("subjects", "merged_into")
     op.drop_column("shares", "profile")
