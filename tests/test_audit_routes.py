@@ -46,6 +46,8 @@ class World:
     webhook_id: str
     access_request_id: str = ""  # notts-cs asks btp about the referral's child (pending)
     lead_match_id: str = ""  # a match of btp's that listed notts-cs
+    duplicate_id: str = ""  # a record of btp's, to merge into the referral's child
+    merged_id: str = ""  # a record of btp's merged into the referral's child
 
 
 @pytest.fixture
@@ -77,6 +79,16 @@ def world(client, factory, db_session):
         json=access_request_body(match_for(db_session, "notts-cs", "btp", referral["subject_id"])),
         headers=other.headers(),
     ).get_json()
+    duplicate, merged = (
+        client.post("/v1/subjects", json=subject_body(), headers=lead.headers()).get_json()["id"]
+        for _ in range(2)
+    )
+    merging = client.post(
+        f"/v1/subjects/{referral['subject_id']}/merge",
+        json={"duplicate_id": merged, "reason": "The same child"},
+        headers=lead.headers(),
+    )
+    assert merging.status_code == 200, merging.get_json()
     return World(
         lead,
         other,
@@ -89,6 +101,8 @@ def world(client, factory, db_session):
         webhook["id"],
         asked["id"],
         match_for(db_session, "btp", "notts-cs", referral["subject_id"]),
+        duplicate,
+        merged,
     )
 
 
@@ -373,6 +387,26 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
             {"json": {"aliases": ["JJ"]}, "headers": {"If-Match": w.subject_etag}},
         ),
         ["subject.update"],
+    ),
+    ("POST", "/v1/subjects/<uuid:subject_id>/merge"): (
+        lambda w: (
+            w.lead,
+            f"/v1/subjects/{w.referral['subject_id']}/merge",
+            {"json": {"duplicate_id": w.duplicate_id, "reason": "The same child"}},
+        ),
+        ["subject.merge"],
+    ),
+    ("POST", "/v1/subjects/<uuid:subject_id>/unmerge"): (
+        lambda w: (
+            w.lead,
+            f"/v1/subjects/{w.referral['subject_id']}/unmerge",
+            {"json": {"duplicate_id": w.merged_id, "reason": "Two children after all"}},
+        ),
+        ["subject.unmerge"],
+    ),
+    ("GET", "/v1/subjects/<uuid:subject_id>/merges"): (
+        lambda w: (w.lead, f"/v1/subjects/{w.referral['subject_id']}/merges", {}),
+        ["subject.merge_history"],
     ),
     ("POST", "/v1/matches"): (
         lambda w: (

@@ -101,6 +101,8 @@ class World:
     pairs: list[tuple[str, str]]  # (referral_id, share_id): ours out, theirs in
     spare_match: str = ""  # a match of ours that listed fz-la, for a new access request
     match_id: str = ""  # a match of ours finding a child of theirs not yet opened (§10)
+    spare_subject: str = ""  # a record of ours to merge into our referral's child (§11)
+    merged_subject: str = ""  # a record of ours merged into our referral's child
 
 
 def _seed(client: FlaskClient, factory: Factory) -> World:
@@ -164,6 +166,13 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         theirs,
     )
     spare_match = match_for(factory.session, "fz-police", "fz-la", shared_with_us["subject_id"])
+    spare_subject, merged_subject = (post("/v1/subjects", subject_body(), mine) for _ in range(2))
+    merged = client.post(
+        f"/v1/subjects/{led['subject_id']}/merge",
+        json={"duplicate_id": merged_subject["id"], "reason": "The same child."},
+        headers=mine,
+    )
+    assert merged.status_code == 200, merged.get_json()
     referrals = [led, shared_with_us, hidden]
     return World(
         bearer=mine["Authorization"],
@@ -184,6 +193,8 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         pairs=[(led["id"], shared_out["id"]), (shared_with_us["id"], shared_in["id"])],
         spare_match=spare_match,
         match_id=matches[1],
+        spare_subject=spare_subject["id"],
+        merged_subject=merged_subject["id"],
     )
 
 
@@ -229,6 +240,12 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/oauth/revoke"): {"token": world.spare_token},
         ("POST", "/v1/subjects"): subject_body(),
         ("PATCH", "/v1/subjects/{subject_id}"): {"given_name": "Jay"},
+        ("POST", "/v1/subjects/{subject_id}/merge"): {
+            "duplicate_id": world.spare_subject, "reason": "The same child.",
+        },
+        ("POST", "/v1/subjects/{subject_id}/unmerge"): {
+            "duplicate_id": world.merged_subject, "reason": "Two children after all.",
+        },
         ("POST", "/v1/matches"): {
             "given_name": "Jayden", "family_name": "Okafor", "date_of_birth": "2011-04-02",
         },

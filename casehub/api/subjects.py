@@ -12,13 +12,14 @@ from casehub.api.base import Blueprint, current_actor, problem_response
 from casehub.api.etag import etag_for, expected_version
 from casehub.db import get_session, utcnow
 from casehub.models import Subject
-from casehub.schemas.common import page_of
+from casehub.schemas.common import ListArgsSchema, page_of
 from casehub.schemas.subject import (
     SubjectCreateSchema,
     SubjectQueryArgsSchema,
     SubjectSchema,
     SubjectUpdateSchema,
 )
+from casehub.schemas.subject_merge import SubjectMergeCreateSchema, SubjectMergeSchema
 from casehub.services import subjects
 
 blp = Blueprint(
@@ -28,7 +29,8 @@ blp = Blueprint(
     description=(
         "Subjects: the children and young people referrals are about. An agency sees the "
         "subjects it recorded and those of referrals it can see; only the recording agency "
-        "changes a subject."
+        "changes a subject, and so only it merges its record into another as a duplicate "
+        "(or undoes that)."
     ),
 )
 
@@ -57,7 +59,12 @@ class Subjects(MethodView):
             "aliases, ignoring case and accents and tolerating one typo per word; "
             "`date_of_birth` narrows to that exact date. Ordered by `created_at`, then `id`, "
             "oldest first (not by closeness of match), so a cursor walk returns every match "
-            "exactly once."
+            "exactly once. Merged records are one child: a duplicate whose survivor the caller "
+            "can see is never listed itself; the survivor is listed once, where the first of "
+            "the child's records that matches comes in that order (a match on the duplicate's "
+            "names or date of birth lists the survivor). Only records the caller can see are "
+            "searched: a duplicate it cannot see lends the survivor none of its names, and a "
+            "duplicate whose survivor it cannot see is listed as itself, with `merged_into`."
         ),
     )
     @blp.rate_class("search")
@@ -141,3 +148,114 @@ class SubjectById(MethodView):
             now=utcnow(),
         )
         return subject, _headers(subject)
+
+
+MERGE_CONFLICT = problem_response(
+    "Merging a subject into itself, into a subject that is itself merged into another "
+    "(chains stay one level: merge into that survivor), a duplicate already merged, or a "
+    "duplicate that other records are merged into."
+)
+MERGE_NOTICE = (
+    " Every agency that leads, or holds an active share of, a referral about the child (the "
+    "survivor, the duplicate, or another record merged into the survivor), except the "
+    "caller's, is sent `subject.merged` with `data: {subject_id, duplicate_id, action, "
+    "agency}`: ids only, `subject_id` the survivor, `action` `merge` or `unmerge`. Audited as "
+    "`subject.{action}` naming both children, and kept in the subject's merge history "
+    "(`GET /v1/subjects/{id}/merges`). Answers the survivor."
+)
+MERGE_RULES = (
+    "The caller's agency must see both records (404 for the one it cannot see, audited as a "
+    "denial) and must have recorded the duplicate: only the recording agency changes a subject "
+    "(403 otherwise). A merge changes what lists and searches show, never what an agency may "
+    "see: no agency gains sight of a referral or a record through it."
+)
+
+
+@blp.route("/<uuid:subject_id>/merge")
+class Merge(MethodView):
+    @blp.requires("subjects:write")
+    @blp.arguments(SubjectMergeCreateSchema)
+    @blp.response(200, SubjectSchema, headers={"ETag": ETAG_HEADER})
+    @blp.doc(
+        operationId="mergeSubject",
+        summary="Merge a duplicate record into this subject",
+        description=(
+            "The duplicate answers with `merged_into` set to this subject's id; searches list "
+            "the pair as one child, matching counts them as one, and `GET /v1/referrals?"
+            "subject_id=` of either lists the caller's visible referrals about both. "
+            + MERGE_RULES
+            + MERGE_NOTICE
+        ),
+        responses={"404": NOT_FOUND, "409": MERGE_CONFLICT},
+    )
+    def post(self, data: dict[str, Any], subject_id: uuid.UUID) -> tuple[Subject, dict[str, str]]:
+        survivor = subjects.merge_subjects(
+            get_session(),
+            actor=current_actor(),
+            subject_id=subject_id,
+            duplicate_id=data["duplicate_id"],
+            reason=data["reason"],
+            now=utcnow(),
+        )
+        return survivor, _headers(survivor)
+
+
+@blp.route("/<uuid:subject_id>/unmerge")
+class Unmerge(MethodView):
+    @blp.requires("subjects:write")
+    @blp.arguments(SubjectMergeCreateSchema)
+    @blp.response(200, SubjectSchema, headers={"ETag": ETAG_HEADER})
+    @blp.doc(
+        operationId="unmergeSubject",
+        summary="Undo the merge of a duplicate record into this subject",
+        description=(
+            "The duplicate's `merged_into` becomes null again: two children's records, listed "
+            "and matched apart. 409 when the duplicate is not merged into this subject. "
+            + MERGE_RULES
+            + " Partners are told as for a merge: `subject.merged` with `action: unmerge` "
+            "(one event type, so a subscription to merges also hears of their undoing)."
+            + MERGE_NOTICE
+        ),
+        responses={
+            "404": NOT_FOUND,
+            "409": problem_response("The duplicate is not merged into this subject."),
+        },
+    )
+    def post(self, data: dict[str, Any], subject_id: uuid.UUID) -> tuple[Subject, dict[str, str]]:
+        survivor = subjects.unmerge_subjects(
+            get_session(),
+            actor=current_actor(),
+            subject_id=subject_id,
+            duplicate_id=data["duplicate_id"],
+            reason=data["reason"],
+            now=utcnow(),
+        )
+        return survivor, _headers(survivor)
+
+
+@blp.route("/<uuid:subject_id>/merges")
+class Merges(MethodView):
+    @blp.autocommit_read
+    @blp.requires("subjects:read")
+    @blp.arguments(ListArgsSchema, location="query")
+    @blp.response(200, page_of(SubjectMergeSchema))
+    @blp.doc(
+        operationId="listSubjectMerges",
+        summary="The merges and unmerges of a subject, oldest first",
+        description=(
+            "Every merge and unmerge this record took part in, as survivor or as duplicate: "
+            "who, when and why. An entry is listed when the caller's agency sees the other "
+            "record too, or made the entry itself. Ordered by `occurred_at`, then `id`."
+        ),
+        responses={"404": NOT_FOUND},
+    )
+    def get(self, args: dict[str, Any], subject_id: uuid.UUID) -> dict[str, Any]:
+        items, next_cursor = subjects.merge_history(
+            get_session(),
+            actor=current_actor(),
+            subject_id=subject_id,
+            limit=args["limit"],
+            cursor=args.get("cursor"),
+            now=utcnow(),
+        )
+        return {"items": items, "next_cursor": next_cursor}

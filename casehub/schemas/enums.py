@@ -133,6 +133,11 @@ NOTE_VISIBILITY = _codes(
     "`shared` notes are seen by every agency that sees the referral; `agency` notes only by the "
     "author's agency.",
 )
+MERGE_ACTION = _codes(
+    "MergeAction",
+    ("merge", "unmerge"),
+    "`merge`: the duplicate was merged into the survivor; `unmerge`: that merge was undone.",
+)
 HISTORY_KIND = _codes("HistoryKind", ("created", "transition", "transfer"), "What happened.")
 GENDER = _codes("Gender", ("female", "male", "non_binary", "other", "unknown"), "Gender.")
 IDENTIFIER_SYSTEM = _codes(

@@ -171,6 +171,17 @@ class SubjectSchema(ma.Schema):
         validate=validate.Length(max=40),
         metadata={"description": "The agency that recorded the subject; only it may change it."},
     )
+    merged_into = ma.fields.UUID(
+        required=True,
+        allow_none=True,
+        metadata={
+            "readOnly": True,
+            "description": "Null, or the id of the subject this record was merged into as a "
+            "duplicate (`POST /v1/subjects/{id}/merge`): both are one child. Set and cleared by "
+            "merge and unmerge only. It names the survivor even to an agency that cannot see "
+            "the survivor (which then answers 404 to it).",
+        },
+    )
     created_at = ma.fields.DateTime(required=True)
     updated_at = ma.fields.DateTime(required=True)
 
@@ -194,6 +205,7 @@ class SubjectSchema(ma.Schema):
             "identifiers": subject.identifiers,
             "address": parts if any(v is not None for v in parts.values()) else None,
             "created_by_agency": subject.created_by_agency,
+            "merged_into": subject.merged_into,
             "created_at": subject.created_at,
             "updated_at": subject.updated_at,
         }

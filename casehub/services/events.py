@@ -47,8 +47,9 @@ EVENT_TYPES: dict[str, str] = {
     "access_request_id, share_id when shared).",
     "emergency_access.granted": "Emergency access to referrals the agency holds was granted "
     "(§10; data: emergency_access_id).",
-    "subject.merged": "Two children's records the agency's referrals concern were merged (§11; "
-    "data: subject_id, duplicate_id).",
+    "subject.merged": "Two children's records were merged, or a merge was undone, and the agency "
+    "sees a referral about the child (§11; data: subject_id (the survivor), duplicate_id, "
+    "action: merge|unmerge).",
     "referral.erased": "A referral shared with the agency was erased: delete any copy (§11; "
     "data: referral_id).",
     "webhook.disabled": "A subscription of the agency was disabled: its receiver answered 410, "

@@ -31,7 +31,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from casehub import audit
 from casehub.auth.actor import Actor
@@ -164,7 +164,8 @@ def find_matches(
                 level = name_confidence(query, candidate)
                 if level is not None:
                     found[candidate.id] = level
-    holdings = _holdings(session, actor=actor, found=found, now=now)
+    found, child_of = _as_one_child(session, found)
+    holdings = _holdings(session, actor=actor, found=found, child_of=child_of, now=now)
     match = Match(
         id=new_id(),
         agency_code=actor.agency,
@@ -431,6 +432,42 @@ def _by_name(session: Session, query: MatchQuery) -> list[Row[Any]]:
     return list(session.execute(_candidates(on_postgresql), {"candidate_ids": ids}))
 
 
+# -- merged records: one child (CONTRACT §11) -----------------------------------------------------
+@functools.cache
+def _merged_statement(on_postgresql: bool) -> Any:
+    """Every record merged into a found child's survivor (the found record's own survivor, or
+    the found record itself): ix_subjects_merged_into, after a primary-key read per found id."""
+    found = aliased(Subject)
+    survivors = select(func.coalesce(found.merged_into, found.id)).where(
+        _one_of(found.id, "found_ids", on_postgresql)
+    )
+    return select(Subject.id, Subject.merged_into).where(Subject.merged_into.in_(survivors))
+
+
+def _as_one_child(
+    session: Session, found: Mapping[uuid.UUID, str]
+) -> tuple[dict[uuid.UUID, str], dict[uuid.UUID, uuid.UUID]]:
+    """The found children with every record merged with them, each record at its child's best
+    confidence, and each record's child (its survivor's id, or its own): merged records are one
+    child, found through any of them. One statement, which finds nothing unless some found
+    record is merged."""
+    if not found:
+        return {}, {}
+    rows = session.execute(
+        _merged_statement(_on_postgresql(session)), {"found_ids": list(found)}
+    ).all()
+    child_of = {subject_id: subject_id for subject_id in found}
+    for record_id, survivor_id in rows:
+        child_of[record_id] = survivor_id
+        child_of.setdefault(survivor_id, survivor_id)
+    best: dict[uuid.UUID, str] = {}
+    for subject_id, level in found.items():
+        child = child_of[subject_id]
+        if child not in best or _RANK[level] < _RANK[best[child]]:
+            best[child] = level
+    return {record: best[child] for record, child in child_of.items()}, child_of
+
+
 # -- who holds them -----------------------------------------------------------------------------
 @functools.cache
 def _held_statement(on_postgresql: bool) -> Any:
@@ -458,22 +495,28 @@ def _held_statement(on_postgresql: bool) -> Any:
 
 
 def _holdings(
-    session: Session, *, actor: Actor, found: Mapping[uuid.UUID, str], now: datetime
+    session: Session,
+    *,
+    actor: Actor,
+    found: Mapping[uuid.UUID, str],
+    child_of: Mapping[uuid.UUID, uuid.UUID],
+    now: datetime,
 ) -> dict[str, _Holding]:
     """Per other active agency, what it holds about the matched children: one query for every
     referral about them that another agency leads, with whether the caller already sees it.
 
     A child counts for an agency only through the agency's discoverable referrals about it,
     and not at all when the caller's agency already sees one of that agency's referrals about
-    the child (policy decides): through that agency the caller knows the child already."""
+    the child (policy decides): through that agency the caller knows the child already.
+    Merged records are one child (`child_of`): a referral about any of them is about it."""
     if not found:
         return {}
     stmt = _held_statement(_on_postgresql(session))
     rows = session.execute(stmt, {"subject_ids": list(found), **policy.viewer(actor, now)}).all()
-    seen = {(row.lead_agency, row.subject_id) for row in rows if row.visible}
+    seen = {(row.lead_agency, child_of[row.subject_id]) for row in rows if row.visible}
     holdings: dict[str, _Holding] = {}
     for row in rows:
-        if not row.discoverable or (row.lead_agency, row.subject_id) in seen:
+        if not row.discoverable or (row.lead_agency, child_of[row.subject_id]) in seen:
             continue
         level = found[row.subject_id]
         first = (row.created_at, row.id)

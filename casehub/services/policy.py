@@ -4,11 +4,22 @@ place access to case data is decided; get, list, search, notes, shares and subje
 from __future__ import annotations
 
 import uuid
+from collections.abc import Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, exists, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    or_,
+    select,
+    union,
+)
 
 from casehub.auth.actor import Actor
 from casehub.models import Referral, Share, Subject
@@ -134,8 +145,12 @@ def viewer(actor: Actor, now: datetime) -> dict[str, Any]:
 
 
 def active_share_clause(agency: Agency, now: Moment) -> ColumnElement[bool]:
+    return and_(Share.agency_code == agency, open_share_clause(now))
+
+
+def open_share_clause(now: Moment) -> ColumnElement[bool]:
+    """A share that gives its recipient access at `now`: not revoked, not ended, not expired."""
     return and_(
-        Share.agency_code == agency,
         Share.revoked_at.is_(None),
         Share.ended_at.is_(None),
         or_(Share.expires_at.is_(None), Share.expires_at > now),
@@ -276,3 +291,35 @@ def seen_only_in_summary(agency: Agency, now: Moment, subject_ids: Any) -> Selec
 
 def visible_subjects(actor: Actor, now: datetime) -> Select[tuple[Subject]]:
     return select(Subject).where(subject_visible(actor, now))
+
+
+# -- merged records (CONTRACT §11) ----------------------------------------------------------
+# A merge changes what is listed, never what is visible: every rule above reads a referral's or
+# a subject's own row, so a merge gives no agency sight of a referral or a record it lacked.
+def may_merge(agency: str, *, duplicate: Subject) -> bool:
+    """Whether the agency may merge `duplicate` into another record, or undo that: the merge
+    changes the duplicate's record only, and only the agency that recorded a subject changes it
+    (the caller must also see both records: `visible_subjects`)."""
+    return duplicate.created_by_agency == agency
+
+
+def listed_as(subject: Subject, visible_ids: Set[uuid.UUID]) -> uuid.UUID:
+    """The record that stands for `subject` in a viewer's lists and searches: the survivor it is
+    merged into when the viewer sees the survivor (`visible_ids` holds the viewer's visible
+    records among those concerned), else the subject itself. A viewer who sees the duplicate
+    only keeps seeing the duplicate (with `merged_into` set), never the survivor's record."""
+    if subject.merged_into is not None and subject.merged_into in visible_ids:
+        return subject.merged_into
+    return subject.id
+
+
+def referral_holders(subject_ids: Any, now: Moment) -> Select[tuple[str]]:
+    """The agencies that see a referral about any of these children (an IN-able list or
+    subquery of subject ids): each referral's lead and every agency with an open share of it."""
+    leads = select(Referral.lead_agency.label("agency")).where(Referral.subject_id.in_(subject_ids))
+    shared = (
+        select(Share.agency_code.label("agency"))
+        .join(Referral, Referral.id == Share.referral_id)
+        .where(Referral.subject_id.in_(subject_ids), open_share_clause(now))
+    )
+    return select(union(leads, shared).subquery().c.agency)

@@ -455,11 +455,20 @@ def list_referrals(
     filtered and limited on its own, and the page is the first `limit` of their merge, so
     neither stream is read further than one page.
     With `updated_since` a stream is instead the range of what changed since then (an index
-    on updated_at beside the agency), sorted: what changed, not what the agency holds."""
+    on updated_at beside the agency), sorted: what changed, not what the agency holds.
+    A `subject_id` covers every record of the child when records were merged (§11)."""
+    from casehub.services import subjects
+
     clauses: list[ColumnElement[bool]] = []
-    for name in ("status", "risk_level", "subject_id", "lead_agency"):
+    for name in ("status", "risk_level", "lead_agency"):
         if name in filters:
             clauses.append(getattr(Referral, name) == filters[name])
+    if "subject_id" in filters:
+        # The streams still hold only the referrals the caller sees.
+        records = subjects.same_child(
+            session, actor=actor, subject_id=filters["subject_id"], now=now
+        )
+        clauses.append(Referral.subject_id.in_(records))
     if "category" in filters:
         clauses.append(
             exists().where(

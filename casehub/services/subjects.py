@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     tuple_,
     union_all,
@@ -30,9 +31,16 @@ from sqlalchemy.orm.exc import StaleDataError
 from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import new_id, new_row_values
-from casehub.errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed
-from casehub.models import Referral, Share, Subject, SubjectIdentifier, SubjectNameKey
-from casehub.services import names, policy
+from casehub.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed
+from casehub.models import (
+    Referral,
+    Share,
+    Subject,
+    SubjectIdentifier,
+    SubjectMerge,
+    SubjectNameKey,
+)
+from casehub.services import events, names, policy
 from casehub.services.pagination import decode_cursor, encode_cursor, keyset_page
 
 RESOURCE = "subject"
@@ -259,6 +267,215 @@ def _sync_identifiers(subject: Subject) -> None:
     )
 
 
+# -- merging (CONTRACT §11) ---------------------------------------------------------------------
+MERGE, UNMERGE = "merge", "unmerge"
+
+
+def merge_subjects(
+    session: Session,
+    *,
+    actor: Actor,
+    subject_id: uuid.UUID,
+    duplicate_id: uuid.UUID,
+    reason: str,
+    now: datetime,
+) -> Subject:
+    """Merge `duplicate_id` into `subject_id` (the survivor): both are then one child.
+
+    The caller's agency must see both (404 for the one it cannot, audited as denied) and must
+    have recorded the duplicate (policy.may_merge; 403). 409 for a subject merged into itself,
+    a survivor that is itself merged into another (chains stay one level: merge into its
+    survivor), a duplicate already merged, or a duplicate that other records are merged into.
+    Returns the survivor."""
+    survivor, duplicate = _merge_pair(session, actor, subject_id, duplicate_id, now, "merge")
+    if survivor.id == duplicate.id:
+        raise Conflict("A subject cannot be merged into itself.")
+    if survivor.merged_into is not None:
+        raise Conflict(
+            "This subject is itself merged into another; merge the duplicate into that one."
+        )
+    if duplicate.merged_into is not None:
+        raise Conflict("The duplicate is already merged into a subject; unmerge it first.")
+    if survivor.erased_at is not None or duplicate.erased_at is not None:
+        raise Conflict("An erased subject cannot be merged.")
+    has_duplicates = session.execute(
+        select(Subject.id).where(Subject.merged_into == duplicate.id).limit(1)
+    ).first()
+    if has_duplicates is not None:
+        raise Conflict(
+            "Other subjects are merged into the duplicate; merge it the other way round, or "
+            "unmerge them first."
+        )
+    duplicate.merged_into = survivor.id
+    _record_merge(session, actor, MERGE, survivor, duplicate, reason, now)
+    return survivor
+
+
+def unmerge_subjects(
+    session: Session,
+    *,
+    actor: Actor,
+    subject_id: uuid.UUID,
+    duplicate_id: uuid.UUID,
+    reason: str,
+    now: datetime,
+) -> Subject:
+    """Undo the merge of `duplicate_id` into `subject_id`: the same checks of visibility and
+    of the recording agency as a merge; 409 when the duplicate is not merged into it."""
+    survivor, duplicate = _merge_pair(session, actor, subject_id, duplicate_id, now, "unmerge")
+    if duplicate.merged_into != survivor.id:
+        raise Conflict("The duplicate is not merged into this subject.")
+    duplicate.merged_into = None
+    _record_merge(session, actor, UNMERGE, survivor, duplicate, reason, now)
+    return survivor
+
+
+def _merge_pair(
+    session: Session,
+    actor: Actor,
+    subject_id: uuid.UUID,
+    duplicate_id: uuid.UUID,
+    now: datetime,
+    verb: str,
+) -> tuple[Subject, Subject]:
+    """The survivor and the duplicate, both visible to the caller and the duplicate its
+    agency's, locked (in id order, so two merges of overlapping pairs queue instead of
+    deadlocking) and read again under the lock: a concurrent merge is seen, not overwritten."""
+    require_visible_subject(session, actor=actor, subject_id=subject_id, now=now)
+    duplicate = require_visible_subject(session, actor=actor, subject_id=duplicate_id, now=now)
+    if not policy.may_merge(actor.agency, duplicate=duplicate):
+        _record_denied(session, actor, duplicate_id, action=f"subject.{verb}")
+        raise Forbidden(f"Only the agency that recorded the duplicate may {verb} it.")
+    locked = session.execute(
+        select(Subject)
+        .where(Subject.id.in_({subject_id, duplicate_id}))
+        .order_by(Subject.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalars()
+    by_id = {subject.id: subject for subject in locked}
+    return by_id[subject_id], by_id[duplicate_id]
+
+
+def _record_merge(
+    session: Session,
+    actor: Actor,
+    action: str,
+    survivor: Subject,
+    duplicate: Subject,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Write the change of the duplicate, its row in subject_merges, its audit event and the
+    notice to every other agency that sees a referral about the child."""
+    duplicate.updated_at = now
+    try:
+        session.flush()
+    except StaleDataError as exc:  # changed by a concurrent request since we read it
+        raise Conflict("The subject changed while it was being merged; try again.") from exc
+    session.add(
+        SubjectMerge(
+            id=new_id(),
+            action=action,
+            subject_id=survivor.id,
+            duplicate_id=duplicate.id,
+            reason=reason,
+            actor_agency=actor.agency,
+            actor_client_id=actor.client_id,
+            actor_user_id=actor.user_id,
+            occurred_at=now,
+        )
+    )
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        f"subject.{action}",
+        resource_type=RESOURCE,
+        resource_id=survivor.id,
+        subject_ids=[survivor.id, duplicate.id],
+        basis=CREATOR_BASIS,
+        purpose=actor.purpose or DEFAULT_PURPOSE,
+    )
+    # The child's records now: the survivor, the records merged into it, and the duplicate
+    # (merged in, or just unmerged).
+    records = select(Subject.id).where(
+        or_(Subject.id.in_([survivor.id, duplicate.id]), Subject.merged_into == survivor.id)
+    )
+    holders = session.execute(policy.referral_holders(records, now)).scalars()
+    events.emit(
+        session,
+        type="subject.merged",
+        recipients=set(holders),
+        actor=actor,
+        data={"subject_id": survivor.id, "duplicate_id": duplicate.id, "action": action},
+        now=now,
+    )
+
+
+def merge_history(
+    session: Session,
+    *,
+    actor: Actor,
+    subject_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    now: datetime,
+) -> tuple[list[SubjectMerge], str | None]:
+    """Every merge and unmerge of the subject (as survivor or as duplicate), oldest first:
+    those whose other record the caller's agency sees, or that its agency made."""
+    subject = require_visible_subject(session, actor=actor, subject_id=subject_id, now=now)
+    other = case(
+        (SubjectMerge.subject_id == subject_id, SubjectMerge.duplicate_id),
+        else_=SubjectMerge.subject_id,
+    )
+    other_visible = (
+        select(Subject.id).where(Subject.id == other, policy.subject_visible(actor, now)).exists()
+    )
+    stmt = select(SubjectMerge).where(
+        or_(SubjectMerge.subject_id == subject_id, SubjectMerge.duplicate_id == subject_id),
+        or_(SubjectMerge.actor_agency == actor.agency, other_visible),
+    )
+    items, next_cursor = keyset_page(
+        session, stmt, keys=[SubjectMerge.occurred_at, SubjectMerge.id], limit=limit, cursor=cursor
+    )
+    basis, purpose = _read_basis(session, actor, subject, now)
+    concerned = {subject.id}
+    for item in items:
+        concerned |= {item.subject_id, item.duplicate_id}
+    audit.record(
+        session,
+        actor,
+        "subject.merge_history",
+        resource_type=RESOURCE,
+        resource_id=subject.id,
+        subject_ids=sorted(concerned, key=str),
+        basis=basis,
+        purpose=purpose,
+    )
+    return items, next_cursor
+
+
+def same_child(
+    session: Session, *, actor: Actor, subject_id: uuid.UUID, now: datetime
+) -> list[uuid.UUID]:
+    """The records that are one child with `subject_id` (its survivor and every record merged
+    into that), when the caller's agency sees `subject_id`; otherwise `subject_id` alone. What
+    a `subject_id` filter covers: a caller learns no merge of a record it cannot see. One query
+    (the primary key, then ix_subjects_merged_into)."""
+    root = (
+        select(func.coalesce(Subject.merged_into, Subject.id))
+        .where(Subject.id == subject_id, policy.subject_visible(actor, now))
+        .scalar_subquery()
+    )
+    member = aliased(Subject)
+    rows = session.execute(select(member.id, member.merged_into).where(member.merged_into == root))
+    records = {subject_id}
+    for record_id, survivor_id in rows:
+        records |= {record_id, survivor_id}
+    return sorted(records, key=str)
+
+
 # -- reading -----------------------------------------------------------------------------------
 def require_visible_subject(
     session: Session, *, actor: Actor, subject_id: uuid.UUID, now: datetime
@@ -318,17 +535,17 @@ def search_subjects(
     """Visible subjects, optionally by name or alias (`q`) and exact date of birth, in
     (created_at, id) order; returns one page and the cursor of the next."""
     if q is None:
-        stmt = policy.visible_subjects(actor, now)
-        if date_of_birth is not None:
-            stmt = stmt.where(Subject.date_of_birth == date_of_birth)
-        items, next_cursor = keyset_page(session, stmt, keys=ORDER, limit=limit, cursor=cursor)
+        items, next_cursor = _listing_page(
+            session, actor, now, date_of_birth=date_of_birth, limit=limit, cursor=cursor
+        )
     else:
         tokens = names.query_tokens(q)
         if not tokens:
             raise ValidationFailed.field("q", "Must contain letters or digits.", location="query")
         items, next_cursor = _matching_page(
             session,
-            policy.viewer(actor, now),
+            actor,
+            now,
             tokens,
             date_of_birth=date_of_birth,
             limit=limit,
@@ -397,7 +614,8 @@ class _Plan:
 
 def _matching_page(
     session: Session,
-    viewer: dict[str, Any],
+    actor: Actor,
+    now: datetime,
     tokens: list[str],
     *,
     date_of_birth: date | None,
@@ -409,14 +627,15 @@ def _matching_page(
     One statement (`_walk_statement`) walks the key ranges of one word in page order (or of two,
     merged) and keeps the subjects that have keys of every other word and that the viewer may
     see; their names are checked in Python, and a batch is read again after its last candidate
-    only when names.matches refused some. The next cursor is the last subject returned, so a walk
+    only when names.matches refused some. Merged records are listed once per child
+    (`_one_per_child`). The next cursor is the position of the last subject returned, so a walk
     neither skips nor repeats however many candidates fail, and it names no subject the caller
     cannot see.
     """
     after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
     plan = _plan(session, [_Word.of(token) for token in tokens], after)
     parameters: dict[str, Any] = {
-        **viewer,
+        **policy.viewer(actor, now),
         **_range_parameters("key", plan.driver),
         **(_range_parameters("merge", plan.merged) if plan.merged else {}),
         **_word_parameters(plan.probed),
@@ -425,7 +644,17 @@ def _matching_page(
         parameters["date_of_birth"] = date_of_birth
     size = min(FIRST_BATCH * (limit + 1), MAX_BATCH)
     on_postgresql = session.get_bind().dialect.name == "postgresql"
-    found: list[Subject] = []
+
+    def qualifies(subject: Subject) -> bool:
+        """Whether the walk would find this (visible) subject: its names and date of birth."""
+        if date_of_birth is not None and subject.date_of_birth != date_of_birth:
+            return False
+        return names.matches(
+            tokens,
+            names.subject_tokens(subject.given_name, subject.family_name, subject.aliases or []),
+        )
+
+    found: list[tuple[Subject, Subject]] = []
     while True:
         stmt = _walk_statement(
             (len(plan.driver.keys), plan.driver.whole_only),
@@ -438,24 +667,103 @@ def _matching_page(
         if after is not None:
             parameters["after_created_at"], parameters["after_id"] = after
         batch = list(session.execute(stmt, {**parameters, "size": size}).scalars())
-        found.extend(
-            subject
-            for subject in batch
-            if names.matches(
-                tokens,
-                names.subject_tokens(
-                    subject.given_name, subject.family_name, subject.aliases or []
-                ),
-            )
-        )
+        hits = [subject for subject in batch if qualifies(subject)]
+        found.extend(_one_per_child(session, actor, now, hits, qualifies))
         if len(found) > limit or len(batch) < size:
             break
         after = (batch[-1].created_at, batch[-1].id)
         size = min(size * 2, MAX_BATCH)
+    return _page_of(found, limit)
+
+
+def _listing_page(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    date_of_birth: date | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Subject], str | None]:
+    """A keyset page of the visible subjects (born on `date_of_birth`, if given), one per child
+    (`_one_per_child`), in (created_at, id) order."""
+    stmt = policy.visible_subjects(actor, now)
+    if date_of_birth is not None:
+        stmt = stmt.where(Subject.date_of_birth == date_of_birth)
+
+    def qualifies(subject: Subject) -> bool:
+        return date_of_birth is None or subject.date_of_birth == date_of_birth
+
+    after = decode_cursor(cursor, [datetime, uuid.UUID]) if cursor else None
+    size = limit + 1
+    found: list[tuple[Subject, Subject]] = []
+    while True:
+        page = stmt if after is None else stmt.where(tuple_(*ORDER) > tuple_(*after))
+        batch = list(session.execute(page.order_by(*ORDER).limit(size)).scalars())
+        found.extend(_one_per_child(session, actor, now, batch, qualifies))
+        if len(found) > limit or len(batch) < size:
+            break
+        after = (batch[-1].created_at, batch[-1].id)
+        size = min(size * 2, MAX_BATCH)
+    return _page_of(found, limit)
+
+
+def _page_of(found: list[tuple[Subject, Subject]], limit: int) -> tuple[list[Subject], str | None]:
+    """The first `limit` listed subjects of (position, listed) pairs, and the cursor after the
+    last one's position (where the walk found it, which is not the survivor's own place)."""
     if len(found) <= limit:
-        return found, None
-    last = found[limit - 1]
-    return found[:limit], encode_cursor((last.created_at, last.id))
+        return [listed for _, listed in found], None
+    position = found[limit - 1][0]
+    return [listed for _, listed in found[:limit]], encode_cursor(
+        (position.created_at, position.id)
+    )
+
+
+def _position(subject: Subject) -> tuple[datetime, uuid.UUID]:
+    return (subject.created_at, subject.id)
+
+
+def _one_per_child(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    hits: list[Subject],
+    qualifies: Callable[[Subject], bool],
+) -> list[tuple[Subject, Subject]]:
+    """The hits of one batch (visible subjects that qualify, in page order) as (position,
+    listed) pairs, one per child: a duplicate is listed as its survivor when the caller sees
+    the survivor (policy.listed_as), and a child is listed at the place of its first record
+    that qualifies, so a cursor walk lists it exactly once whichever of its records it meets
+    first. A record the caller cannot see never qualifies anyone: its names are not searched.
+
+    One query per batch (the visible records merged into a hit, or that a hit is merged into:
+    ix_subjects_merged_into and the primary key); nothing more when none is."""
+    if not hits:
+        return []
+    roots = {subject.merged_into or subject.id for subject in hits}
+    survivors = {subject.merged_into for subject in hits if subject.merged_into is not None}
+    related = session.execute(
+        policy.visible_subjects(actor, now).where(
+            or_(Subject.merged_into.in_(roots), Subject.id.in_(survivors))
+        )
+    ).scalars()
+    by_id = {subject.id: subject for subject in (*hits, *related)}
+    if len(by_id) == len(hits) and not survivors:
+        return [(subject, subject) for subject in hits]  # no merged record among them
+    visible = by_id.keys()
+    records: dict[uuid.UUID, list[Subject]] = {}
+    for subject in by_id.values():
+        records.setdefault(policy.listed_as(subject, visible), []).append(subject)
+    listed: list[tuple[Subject, Subject]] = []
+    for hit in hits:
+        key = policy.listed_as(hit, visible)
+        earlier = any(
+            other is not hit and _position(other) < _position(hit) and qualifies(other)
+            for other in records[key]
+        )
+        if not earlier:
+            listed.append((hit, by_id[key]))
+    return listed
 
 
 def _plan(session: Session, words: list[_Word], after: tuple[datetime, uuid.UUID] | None) -> _Plan:
@@ -635,12 +943,14 @@ def _has_keys_of(word: int, whole_only: bool, subject_id: Any) -> ColumnElement[
 
 
 # -- audit helpers -----------------------------------------------------------------------------
-def _record_denied(session: Session, actor: Actor, subject_id: uuid.UUID) -> None:
+def _record_denied(
+    session: Session, actor: Actor, subject_id: uuid.UUID, *, action: str = "access.denied"
+) -> None:
     # No subject_ids: the response carries none of the child's data.
     audit.record(
         session,
         actor,
-        "access.denied",
+        action,
         outcome="denied",
         resource_type=RESOURCE,
         resource_id=subject_id,
