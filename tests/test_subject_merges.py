@@ -3,15 +3,23 @@ merge changes in searches, lists and matching, and that it gives no agency sight
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
 
-from casehub.models import AuditEvent, Event, SubjectMerge, WebhookDelivery
+from casehub import migrate
+from casehub.auth.actor import Actor
+from casehub.db import utcnow
+from casehub.errors import Conflict
+from casehub.models import AuditEvent, Event, Subject, SubjectMerge, WebhookDelivery
+from casehub.services import agencies, subjects
 from tests.helpers import referral_body, share_body, subject_body
+from tests.live_server import fresh_database
 
 NHS_NUMBER = "9434765919"  # passes the modulus-11 check
 REASON = "Same child: the school confirmed both names and the address."
@@ -406,3 +414,70 @@ def test_matching_counts_merged_records_as_one_child(client, factory, three):
     assert {i["agency"]["code"] for i in seen_by_b["items"]} == {"a-police"}
     assert merge(client, w.c, w.survivor, w.duplicate, "unmerge").status_code == 200
     assert holders() == {"a-police": "identifier"}
+
+
+def loaded(**fields: Any) -> dict[str, Any]:
+    """SubjectCreateSchema's loaded data for a subject body, as the view hands it over."""
+    from casehub.schemas.subject import SubjectCreateSchema
+
+    return dict(SubjectCreateSchema().load(subject_body(**fields)))
+
+
+@pytest.mark.postgres_only
+def test_two_merges_of_overlapping_records_at_once_never_make_a_chain(tmp_path, is_postgres):
+    """D into R, and R into X, at the same moment: the second waits for the first's locks and
+    then sees it, so it is refused (R has a record merged into it) instead of chaining D."""
+    if not is_postgres:
+        pytest.skip("SQLite serialises writers")
+    with fresh_database(tmp_path, "merges") as url:
+        engine = create_engine(url)
+        try:
+            migrate.upgrade(engine)
+            actor = Actor(agency="xp", agency_kind="police", is_platform=False, client_id="xp-1")
+            with Session(engine) as setup:
+                agencies.add_agency(setup, code="xp", name="XP", kind="police", area=None)
+                setup.commit()
+                r, d, x = (
+                    subjects.create_subject(
+                        setup, actor=actor, data=loaded(given_name=n), now=utcnow()
+                    ).id
+                    for n in ("Ria", "Dee", "Xan")
+                )
+                setup.commit()
+            first, second = Session(engine), Session(engine)
+            subjects.merge_subjects(
+                first, actor=actor, subject_id=r, duplicate_id=d, reason=REASON, now=utcnow()
+            )
+            outcome: list[BaseException | None] = []
+
+            def merge_r_into_x() -> None:
+                try:
+                    second.execute(text("SET LOCAL lock_timeout = '10s'"))
+                    subjects.merge_subjects(
+                        second,
+                        actor=actor,
+                        subject_id=x,
+                        duplicate_id=r,
+                        reason=REASON,
+                        now=utcnow(),
+                    )
+                    second.commit()
+                    outcome.append(None)
+                except Exception as error:  # the refusal is the point
+                    second.rollback()
+                    outcome.append(error)
+
+            waiting = threading.Thread(target=merge_r_into_x)
+            waiting.start()
+            waiting.join(timeout=1)
+            assert waiting.is_alive(), "the second merge did not wait for the first's locks"
+            first.commit()
+            waiting.join(timeout=15)
+            assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+            with Session(engine) as check:
+                merged = dict(check.execute(select(Subject.id, Subject.merged_into)).all())
+            assert merged == {r: None, d: r, x: None}
+            first.close()
+            second.close()
+        finally:
+            engine.dispose()
