@@ -161,7 +161,9 @@ MERGE_NOTICE = (
     "caller's, is sent `subject.merged` with `data: {subject_id, duplicate_id, action, "
     "agency}`: ids only, `subject_id` the survivor, `action` `merge` or `unmerge`. Audited as "
     "`subject.{action}` naming both children, and kept in the subject's merge history "
-    "(`GET /v1/subjects/{id}/merges`). Answers the survivor."
+    "(`GET /v1/subjects/{id}/merges`). Answers the survivor. No `If-Match` is needed: the "
+    "checks above run under a lock on both records, so a repeat, or a concurrent merge of "
+    "either, answers 409 instead of chaining records."
 )
 MERGE_RULES = (
     "The caller's agency must see both records (404 for the one it cannot see, audited as a "
