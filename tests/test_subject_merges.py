@@ -17,7 +17,7 @@ from casehub.auth.actor import Actor
 from casehub.db import utcnow
 from casehub.errors import Conflict
 from casehub.models import AuditEvent, Event, Subject, SubjectMerge, WebhookDelivery
-from casehub.services import agencies, subjects
+from casehub.services import agencies, policy, subjects
 from tests.helpers import referral_body, share_body, subject_body
 from tests.live_server import fresh_database
 
@@ -314,8 +314,16 @@ def test_who_may_merge_and_what_is_refused(client, db_session, factory, three):
     assert merge(client, w.c, s, d).status_code == 409
     other = new_subject(client, w.c, given_name="Jo", family_name="Okafor")
     assert merge(client, w.c, d, other["id"]).status_code == 409  # d is merged into s
-    # A survivor's earlier duplicates stay pointed at it.
+    # A survivor's earlier duplicates stay pointed at it, and the agencies that see a
+    # referral about any of the child's records hear of the new one.
     assert merge(client, w.c, s, other["id"]).status_code == 200
+    db_session.expire_all()
+    told = db_session.execute(
+        select(Event.agency_code).where(
+            Event.type == "subject.merged", Event.data["duplicate_id"].as_string() == other["id"]
+        )
+    ).scalars()
+    assert sorted(told) == ["a-police", "b-charity"]
     for record in (d, other["id"]):
         read = client.get(f"/v1/subjects/{record}", headers=w.c.headers()).get_json()
         assert read["merged_into"] == s
@@ -481,3 +489,13 @@ def test_two_merges_of_overlapping_records_at_once_never_make_a_chain(tmp_path, 
             second.close()
         finally:
             engine.dispose()
+
+
+def test_policy_lists_a_duplicate_as_its_survivor_only_to_who_sees_the_survivor():
+    survivor, duplicate = uuid.uuid4(), uuid.uuid4()
+    record = Subject(id=duplicate, merged_into=survivor, created_by_agency="c-council")
+    assert policy.listed_as(record, {survivor, duplicate}) == survivor
+    assert policy.listed_as(record, {duplicate}) == duplicate
+    assert policy.listed_as(Subject(id=survivor), {survivor, duplicate}) == survivor
+    assert policy.may_merge("c-council", duplicate=record)
+    assert not policy.may_merge("a-police", duplicate=record)
