@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from flask import url_for
+from flask import Response, stream_with_context, url_for
 from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor, problem_response
@@ -19,8 +21,9 @@ from casehub.schemas.subject import (
     SubjectSchema,
     SubjectUpdateSchema,
 )
+from casehub.schemas.subject_access import SubjectAccessPackSchema
 from casehub.schemas.subject_merge import SubjectMergeCreateSchema, SubjectMergeSchema
-from casehub.services import subjects
+from casehub.services import subject_access, subjects
 
 blp = Blueprint(
     "subjects",
@@ -261,3 +264,57 @@ class Merges(MethodView):
             now=utcnow(),
         )
         return {"items": items, "next_cursor": next_cursor}
+_PACK = SubjectAccessPackSchema()
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+READS = "reads_by_other_agencies"
+
+
+def _pack_body(head: dict[str, Any], pack: subject_access.SubjectAccessPack) -> Iterator[str]:
+    """The pack as one JSON object: everything already dumped (`head`), then its reads by
+    other agencies, streamed as the audit trail is read (the last member of the object)."""
+    text = _JSON.encode(head)
+    yield f'{text[:-1]},"{READS}":['
+    session = get_session()
+    separator = ""
+    for chunk in subject_access.reads_by_other_agencies(session, pack):
+        yield separator + ",".join([_JSON.encode(item) for item in chunk])
+        separator = ","
+    yield "]}"
+
+
+@blp.route("/<uuid:subject_id>/sar")
+class SubjectAccessPack(MethodView):
+    @blp.requires("subjects:sar")
+    @blp.doc(
+        operationId="getSubjectAccessPack",
+        summary="Assemble a subject access request pack",
+        description=(
+            "Everything the caller's agency holds about the child, as one JSON document: its "
+            "records of the child (every record of the child's merge group it can see, as it "
+            "sees them), the referrals about the child that it leads, in full, with their notes "
+            "and history; its disclosure log (every share of those referrals: to whom, when, "
+            "access, profile, purpose, lawful basis, consent, expiry, revocation or end; and "
+            "every decision not to share them); and who in other agencies read or acted on "
+            "those referrals, from the audit trail. A referral only shared with the caller's "
+            "agency is not in its pack: the lead holds it and answers for it.\n\n"
+            "The audit section (`reads_by_other_agencies`, the last member) is streamed as the "
+            "trail is read, in constant memory at any size of the trail; the rest is assembled "
+            "before the first byte is sent. Audited as one `subject.sar` event naming the "
+            "child's records (purpose: `Purpose-Of-Use`, else `audit`). 404 when the caller's "
+            "agency cannot see the child, audited as a refusal."
+        ),
+        responses={
+            "200": {
+                "description": "The pack.",
+                "content": {"application/json": {"schema": SubjectAccessPackSchema}},
+            },
+            "404": NOT_FOUND,
+        },
+    )
+    @blp.rate_class("audit")
+    def get(self, subject_id: uuid.UUID) -> Response:
+        pack = subject_access.assemble_pack(
+            get_session(), actor=current_actor(), subject_id=subject_id, now=utcnow()
+        )
+        head = _PACK.dump(pack.document)  # before the commit: any failure is still a 500
+        return Response(stream_with_context(_pack_body(head, pack)), mimetype="application/json")

@@ -450,6 +450,85 @@ def referral_accesses(
     return [access_dict(row) for row in rows], next_cursor
 
 
+# -- reads by other agencies (subject access, CONTRACT §12) -------------------------------------
+READS_CHUNK = 2000
+_EVERY_ROWS = aliased(AuditEventAgency, name="referral_events")
+# One referral's allowed events by actors of agencies other than `agency`, after a seq and up
+# to the pack's cut, in seq order: one range of ix_audit_event_agencies_referral_id (its rows
+# under `*`), the actor's agency and the outcome read from the same index rows. Built once
+# with bound parameters. The hashed event is checked again, as subject_accesses does: the
+# index narrows the walk, it does not decide what is listed.
+_OTHER_AGENCIES_READS = (
+    _events_along(
+        select(*ROW_COLUMNS)
+        .select_from(_EVERY_ROWS)
+        .where(
+            _EVERY_ROWS.agency == EVERY,
+            _EVERY_ROWS.referral_id == bindparam("referral_id", type_=AuditEvent.referral_id.type),
+            _EVERY_ROWS.actor_agency != bindparam("agency", type_=String),
+            _EVERY_ROWS.outcome == _OUTCOMES["allowed"],
+        ),
+        _EVERY_ROWS.seq,
+    )
+    .where(
+        _EVERY_ROWS.seq > bindparam("after", type_=BigInteger),
+        AuditChain.seq > bindparam("after", type_=BigInteger),  # see Walk.after
+        _EVERY_ROWS.seq <= bindparam("upto", type_=BigInteger),
+        AuditEvent.referral_id == bindparam("referral_id", type_=AuditEvent.referral_id.type),
+        AuditEvent.actor_agency != bindparam("agency", type_=String),
+    )
+    .order_by(_EVERY_ROWS.seq)
+    .limit(bindparam("size", type_=BigInteger))
+)
+
+
+def first_seq_since(connection: Connection, moment: datetime) -> int | None:
+    """The seq before which no chained event occurred at `moment` or later (None: none did)."""
+    return _first_marked(connection, moment)
+
+
+def other_agencies_reads(
+    session: Session,
+    *,
+    agency: str,
+    referral_ids: list[uuid.UUID],
+    after: int,
+    upto: int,
+    chunk: int | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Who in agencies other than `agency` read or acted on these referrals (allowed events
+    only: a refusal disclosed nothing), referral by referral in the given order, each in seq
+    order, as `access_dict`s; chained after `after` and at most `upto`.
+
+    Chunk by chunk, each a keyset query in its own short transaction on `session` (which the
+    request has already committed), as the export is: constant memory at any size of the
+    trail, and no snapshot or lock held while a client reads slowly."""
+    size = chunk or READS_CHUNK
+    for referral_id in referral_ids:
+        last = after
+        while True:
+            with session.begin():
+                rows = (
+                    session.connection()
+                    .execute(
+                        _OTHER_AGENCIES_READS,
+                        {
+                            "referral_id": referral_id,
+                            "agency": agency,
+                            "after": last,
+                            "upto": upto,
+                            "size": size,
+                        },
+                    )
+                    .all()
+                )
+            if rows:
+                yield [access_dict(row) for row in rows]
+                last = rows[-1].seq
+            if len(rows) < size:
+                break
+
+
 # -- export ------------------------------------------------------------------------------------
 def start_export(session: Session, *, actor: Actor) -> tuple[AuditReach, int]:
     """Audit the export and fix its end: events chained after this moment are not included."""

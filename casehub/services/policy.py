@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from casehub.auth.actor import Actor
-from casehub.models import Referral, Share, Subject
+from casehub.models import Note, Referral, Share, Subject
 
 
 # -- pure decisions ------------------------------------------------------------------------
@@ -323,3 +323,13 @@ def referral_holders(subject_ids: Any, now: Moment) -> Select[tuple[str]]:
         .where(Referral.subject_id.in_(subject_ids), open_share_clause(now))
     )
     return select(union(leads, shared).subquery().c.agency)
+def note_visible_to(agency: Agency) -> ColumnElement[bool]:
+    """Notes an agency sees on a referral it can see: shared notes, and its own agency notes."""
+    return or_(Note.visibility == "shared", Note.author_agency == agency)
+
+
+def subject_seen_in_full_by(agency: Agency, now: Moment) -> ColumnElement[bool]:
+    """True for subjects an agency sees with `address` and `identifiers` (CONTRACT §11): it
+    recorded the child, leads a referral about it, or holds an active `full` share of one.
+    An agency that sees the child only through `summary` shares sees the record without them."""
+    return subject_visible_to(agency, now, in_full=True)
