@@ -408,6 +408,10 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
         lambda w: (w.lead, f"/v1/subjects/{w.referral['subject_id']}/merges", {}),
         ["subject.merge_history"],
     ),
+    ("GET", "/v1/subjects/<uuid:subject_id>/sar"): (
+        lambda w: (w.lead, f"/v1/subjects/{w.referral['subject_id']}/sar", {}),
+        ["subject.sar"],
+    ),
     ("POST", "/v1/matches"): (
         lambda w: (
             w.lead,

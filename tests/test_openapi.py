@@ -256,6 +256,7 @@ OPERATION_IDS = {
     ("post", "/v1/subjects/{subject_id}/merge"): "mergeSubject",
     ("post", "/v1/subjects/{subject_id}/unmerge"): "unmergeSubject",
     ("get", "/v1/subjects/{subject_id}/merges"): "listSubjectMerges",
+    ("get", "/v1/subjects/{subject_id}/sar"): "getSubjectAccessPack",
     ("post", "/v1/matches"): "createMatch",
     ("get", "/v1/referrals"): "listReferrals",
     ("post", "/v1/referrals"): "createReferral",

@@ -104,6 +104,9 @@ OPERATIONS = {
     "history": ("GET", "/v1/referrals/{rid}/history", "referrals:read", None, OK_READ),
     "notes.list": ("GET", "/v1/referrals/{rid}/notes", "referrals:read", None, OK_READ),
     "shares.list": ("GET", "/v1/referrals/{rid}/shares", "referrals:read", None, OK_READ),
+    # The child's subject access pack: whoever sees the child may assemble its own (only the
+    # lead's holds the referral: tests/test_subject_access.py).
+    "sar": ("GET", "/v1/subjects/{sid}/sar", "subjects:sar", None, OK_READ),
     "patch": (
         "PATCH",
         "/v1/referrals/{rid}",
@@ -165,7 +168,10 @@ def _call(client, scenario, relation, operation, scope):
     method, template, _, body, _ = OPERATIONS[operation]
     own = scenario.shares.get(relation, scenario.shares["read"])
     path = template.format(
-        rid=scenario.referral["id"], own_share=own, read_share=scenario.shares["read"]
+        rid=scenario.referral["id"],
+        sid=scenario.referral["subject_id"],
+        own_share=own,
+        read_share=scenario.shares["read"],
     )
     partner = scenario.partners[relation]
     headers = partner.headers(scope)
@@ -207,9 +213,12 @@ def test_matrix_with_scope(client, factory, scenario, operation, relation, recor
     assert response.status_code == expected, (operation, relation, response.get_json())
     if expected == 404:
         body = response.get_json()
-        assert body["detail"] in ("No such referral.", "No such share.")
+        assert body["detail"] in ("No such referral.", "No such share.", "No such subject.")
         assert scenario.referral["reference"] not in response.get_data(as_text=True)
         assert "btp" not in response.get_data(as_text=True)
+    if operation == "sar" and relation != "lead" and expected == 200:
+        # A recipient's pack holds none of the lead's referral.
+        assert scenario.referral["id"] not in response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize(("operation", "relation"), CELLS)
