@@ -100,7 +100,10 @@ def child(client, factory, db_session) -> dict[str, Any]:
     theirs = ok(
         client.post(
             "/v1/referrals",
-            json={**{k: v for k, v in referral_body().items() if k != "subject"}, "subject_id": sid},
+            json={
+                **{k: v for k, v in referral_body().items() if k != "subject"},
+                "subject_id": sid,
+            },
             headers=btp.headers(),
         ),
         201,
@@ -124,6 +127,11 @@ def child(client, factory, db_session) -> dict[str, Any]:
         )
     )
     ok(client.get(f"/v1/referrals/{theirs['id']}", headers=notts.headers()))
+    # The child's record: the charity reads it under the force's share; children's services
+    # reads it as the lead of its own referral, and lists its referrals (naming none).
+    ok(client.get(f"/v1/subjects/{sid}", headers=tcs.headers()))
+    ok(client.get(f"/v1/subjects/{sid}", headers=notts.headers()))
+    ok(client.get("/v1/referrals", headers=notts.headers()))
     chain_now(db_session)
     return {
         "btp": btp,
@@ -207,8 +215,17 @@ def test_the_pack_lists_both_shares_the_refusal_and_the_recipients_reads(client,
     assert ("notts-cs", "note.create", f"share:{child['to_notts']['id']}") in seen
     # The caller's own agency's work, a refusal and the other agency's own referral: not here.
     assert {r["actor"]["agency"] for r in reads} == {"tcs", "notts-cs"}
-    assert all(r["outcome"] == "allowed" and r["referral_id"] == rid for r in reads)
-    assert [r["seq"] for r in reads] == sorted(r["seq"] for r in reads)
+    assert all(r["outcome"] == "allowed" for r in reads)
+    on_referral = [r for r in reads if r["referral_id"] is not None]
+    assert {r["referral_id"] for r in on_referral} == {rid}
+    # Then the child's record as the shares disclosed it: the charity's read under its share,
+    # not children's services' read as a lead or its list (which names no share).
+    (record_read,) = reads[len(on_referral) :]
+    assert record_read["action"] == "subject.read" and record_read["referral_id"] is None
+    assert record_read["actor"]["agency"] == "tcs"
+    assert record_read["basis"] == f"share:{child['to_charity']['id']}"
+    assert record_read["resource"] == {"type": "subject", "id": sid}
+    assert [r["seq"] for r in on_referral] == sorted(r["seq"] for r in on_referral)
     by_tcs = next(r for r in reads if r["actor"]["agency"] == "tcs")
     assert by_tcs["actor"]["client_id"] == child["tcs"].client_id
     assert by_tcs["purpose"] == "support_service"
@@ -235,7 +252,9 @@ def test_an_agency_that_cannot_see_the_child_gets_404_and_is_audited(
     assert response.status_code == missing.status_code == 404
     assert response.get_json()["detail"] == missing.get_json()["detail"]
     refusals = db_session.execute(
-        select(AuditEvent.action, AuditEvent.outcome, AuditEvent.resource_id, AuditEvent.subject_ids)
+        select(
+            AuditEvent.action, AuditEvent.outcome, AuditEvent.resource_id, AuditEvent.subject_ids
+        )
         .where(AuditEvent.actor_agency == "leics-police", AuditEvent.request_status == 404)
         .order_by(AuditEvent.pos)
     ).all()
@@ -249,7 +268,9 @@ def test_the_pack_is_audited_as_one_subject_sar_event(client, child, db_session)
     def sar_events() -> list[Any]:
         return list(
             db_session.execute(
-                select(AuditEvent).where(AuditEvent.action == "subject.sar").order_by(AuditEvent.pos)
+                select(AuditEvent)
+                .where(AuditEvent.action == "subject.sar")
+                .order_by(AuditEvent.pos)
             ).scalars()
         )
 
@@ -265,9 +286,7 @@ def test_the_pack_is_audited_as_one_subject_sar_event(client, child, db_session)
     assert sar_events()[-1].purpose == "safeguard_assess"
 
 
-def test_a_merged_duplicates_referrals_are_in_the_pack_of_either_record(
-    client, child, db_session
-):
+def test_a_merged_duplicates_referrals_are_in_the_pack_of_either_record(client, child, db_session):
     """One child, two records: the pack of either holds the referrals about both."""
     sid = child["referral"]["subject_id"]
     duplicate = ok(
@@ -279,9 +298,9 @@ def test_a_merged_duplicates_referrals_are_in_the_pack_of_either_record(
         201,
     )
     db_session.execute(
-        update(Subject).where(Subject.id == uuid.UUID(duplicate["subject_id"])).values(
-            merged_into=uuid.UUID(sid)
-        )
+        update(Subject)
+        .where(Subject.id == uuid.UUID(duplicate["subject_id"]))
+        .values(merged_into=uuid.UUID(sid))
     )
     db_session.commit()
     for asked in (sid, duplicate["subject_id"]):
@@ -309,9 +328,9 @@ def test_a_recipient_s_pack_holds_the_child_as_its_share_shows_it_and_no_referra
         .values(address_line="1 Station Street", address_postcode="NG2 3AQ")
     )
     db_session.execute(
-        update(Share).where(Share.id == uuid.UUID(child["to_charity"]["id"])).values(
-            profile="summary"
-        )
+        update(Share)
+        .where(Share.id == uuid.UUID(child["to_charity"]["id"]))
+        .values(profile="summary")
     )
     db_session.commit()
     charity_dpo = factory.partner("tcs", DPO)
@@ -360,9 +379,12 @@ def test_the_reads_stream_in_chunks_and_still_make_one_document(
     response = client.get(f"/v1/subjects/{sid}/sar", headers=child["dpo"].headers())
     chunks = list(response.response)
     assert len(chunks) >= 2 + len(whole) // 2  # the head, each chunk of reads, the end
-    assert json.loads("".join(c.decode() if isinstance(c, bytes) else c for c in chunks))[
-        "reads_by_other_agencies"
-    ] == whole
+    assert (
+        json.loads("".join(c.decode() if isinstance(c, bytes) else c for c in chunks))[
+            "reads_by_other_agencies"
+        ]
+        == whole
+    )
 
 
 def _statements_for(db_session, subject_id: uuid.UUID, agency: str) -> int:

@@ -161,8 +161,12 @@ class SubjectAccessPackSchema(ma.Schema):
         metadata={
             "description": "From the audit trail: every allowed read of or action on those "
             "referrals by an actor of another agency (a recipient, an earlier lead, an "
-            "emergency access), referral by referral in the order of `referrals`, each in "
-            "`seq` order. Refused attempts disclosed nothing and are not listed. The caller's "
-            "own agency's events are never here."
+            "emergency access), referral by referral in the order of `referrals`; then every "
+            "read of the child's records by another agency under one of the shares listed "
+            "(`basis` `share:<id>` or `emergency:<id>`), record by record in the order of "
+            "`subject_ids`; each in `seq` order. Refused attempts disclosed nothing and are "
+            "not listed; nor are another agency's events on its own referrals, or its lists "
+            "and searches, which name no referral or share. The caller's own agency's events "
+            "are never here."
         },
     )

@@ -482,6 +482,41 @@ _OTHER_AGENCIES_READS = (
 )
 
 
+# The events that carried one child's data (the subject index), by actors of agencies other
+# than `agency`, on no referral (reads of the child's record), allowed, whose basis is one of
+# `bases` (the shares the pack lists): the child's record as those shares disclosed it. The
+# actor's agency and outcome come from the event's `*` row of the reach index (a primary-key
+# probe), the basis from the hashed event.
+_RECORD_REACH = aliased(AuditEventAgency, name="record_reach")
+_RECORD_READS = (
+    _events_along(
+        select(*ROW_COLUMNS)
+        .select_from(AuditEventSubject)
+        .join(
+            _RECORD_REACH,
+            and_(_RECORD_REACH.agency == EVERY, _RECORD_REACH.seq == AuditEventSubject.seq),
+        )
+        .where(
+            AuditEventSubject.subject_id == bindparam("subject_id", type_=String),
+            _RECORD_REACH.actor_agency != bindparam("agency", type_=String),
+            _RECORD_REACH.outcome == _OUTCOMES["allowed"],
+            _RECORD_REACH.referral_id.is_(None),
+        ),
+        AuditEventSubject.seq,
+    )
+    .where(
+        AuditEventSubject.seq > bindparam("after", type_=BigInteger),
+        AuditChain.seq > bindparam("after", type_=BigInteger),  # see Walk.after
+        AuditEventSubject.seq <= bindparam("upto", type_=BigInteger),
+        AuditEvent.actor_agency != bindparam("agency", type_=String),
+        AuditEvent.referral_id.is_(None),
+        AuditEvent.basis.in_(bindparam("bases", expanding=True, type_=String)),
+    )
+    .order_by(AuditEventSubject.seq)
+    .limit(bindparam("size", type_=BigInteger))
+)
+
+
 def first_seq_since(connection: Connection, moment: datetime) -> int | None:
     """The seq before which no chained event occurred at `moment` or later (None: none did)."""
     return _first_marked(connection, moment)
@@ -492,41 +527,58 @@ def other_agencies_reads(
     *,
     agency: str,
     referral_ids: list[uuid.UUID],
+    subject_ids: list[uuid.UUID],
+    bases: list[str],
     after: int,
     upto: int,
     chunk: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Who in agencies other than `agency` read or acted on these referrals (allowed events
-    only: a refusal disclosed nothing), referral by referral in the given order, each in seq
-    order, as `access_dict`s; chained after `after` and at most `upto`.
+    """Who in agencies other than `agency` read or acted on these referrals, referral by
+    referral in the given order, then who read these children's records on one of `bases`
+    (a share's or an emergency access's), record by record; each in seq order, as
+    `access_dict`s, chained after `after` and at most `upto`. Allowed events only: a refusal
+    disclosed nothing.
 
     Chunk by chunk, each a keyset query in its own short transaction on `session` (which the
     request has already committed), as the export is: constant memory at any size of the
     trail, and no snapshot or lock held while a client reads slowly."""
     size = chunk or READS_CHUNK
+    common = {"agency": agency, "upto": upto, "size": size}
     for referral_id in referral_ids:
-        last = after
-        while True:
-            with session.begin():
-                rows = (
-                    session.connection()
-                    .execute(
-                        _OTHER_AGENCIES_READS,
-                        {
-                            "referral_id": referral_id,
-                            "agency": agency,
-                            "after": last,
-                            "upto": upto,
-                            "size": size,
-                        },
-                    )
-                    .all()
-                )
-            if rows:
-                yield [access_dict(row) for row in rows]
-                last = rows[-1].seq
-            if len(rows) < size:
-                break
+        yield from _chunks(
+            session, _OTHER_AGENCIES_READS, {**common, "referral_id": referral_id}, after, size
+        )
+    if not bases:
+        return
+    for subject_id in subject_ids:
+        wanted = str(subject_id)
+        params = {**common, "subject_id": wanted, "bases": bases}
+        for rows in _chunks(session, _RECORD_READS, params, after, size, dicts=False):
+            # The index is derived data: only events whose hashed subject_ids name the child.
+            kept = [access_dict(row) for row in rows if wanted in (row.subject_ids or [])]
+            if kept:
+                yield kept
+
+
+def _chunks(
+    session: Session,
+    stmt: Select[Any],
+    params: dict[str, Any],
+    after: int,
+    size: int,
+    *,
+    dicts: bool = True,
+) -> Iterator[list[Any]]:
+    """A keyset walk of `stmt` by seq after `after`, `size` rows a transaction."""
+    last = after
+    while True:
+        with session.begin():
+            rows = session.connection().execute(stmt, {**params, "after": last}).all()
+        if rows:
+            yield [access_dict(row) for row in rows] if dicts else rows
+            last = rows[-1].seq
+        if len(rows) < size:
+            return
 
 
 # -- export ------------------------------------------------------------------------------------

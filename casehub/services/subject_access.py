@@ -14,9 +14,12 @@ What is in the pack, and why:
 - Everything on those referrals is built from one query per kind (referrals, categories,
   indicators, notes, history, shares, decisions), whatever their number: no query per
   referral.
-- The reads by other agencies come from the reach index's rows of each referral (see
-  audit_queries.other_agencies_reads) and are streamed after the rest: the audit trail grows
-  without bound, what an agency wrote about one child does not.
+- The reads by other agencies come from the audit trail's indexes (see
+  audit_queries.other_agencies_reads): each referral's rows of the reach index, then the
+  child's rows of the subject index under the pack's shares' bases (a recipient reading the
+  child's record names no referral). They are streamed after the rest, in constant memory:
+  the audit trail grows without bound, what an agency wrote about one child does not, so the
+  rest is assembled (and dumped) in the request's transaction and can still fail cleanly.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class SubjectAccessPack:
 
     document: dict[str, Any]
     referral_ids: list[uuid.UUID]
+    subject_ids: list[uuid.UUID]
+    bases: list[str]  # the audit bases of the pack's shares: `share:<id>`, `emergency:<id>`
     agency: str
     after: int
     upto: int
@@ -145,7 +150,15 @@ def assemble_pack(
         basis=BASIS,
         purpose=actor.purpose or DEFAULT_PURPOSE,
     )
-    return SubjectAccessPack(document, [r.id for r in referrals], actor.agency, after, upto)
+    return SubjectAccessPack(
+        document,
+        referral_ids=[r.id for r in referrals],
+        subject_ids=group,
+        bases=sorted({basis for share in shares for basis in _bases(share)}),
+        agency=actor.agency,
+        after=after,
+        upto=upto,
+    )
 
 
 def reads_by_other_agencies(
@@ -158,6 +171,8 @@ def reads_by_other_agencies(
         session,
         agency=pack.agency,
         referral_ids=pack.referral_ids,
+        subject_ids=pack.subject_ids,
+        bases=pack.bases,
         after=pack.after,
         upto=pack.upto,
         chunk=chunk,
@@ -240,6 +255,13 @@ def _record(subject: Subject, *, in_full: bool) -> dict[str, Any]:
         "created_at": subject.created_at,
         "updated_at": subject.updated_at,
     }
+
+
+def _bases(share: Share) -> list[str]:
+    """What the audit trail records as the basis of a read under this share (policy.Access)."""
+    if share.emergency_access_id is not None:
+        return [f"share:{share.id}", f"emergency:{share.emergency_access_id}"]
+    return [f"share:{share.id}"]
 
 
 def _by_referral(rows: Any) -> dict[uuid.UUID, list[Any]]:
