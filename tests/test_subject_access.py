@@ -164,7 +164,7 @@ def test_the_pack_lists_both_shares_the_refusal_and_the_recipients_reads(client,
         "client_id": child["dpo"].client_id,
         "user_id": None,
     }
-    assert pack["subject_id"] == sid and pack["subject_ids"] == [sid]
+    assert pack["subject_id"] == sid
     (record,) = pack["subjects"]
     assert record["id"] == sid and record["profile"] == "full"
     assert record["given_name"] == "Jayden" and record["merged_into"] is None
@@ -305,7 +305,6 @@ def test_a_merged_duplicates_referrals_are_in_the_pack_of_either_record(client, 
     db_session.commit()
     for asked in (sid, duplicate["subject_id"]):
         pack = pack_of(client, child["dpo"], asked)
-        assert sorted(pack["subject_ids"]) == sorted([sid, duplicate["subject_id"]])
         assert pack["subjects"][0]["id"] == asked
         assert {s["id"] for s in pack["subjects"]} == {sid, duplicate["subject_id"]}
         assert [r["id"] for r in pack["referrals"]] == [
@@ -314,6 +313,37 @@ def test_a_merged_duplicates_referrals_are_in_the_pack_of_either_record(client, 
         ]
     by_duplicate = next(s for s in pack["subjects"] if s["id"] == duplicate["subject_id"])
     assert by_duplicate["merged_into"] == sid
+    (recorded,) = db_session.execute(
+        select(AuditEvent.subject_ids)
+        .where(AuditEvent.action == "subject.sar")
+        .order_by(AuditEvent.pos.desc())
+        .limit(1)
+    ).scalars()
+    assert sorted(recorded) == sorted([sid, duplicate["subject_id"]])
+
+
+def test_a_duplicate_the_agency_cannot_see_stays_out_of_its_pack(client, child, db_session):
+    """Merging gives nobody sight of a record or referral it could not see before."""
+    sid = child["referral"]["subject_id"]
+    hidden = ok(
+        client.post(
+            "/v1/referrals",
+            json=referral_body(narrative="Known to the youth offending team."),
+            headers=child["notts"].headers(),
+        ),
+        201,
+    )
+    db_session.execute(
+        update(Subject)
+        .where(Subject.id == uuid.UUID(hidden["subject_id"]))
+        .values(merged_into=uuid.UUID(sid))
+    )
+    db_session.commit()
+    pack = pack_of(client, child["dpo"], sid)
+    text = json.dumps(pack)
+    assert hidden["subject_id"] not in text and hidden["id"] not in text
+    assert "youth offending" not in text
+    assert [s["id"] for s in pack["subjects"]] == [sid]
 
 
 def test_a_recipient_s_pack_holds_the_child_as_its_share_shows_it_and_no_referral(

@@ -300,7 +300,8 @@ class SubjectAccessPack(MethodView):
             "agency is not in its pack: the lead holds it and answers for it.\n\n"
             "The audit section (`reads_by_other_agencies`, the last member) is streamed as the "
             "trail is read, in constant memory at any size of the trail; the rest is assembled "
-            "before the first byte is sent. Audited as one `subject.sar` event naming the "
+            "before the first byte is sent (if the trail cannot be read to its end, the body stops "
+            "short of valid JSON: parse it whole). Audited as one `subject.sar` event naming the "
             "child's records (purpose: `Purpose-Of-Use`, else `audit`). 404 when the caller's "
             "agency cannot see the child, audited as a refusal."
         ),

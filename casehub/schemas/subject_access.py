@@ -121,21 +121,14 @@ class SubjectAccessPackSchema(ma.Schema):
         ActorRefSchema, required=True, metadata={"description": "The caller."}
     )
     subject_id = ma.fields.UUID(required=True, metadata={"description": "The record asked for."})
-    subject_ids = ma.fields.List(
-        ma.fields.UUID(),
-        required=True,
-        metadata={
-            "description": "Every record of this child (CONTRACT §11): the one asked for, the "
-            "one it was merged into and every record merged into that. Referrals about any of "
-            "them are in the pack."
-        },
-    )
     subjects = ma.fields.List(
         ma.fields.Nested(PackSubjectSchema),
         required=True,
         metadata={
-            "description": "Those records the agency can see, the one asked for first, each as "
-            "the agency sees it."
+            "description": "The child's records that the agency can see, the one asked for "
+            "first: with a merge (CONTRACT §11), the record it was merged into and every record "
+            "merged into that one are the same child, and referrals about any of them are in "
+            "the pack. Each as the agency sees it."
         },
     )
     referrals = ma.fields.List(
@@ -164,7 +157,7 @@ class SubjectAccessPackSchema(ma.Schema):
             "emergency access), referral by referral in the order of `referrals`; then every "
             "read of the child's records by another agency under one of the shares listed "
             "(`basis` `share:<id>` or `emergency:<id>`), record by record in the order of "
-            "`subject_ids`; each in `seq` order. Refused attempts disclosed nothing and are "
+            "`subjects`; each in `seq` order. Refused attempts disclosed nothing and are "
             "not listed; nor are another agency's events on its own referrals, or its lists "
             "and searches, which name no referral or share. The caller's own agency's events "
             "are never here."

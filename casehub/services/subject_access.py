@@ -6,8 +6,9 @@ read what it shared, from the audit trail.
 What is in the pack, and why:
 - The child is its merge group (CONTRACT §11): the record asked for, the record it was merged
   into, and every record merged into that one. Referrals about any of them are about this
-  child; the records themselves are listed only where the agency can see them, each as it sees
-  it (a record seen only through `summary` shares has no address or identifiers).
+  child; the records themselves are listed (and their ids named) only where the agency can see
+  them, each as it sees it (a record seen only through `summary` shares has no address or
+  identifiers). Every record a referral the agency leads is about is one it can see.
 - Referrals the agency *leads*, whoever raised them (a lead transferred to it is its own now).
   A referral merely shared *with* the agency is not in its pack: that copy is held under the
   lead's control and answered by the lead's pack (as is one whose lead it transferred away).
@@ -125,7 +126,6 @@ def assemble_pack(
             "user_id": actor.user_id,
         },
         "subject_id": asked.id,
-        "subject_ids": sorted(group, key=str),
         "subjects": records,
         "referrals": [
             {
@@ -153,7 +153,7 @@ def assemble_pack(
     return SubjectAccessPack(
         document,
         referral_ids=[r.id for r in referrals],
-        subject_ids=group,
+        subject_ids=[record["id"] for record in records],
         bases=sorted({basis for share in shares for basis in _bases(share)}),
         agency=actor.agency,
         after=after,
