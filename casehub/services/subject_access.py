@@ -162,7 +162,7 @@ def assemble_pack(
 
 
 def reads_by_other_agencies(
-    session: Session, pack: SubjectAccessPack, *, chunk: int | None = None
+    session: Session, pack: SubjectAccessPack
 ) -> Iterator[list[dict[str, Any]]]:
     """The pack's reads by other agencies, chunk by chunk (after the request has committed)."""
     if not pack.referral_ids or pack.after >= pack.upto:
@@ -175,7 +175,6 @@ def reads_by_other_agencies(
         bases=pack.bases,
         after=pack.after,
         upto=pack.upto,
-        chunk=chunk,
     )
 
 
