@@ -108,13 +108,6 @@ SHARE_STATUS = _codes(
     "`ended`: the recipient became the lead (transfer), or the lead shared the referral with "
     "the agency that held it through an emergency access (the share replaced that access).",
 )
-SHARE_PROFILE = _codes(
-    "ShareProfile",
-    ("full", "summary"),
-    "What a share lets its recipient see (CONTRACT §11): everything, or the referral without "
-    "`narrative`, `location.description` and notes, and the child without `address` and "
-    "`identifiers`.",
-)
 ACCESS_REQUEST_URGENCY = _codes(
     "AccessRequestUrgency", access_requests.URGENCIES, "How soon the requester needs an answer."
 )

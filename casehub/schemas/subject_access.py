@@ -77,7 +77,6 @@ class PackReferralSchema(ReferralSchema):
 class DisclosedShareSchema(ShareSchema):
     """A share of one of the agency's referrals: to whom, when, what it allowed and why."""
 
-    profile = enums.SHARE_PROFILE.field(required=True)
     ended_at = ma.fields.DateTime(
         allow_none=True,
         required=True,
