@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_POLL_INTERVAL_MS": 1000,
     "WEBHOOK_CONCURRENCY": 8,  # deliveries one worker makes at once
     "EVENTS_RETENTION_DAYS": 30,
+    # CONTRACT §11: a referral closed this many days ago is erased by `casehub retention run`
+    # unless it is under legal hold (2190 days: six years).
+    "RETENTION_DAYS": 2190,
     "IDEMPOTENCY_TTL": 24 * 3600,
     "CLIENT_SECRET_SCRYPT_N": 2**14,
     "SQL_ECHO": False,
@@ -103,6 +106,8 @@ def validate(settings: Mapping[str, Any]) -> None:
         raise ConfigError("CASEHUB_WEBHOOK_LEASE_SECONDS must be at least 20 (deliveries take 15)")
     if settings["EVENTS_RETENTION_DAYS"] < 2:
         raise ConfigError("CASEHUB_EVENTS_RETENTION_DAYS must be at least 2 (retries last a day)")
+    if settings["RETENTION_DAYS"] < 1:
+        raise ConfigError("CASEHUB_RETENTION_DAYS must be at least 1")
     if str(settings["LOG_FORMAT"]).lower() not in LOG_FORMATS:
         raise ConfigError("CASEHUB_LOG_FORMAT must be json or text")
     if settings["AUDIT_PARTITION_PERIOD"] not in AUDIT_PARTITION_PERIODS:

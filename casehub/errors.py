@@ -61,6 +61,17 @@ class NotFound(CasehubError):
     status, slug, title = 404, "not-found", "Not Found"
 
 
+class Gone(CasehubError):
+    """The record existed and the caller could see it, but it has been erased; `members` are
+    problem+json extension members (an erased referral's tombstone)."""
+
+    status, slug, title = 410, "gone", "Gone"
+
+    def __init__(self, detail: str | None = None, *, members: Mapping[str, Any]) -> None:
+        super().__init__(detail)
+        self.members = dict(members)
+
+
 class Conflict(CasehubError):
     status, slug, title = 409, "conflict", "Conflict"
 
@@ -116,6 +127,7 @@ BY_STATUS: dict[int, type[CasehubError]] = {
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        Gone,
         Conflict,
         PreconditionFailed,
         ContentTooLarge,
@@ -137,8 +149,10 @@ def problem(
     type_: str = "about:blank",
     errors: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
+    members: Mapping[str, Any] | None = None,
 ) -> Response:
-    """Render one problem+json response; the only place error bodies are built."""
+    """Render one problem+json response; the only place error bodies are built. `members` are
+    RFC 9457 extension members, after the standard ones."""
     known = BY_STATUS.get(status)
     if type_ == "about:blank" and known is not None:
         type_, title = f"urn:casehub:problem:{known.slug}", known.title
@@ -151,6 +165,8 @@ def problem(
     }
     if errors:
         body["errors"] = errors
+    for name, value in (members or {}).items():
+        body.setdefault(name, value)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -165,4 +181,5 @@ def render(error: CasehubError) -> Response:
         type_=error.type,
         errors=error.errors,
         headers=error.headers,
+        members=getattr(error, "members", None),
     )

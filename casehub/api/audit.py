@@ -10,6 +10,7 @@ from flask import Response, current_app, stream_with_context
 from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor, problem_response
+from casehub.api.referrals import NOT_FOUND as REFERRAL_NOT_FOUND
 from casehub.audit.checkpoints import app_key
 from casehub.db import get_session, utcnow
 from casehub.schemas.audit import (
@@ -149,7 +150,10 @@ class ReferralAccesses(MethodView):
             "refused), when, and on what basis — so the lead sees how what it shared is used. "
             "Ordered by `seq`. Any other agency gets 404."
         ),
-        responses={"404": problem_response("No such referral, or the caller does not lead it.")},
+        responses={
+            "404": problem_response("No such referral, or the caller does not lead it."),
+            "410": REFERRAL_NOT_FOUND["410"],
+        },
     )
     @blp.rate_class("audit")
     def get(self, args: dict[str, Any], referral_id: uuid.UUID) -> dict[str, Any]:

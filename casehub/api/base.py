@@ -45,6 +45,21 @@ class ProblemSchema(ma.Schema):
     )
 
 
+class TombstoneSchema(ma.Schema):
+    """What remains of an erased referral (CONTRACT §11): ids, never content."""
+
+    id = ma.fields.UUID(required=True)
+    reference = ma.fields.String(required=True, metadata={"example": "CH-2026-000123"})
+    lead_agency = ma.fields.String(required=True)
+    erased_at = ma.fields.DateTime(required=True)
+
+
+class GoneProblemSchema(ProblemSchema):
+    """A 410 for an erased referral: the problem, and the referral's tombstone."""
+
+    tombstone = ma.fields.Nested(TombstoneSchema, required=True)
+
+
 class Parser(FlaskParser):
     """Unknown query parameters are errors too: a mistyped filter must not list everything."""
 

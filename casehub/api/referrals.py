@@ -9,13 +9,15 @@ from flask import current_app, url_for
 from flask.views import MethodView
 from sqlalchemy import Row
 
-from casehub.api.base import Blueprint, current_actor, problem_response
+from casehub.api.base import PROBLEM, Blueprint, GoneProblemSchema, current_actor, problem_response
 from casehub.api.etag import etag_for, expected_version
 from casehub.db import get_session, utcnow
 from casehub.models import Referral
 from casehub.schemas.common import ListArgsSchema, page_of
 from casehub.schemas.referral import (
     HistoryEntrySchema,
+    LegalHoldCreateSchema,
+    LegalHoldReleaseSchema,
     NoteCreateSchema,
     NoteSchema,
     ReferralCreateSchema,
@@ -29,7 +31,15 @@ from casehub.services import referrals
 
 blp = Blueprint("referrals", __name__, url_prefix="/v1/referrals", description="Referrals")
 
-NOT_FOUND = {"404": problem_response("No such referral, or not visible to the caller's agency.")}
+NOT_FOUND = {
+    "404": problem_response("No such referral, or not visible to the caller's agency."),
+    "410": {
+        "description": "The referral was erased at the end of its retention period (CONTRACT "
+        "§11). Only to the agencies that could see it (its lead, and every agency it was ever "
+        "shared with; others get 404): the problem document carries its `tombstone`.",
+        "content": {PROBLEM: {"schema": GoneProblemSchema}},
+    },
+}
 
 
 def etag_header(referral: Referral | Row[Any]) -> dict[str, str]:
@@ -233,3 +243,50 @@ class Notes(MethodView):
             visibility=data["visibility"],
             now=utcnow(),
         )
+
+
+@blp.route("/<uuid:referral_id>/legal-hold")
+class LegalHold(MethodView):
+    @blp.requires("referrals:share")
+    @blp.arguments(LegalHoldCreateSchema)
+    @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.doc(
+        operationId="placeLegalHold",
+        summary="Place a legal hold (lead agency)",
+        description="While held, `casehub retention run` never erases the referral, however "
+        "long it has been closed. Placing it again replaces the reason and keeps `since`. "
+        "Recorded in the history (`legal_hold`, with the reason). Another agency that sees "
+        "the referral gets 403.",
+        responses=NOT_FOUND,
+    )
+    def put(self, data: dict[str, Any], referral_id: uuid.UUID) -> Any:
+        referral = referrals.place_legal_hold(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            reason=data["reason"],
+            now=utcnow(),
+        )
+        return referral, etag_header(referral)
+
+    @blp.requires("referrals:share")
+    @blp.arguments(LegalHoldReleaseSchema)
+    @blp.response(200, ReferralSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.doc(
+        operationId="releaseLegalHold",
+        summary="Release a legal hold (lead agency)",
+        description="Retention counts from the referral's closure again: one closed longer "
+        "than `CASEHUB_RETENTION_DAYS` is erased by the next run. Recorded in the history "
+        "(`legal_hold_released`, with the reason). 409 when the referral is not held; "
+        "another agency that sees the referral gets 403.",
+        responses={**NOT_FOUND, "409": problem_response("The referral is not under legal hold.")},
+    )
+    def delete(self, data: dict[str, Any], referral_id: uuid.UUID) -> Any:
+        referral = referrals.release_legal_hold(
+            get_session(),
+            actor=current_actor(),
+            referral_id=referral_id,
+            reason=data["reason"],
+            now=utcnow(),
+        )
+        return referral, etag_header(referral)

@@ -138,7 +138,12 @@ MERGE_ACTION = _codes(
     ("merge", "unmerge"),
     "`merge`: the duplicate was merged into the survivor; `unmerge`: that merge was undone.",
 )
-HISTORY_KIND = _codes("HistoryKind", ("created", "transition", "transfer"), "What happened.")
+HISTORY_KIND = _codes(
+    "HistoryKind",
+    ("created", "transition", "transfer", "legal_hold", "legal_hold_released"),
+    "What happened: `legal_hold` a legal hold was placed (or its reason replaced), "
+    "`legal_hold_released` it was released; the entry's `reason` says why.",
+)
 GENDER = _codes("Gender", ("female", "male", "non_binary", "other", "unknown"), "Gender.")
 IDENTIFIER_SYSTEM = _codes(
     "IdentifierSystem",

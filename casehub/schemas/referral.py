@@ -88,6 +88,37 @@ def actor_ref(agency: str, client_id: str, user_id: Any) -> dict[str, Any]:
     return {"agency": agency, "client_id": client_id, "user_id": user_id}
 
 
+LEGAL_HOLD = (
+    "The referral's legal hold (CONTRACT §11), or null: while held, retention never erases it. "
+    "Shown to every agency that sees the referral, so that a recipient knows to keep its own "
+    "copy too; its placements and releases, with their reasons, are in the history."
+)
+
+
+class LegalHoldSchema(ma.Schema):
+    reason = ma.fields.String(required=True)
+    since = ma.fields.DateTime(required=True, metadata={"description": "When it was placed."})
+    agency = ma.fields.String(required=True, metadata={"description": "The lead that placed it."})
+
+
+class LegalHoldCreateSchema(StrictSchema):
+    reason = Text(2000, required=True, metadata={"description": "Why the referral is held."})
+
+
+class LegalHoldReleaseSchema(StrictSchema):
+    reason = Text(2000, required=True, metadata={"description": "Why the hold ends."})
+
+
+def _legal_hold(referral: Any) -> dict[str, Any] | None:
+    if referral.legal_hold_at is None:
+        return None
+    return {
+        "reason": str(referral.legal_hold_reason),
+        "since": _moment(referral.legal_hold_at),
+        "agency": str(referral.legal_hold_by_agency),
+    }
+
+
 class ReferralSchema(ma.Schema):
     id = ma.fields.UUID(required=True)
     reference = ma.fields.String(required=True, metadata={"example": "CH-2026-000123"})
@@ -104,6 +135,9 @@ class ReferralSchema(ma.Schema):
     immediate_action = ma.fields.String(allow_none=True, required=True)
     status = enums.REFERRAL_STATUS.field(required=True)
     discoverable = ma.fields.Boolean(required=True, metadata={"description": DISCOVERABLE})
+    legal_hold = ma.fields.Nested(
+        LegalHoldSchema, allow_none=True, required=True, metadata={"description": LEGAL_HOLD}
+    )
     created_at = ma.fields.DateTime(required=True)
     updated_at = ma.fields.DateTime(required=True)
 
@@ -142,6 +176,13 @@ class ReferralSchema(ma.Schema):
             "immediate_action": referral.immediate_action,
             "status": referral.status,
             "discoverable": referral.discoverable,
+            "legal_hold": None
+            if referral.legal_hold_at is None
+            else {
+                "reason": referral.legal_hold_reason,
+                "since": referral.legal_hold_at,
+                "agency": referral.legal_hold_by_agency,
+            },
             "created_at": referral.created_at,
             "updated_at": referral.updated_at,
         }
@@ -193,6 +234,7 @@ def referral_document(referral: Any) -> dict[str, Any]:
         "immediate_action": _text(referral.immediate_action),
         "status": str(referral.status),
         "discoverable": bool(referral.discoverable),
+        "legal_hold": _legal_hold(referral),
         "created_at": _moment(referral.created_at),
         "updated_at": _moment(referral.updated_at),
     }

@@ -189,12 +189,17 @@ def referral_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
 def referral_visible_to(
     agency: Agency, now: Moment, *, in_full: bool = False
 ) -> ColumnElement[bool]:
-    """The agency leads the referral or holds an active share of it; `in_full`: a share of the
-    full profile (§11), through which it sees the whole referral and its child's record."""
+    """The agency leads the referral or holds an active share of it, and it is not erased (an
+    erased referral is seen by nobody: its tombstone is `tombstone_visible_to`'s); `in_full`:
+    a share of the full profile (§11), through which it sees the whole referral and its
+    child's record."""
     share = [Share.referral_id == Referral.id, active_share_clause(agency, now)]
     if in_full:
         share.append(Share.profile == FULL)
-    return or_(Referral.lead_agency == agency, exists(select(Share.id).where(*share)))
+    return and_(
+        Referral.erased_at.is_(None),
+        or_(Referral.lead_agency == agency, exists(select(Share.id).where(*share))),
+    )
 
 
 def summary_shared(agency: Agency, now: Moment, referral_ids: Any) -> Select[tuple[uuid.UUID]]:
@@ -205,6 +210,17 @@ def summary_shared(agency: Agency, now: Moment, referral_ids: Any) -> Select[tup
         active_share_clause(agency, now),
         Share.profile == SUMMARY,
     )
+
+
+def tombstone_visible_to(agency: Agency) -> ColumnElement[bool]:
+    """True for erased referrals whose tombstone the agency may be shown (CONTRACT §11: 410 to
+    the agencies that could see the referral, 404 to others): its lead, and every agency it
+    was ever shared with, whether that share is open, ended, revoked or an emergency access's.
+    Erasure ends every share, so "ever shared with" is the whole of who could see it."""
+    ever_shared = exists(
+        select(Share.id).where(Share.referral_id == Referral.id, Share.agency_code == agency)
+    )
+    return and_(Referral.erased_at.is_not(None), or_(Referral.lead_agency == agency, ever_shared))
 
 
 def visible_referrals(actor: Actor, now: datetime) -> Select[tuple[Referral]]:
@@ -236,13 +252,14 @@ def visible_referral_streams(
     transfer ends the new lead's share), and a merge that drops a repeat keeps them so whatever
     happens; so the shared stream needs nothing from `referrals`. Its join is a LEFT JOIN on
     the key, which PostgreSQL removes unless a filter names a referral's column (which then
-    makes it an inner join): a plain or `updated_since` list reads the shares index alone."""
+    makes it an inner join): a plain or `updated_since` list reads the shares index alone.
+    An erased referral is in neither: the lead stream skips it, and erasure ended its shares."""
     streams: list[Stream] = []
     if led:
         streams.append(
             Stream(
                 select(Referral.id, Referral.created_at).where(
-                    Referral.lead_agency == actor.agency
+                    Referral.lead_agency == actor.agency, Referral.erased_at.is_(None)
                 ),
                 Referral.created_at,
                 Referral.id,
@@ -265,7 +282,7 @@ def visible_referral_streams(
 
 
 def subject_visible(actor: Actor, now: datetime) -> ColumnElement[bool]:
-    """Subjects the agency created, or that a referral visible to it is about."""
+    """Subjects the agency created, or that a referral visible to it is about (not erased)."""
     return subject_visible_to(actor.agency, now)
 
 
@@ -273,13 +290,16 @@ def subject_visible_to(
     agency: Agency, now: Moment, *, in_full: bool = False
 ) -> ColumnElement[bool]:
     """`in_full`: the agency sees the whole record (address, identifiers): it recorded the
-    child, or leads or holds a full share of a referral about it (§11)."""
+    child, or leads or holds a full share of a referral about it (§11). A record retention
+    erased is seen by nobody."""
     about_visible = exists(
         select(Referral.id).where(
             Referral.subject_id == Subject.id, referral_visible_to(agency, now, in_full=in_full)
         )
     )
-    return or_(Subject.created_by_agency == agency, about_visible)
+    return and_(
+        Subject.erased_at.is_(None), or_(Subject.created_by_agency == agency, about_visible)
+    )
 
 
 def seen_only_in_summary(agency: Agency, now: Moment, subject_ids: Any) -> Select[tuple[Any]]:

@@ -28,7 +28,14 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import new_row_values
-from casehub.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed
+from casehub.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    ValidationFailed,
+)
 from casehub.models import (
     REFERENCE_SEQUENCE,
     Note,
@@ -132,8 +139,31 @@ def reach_referral(
     return ReferralView(referral, access)
 
 
+_TOMBSTONE = select(
+    Referral.id, Referral.reference, Referral.lead_agency, Referral.erased_at
+).where(
+    Referral.id == bindparam("referral_id", type_=Referral.id.type),
+    policy.tombstone_visible_to(policy.VIEWER_AGENCY),
+)
+
+
+def tombstone(row: Any) -> dict[str, Any]:
+    """What remains of an erased referral (CONTRACT §11): ids, never content."""
+    return {
+        "id": str(row.id),
+        "reference": str(row.reference),
+        "lead_agency": str(row.lead_agency),
+        "erased_at": row.erased_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def _refuse(session: Session, actor: Actor, referral_id: uuid.UUID) -> NoReturn:
-    """What a referral the caller may not see and an id that names nothing both answer."""
+    """What a referral the caller may not see and an id that names nothing both answer: 404,
+    audited as a denial. A referral retention erased answers 410 with its tombstone to the
+    agencies that could see it (policy decides which), audited the same way."""
+    erased = session.execute(
+        _TOMBSTONE, {"referral_id": referral_id, "viewer_agency": actor.agency}
+    ).one_or_none()
     audit.record(
         session,
         actor,
@@ -144,6 +174,11 @@ def _refuse(session: Session, actor: Actor, referral_id: uuid.UUID) -> NoReturn:
         referral_id=referral_id,
         purpose=actor.purpose,
     )
+    if erased is not None:
+        raise Gone(
+            "This referral was erased at the end of its retention period.",
+            members={"tombstone": tombstone(erased)},
+        )
     raise NotFound("No such referral.")
 
 
@@ -709,3 +744,42 @@ def list_notes(
     page = keyset_page(session, stmt, keys=[Note.created_at, Note.id], limit=limit, cursor=cursor)
     record_on(session, actor, "note.list", view)
     return page
+
+
+# -- legal hold --------------------------------------------------------------------------------
+def place_legal_hold(
+    session: Session, *, actor: Actor, referral_id: uuid.UUID, reason: str, now: datetime
+) -> Referral:
+    """Keep the referral from retention (CONTRACT §11) until the hold is released; lead only.
+    Placing it again while held replaces the reason and the agency and keeps `since`: the
+    referral has been held from the first placement. Every placement is in the history."""
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
+    require_lead(session, view, actor, "referral.legal_hold")
+    referral = view.referral
+    if referral.legal_hold_at is None:
+        referral.legal_hold_at = now
+    referral.legal_hold_reason = reason
+    referral.legal_hold_by_agency = actor.agency
+    session.add(_history(referral.id, actor, now, "legal_hold", reason=reason))
+    session.flush()
+    record_on(session, actor, "referral.legal_hold", view)
+    return referral
+
+
+def release_legal_hold(
+    session: Session, *, actor: Actor, referral_id: uuid.UUID, reason: str, now: datetime
+) -> Referral:
+    """End the referral's legal hold (lead only; 409 when it has none): retention counts from
+    its closure again, so a referral closed long ago is erased by the next run."""
+    view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
+    require_lead(session, view, actor, "referral.legal_hold_release")
+    referral = view.referral
+    if referral.legal_hold_at is None:
+        raise Conflict("This referral is not under legal hold.")
+    referral.legal_hold_at = None
+    referral.legal_hold_reason = None
+    referral.legal_hold_by_agency = None
+    session.add(_history(referral.id, actor, now, "legal_hold_released", reason=reason))
+    session.flush()
+    record_on(session, actor, "referral.legal_hold_release", view)
+    return referral
