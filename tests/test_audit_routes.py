@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from casehub.models import AuditEvent
+from casehub.db import utcnow
+from casehub.models import AuditEvent, Referral
 from casehub.web import endpoint_policy
 from tests.conftest import ALL_SCOPES
 from tests.emergency_support import (
@@ -112,6 +113,19 @@ Call = Callable[[World], tuple[Any, str, dict[str, Any]]]  # partner, path, requ
 
 def _r(w: World) -> str:
     return w.referral["id"]
+
+
+def _held(w: World) -> str:
+    """The world's referral, put under legal hold first (so that it can be released), in the
+    database: a request would spend the rate-limit budget the walk measures."""
+    with app_session(w.lead.http) as session:
+        session.execute(
+            update(Referral)
+            .where(Referral.id == uuid.UUID(_r(w)))
+            .values(legal_hold_reason="Claim", legal_hold_at=utcnow(), legal_hold_by_agency="btp")
+        )
+        session.commit()
+    return _r(w)
 
 
 def _new_match(w: World) -> str:
@@ -308,6 +322,14 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
             },
         ),
         ["referral.transfer"],
+    ),
+    ("PUT", "/v1/referrals/<uuid:referral_id>/legal-hold"): (
+        lambda w: (w.lead, f"/v1/referrals/{_r(w)}/legal-hold", {"json": {"reason": "Claim"}}),
+        ["referral.legal_hold"],
+    ),
+    ("DELETE", "/v1/referrals/<uuid:referral_id>/legal-hold"): (
+        lambda w: (w.lead, f"/v1/referrals/{_held(w)}/legal-hold", {"json": {"reason": "Over"}}),
+        ["referral.legal_hold_release"],
     ),
     ("POST", "/v1/referrals/<uuid:referral_id>/transitions"): (
         lambda w: (

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,15 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from casehub import audit
+from casehub.db import utcnow
+from casehub.models import Referral
 from casehub.openapi import spec_dict
 from casehub.services import agencies as agency_service
+from casehub.services import retention
 from tests.conftest import ALL_SCOPES, Factory
 from tests.emergency_support import add_match, grant_body
 from tests.helpers import access_request_body, match_for, referral_body, subject_body
@@ -128,6 +135,13 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         f"/v1/referrals/{shared_with_us['id']}/shares", {**SHARE, "agency": "fz-police"}, theirs
     )
     hidden = post("/v1/referrals", referral_body(), theirs)
+    # Under legal hold (so that releasing it is a success); and one of ours retention erased,
+    # whose tombstone answers 410 on every referral route.
+    held = client.put(f"/v1/referrals/{led['id']}/legal-hold", json={"reason": "Claim"},
+                      headers=mine)
+    assert held.status_code == 200, held.get_json()
+    erased = post("/v1/referrals", referral_body(), mine)
+    _erase(factory, erased["id"])
     # Two more of theirs: one we broke the glass on, one we have matched and may (§10).
     glass = [post("/v1/referrals", referral_body(), theirs) for _ in range(2)]
     matches = [
@@ -173,7 +187,7 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         headers=mine,
     )
     assert merged.status_code == 200, merged.get_json()
-    referrals = [led, shared_with_us, hidden]
+    referrals = [led, shared_with_us, hidden, erased]
     return World(
         bearer=mine["Authorization"],
         basic=caller.basic(),
@@ -196,6 +210,21 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
         spare_subject=spare_subject["id"],
         merged_subject=merged_subject["id"],
     )
+
+
+def _erase(factory: Factory, referral_id: str) -> None:
+    """Close the referral retention's period ago and erase it as `casehub retention run` does."""
+    long_ago = utcnow() - timedelta(days=2191)
+    factory.session.execute(
+        update(Referral)
+        .where(Referral.id == uuid.UUID(referral_id))
+        .values(status="closed", closed_at=long_ago)
+    )
+    assert retention.erase_referral(
+        factory.session, referral_id=uuid.UUID(referral_id), cutoff=utcnow(), now=utcnow()
+    )
+    audit.write_pending(factory.session, None, status=200)
+    factory.session.commit()
 
 
 def _administrators_in_person(
@@ -256,6 +285,8 @@ def _valid_bodies(world: World) -> dict[tuple[str, str], dict[str, Any]]:
             "agency": "fz-la", "reason": "Children's services take the lead.",
             "lawful_basis": lawful,
         },
+        ("PUT", "/v1/referrals/{referral_id}/legal-hold"): {"reason": "Civil claim."},
+        ("DELETE", "/v1/referrals/{referral_id}/legal-hold"): {"reason": "Judgment given."},
         ("POST", "/v1/referrals/{referral_id}/notes"): {
             "body": "Called the school.", "visibility": "shared",
         },

@@ -271,6 +271,8 @@ OPERATION_IDS = {
     ("post", "/v1/referrals/{referral_id}/shares/{share_id}/acknowledge"): "acknowledgeShare",
     ("post", "/v1/referrals/{referral_id}/shares/{share_id}/revoke"): "revokeShare",
     ("post", "/v1/referrals/{referral_id}/transfer"): "transferReferral",
+    ("put", "/v1/referrals/{referral_id}/legal-hold"): "placeLegalHold",
+    ("delete", "/v1/referrals/{referral_id}/legal-hold"): "releaseLegalHold",
     ("get", "/v1/referrals/{referral_id}/accesses"): "listReferralAccesses",
     ("get", "/v1/referrals/{referral_id}/decisions"): "listSharingDecisions",
     ("post", "/v1/referrals/{referral_id}/decisions"): "createSharingDecision",

@@ -465,6 +465,9 @@ def _shapes() -> list[SimpleNamespace]:
         "immediate_action": None,
         "status": "submitted",
         "discoverable": True,
+        "legal_hold_reason": None,
+        "legal_hold_at": None,
+        "legal_hold_by_agency": None,
         "created_at": datetime(2026, 3, 1, 2, 5, 1, 123456, tzinfo=UTC),
         "updated_at": datetime(2026, 3, 1, 2, 5, 1, 123456, tzinfo=UTC),
     }
@@ -483,6 +486,9 @@ def _shapes() -> list[SimpleNamespace]:
                 "immediate_action": "999 called",
                 "status": "closed",
                 "discoverable": False,
+                "legal_hold_reason": "Civil claim — «preserve»",
+                "legal_hold_at": datetime(2026, 4, 1, 9, 0, 0, 5, tzinfo=UTC),
+                "legal_hold_by_agency": "btp",
             }
         ),
         SimpleNamespace(**{**base, "location_transport_hub": "Grantham station"}),

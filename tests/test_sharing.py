@@ -150,6 +150,21 @@ OPERATIONS = {
         lambda s: {"reason": "Done"},
         {"lead": 200, "contribute": 404, "read": 403},
     ),
+    "legal_hold.put": (
+        "PUT",
+        "/v1/referrals/{rid}/legal-hold",
+        "referrals:share",
+        lambda s: {"reason": "Civil claim"},
+        {"lead": 200, "contribute": 403, "read": 403, "emergency": 403},
+    ),
+    "legal_hold.delete": (
+        "DELETE",
+        "/v1/referrals/{rid}/legal-hold",
+        "referrals:share",
+        # the scenario's referral is not held: its lead reaches the rule (409), others do not
+        lambda s: {"reason": "Judgment given"},
+        {"lead": 409, "contribute": 403, "read": 403, "emergency": 403},
+    ),
     "transfer": (
         "POST",
         "/v1/referrals/{rid}/transfer",
