@@ -294,6 +294,7 @@ def test_each_workload_gets_only_the_keys_it_uses() -> None:
         "CronJob/casehub-audit-checkpoint": {"Secret/casehub-audit-checkpoint-key"},
         "CronJob/casehub-audit-verify": {"ConfigMap/casehub-audit-checkpoint-public"},
         "CronJob/casehub-audit-partitions": set(),
+        "CronJob/casehub-retention": set(),
     }
     found = {
         where: set().union(*(mounted_sources(pod, c) for c in containers(pod)))
@@ -355,7 +356,13 @@ def test_one_audit_sequencer_and_migrations_apart_from_the_start() -> None:
         "partitions",
         "--ensure",
     ]
-    for name in ("casehub-audit-checkpoint", "casehub-audit-verify", "casehub-audit-partitions"):
+    assert commands["CronJob/casehub-retention"] == ["casehub", "retention", "run"]
+    for name in (
+        "casehub-audit-checkpoint",
+        "casehub-audit-verify",
+        "casehub-audit-partitions",
+        "casehub-retention",
+    ):
         assert named("CronJob", name)["spec"]["concurrencyPolicy"] == "Forbid"
     # The API's processes share the rate-limit storage (production refuses per-process
     # counters); commands serve nothing and hold no Redis credentials. Nothing turns limits off.
