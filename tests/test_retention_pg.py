@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -20,9 +21,10 @@ from sqlalchemy import func, select, update
 from casehub import audit, create_app, migrate
 from casehub.auth.actor import Actor
 from casehub.db import get_db, session_scope, utcnow
-from casehub.models import AuditEvent, Event, Referral, Subject
+from casehub.errors import Gone
+from casehub.models import AuditEvent, Event, Note, Referral, Subject
 from casehub.services import agencies as agency_service
-from casehub.services import referrals, shares
+from casehub.services import referrals, retention, shares
 from tests.live_server import casehub, fresh_database, server_environment
 
 pytestmark = pytest.mark.postgres_only
@@ -62,9 +64,9 @@ def _actor(agency: str, kind: str) -> Actor:
     return Actor(agency=agency, agency_kind=kind, is_platform=False, client_id=f"{agency}-seed")
 
 
-def _seed(app: Flask) -> list[uuid.UUID]:
-    """DUE + KEPT referrals by btp, each about its own child and shared with both recipients;
-    the first DUE closed six years and a day ago. Returns the ids of those due."""
+def _seed(app: Flask, due: int = DUE, kept: int = KEPT) -> list[uuid.UUID]:
+    """`due` + `kept` referrals by btp, each about its own child and shared with both
+    recipients; the first `due` closed six years and a day ago. Returns the ids of those due."""
     lead = _actor("btp", "police")
     share = {
         "access": "read",
@@ -79,7 +81,7 @@ def _seed(app: Flask) -> list[uuid.UUID]:
             agency_service.add_agency(session, code=code, name=code.title(), kind=kind)
         session.flush()
         now = utcnow()
-        for n in range(DUE + KEPT):
+        for n in range(due + kept):
             referral = referrals.create_referral(
                 session,
                 actor=lead,
@@ -109,13 +111,13 @@ def _seed(app: Flask) -> list[uuid.UUID]:
             ids.append(referral.id)
         audit.write_pending(session, None, status=201)
         for n, referral_id in enumerate(ids):
-            ago = timedelta(days=2191 if n < DUE else 10)
+            ago = timedelta(days=2191 if n < due else 10)
             session.execute(
                 update(Referral)
                 .where(Referral.id == referral_id)
                 .values(status="closed", closed_at=now - ago)
             )
-    return ids[:DUE]
+    return ids[:due]
 
 
 def test_two_runs_at_once_erase_and_notify_each_referral_once(app, database_url, tmp_path):
@@ -174,3 +176,65 @@ def test_two_runs_at_once_erase_and_notify_each_referral_once(app, database_url,
     assert "chained" in sequenced[0]
     (verified,) = casehub(env, ["audit", "verify"])
     assert verified.startswith("ok:")
+
+
+def _note(app: Flask, referral_id: uuid.UUID, outcome: list[object], hold: threading.Event) -> None:
+    """Add a note as the lead, in a transaction kept open until `hold` is set."""
+    try:
+        with session_scope(app) as session:
+            referrals.add_note(
+                session,
+                actor=_actor("btp", "police"),
+                referral_id=referral_id,
+                body="Seen again at the station.",
+                visibility="shared",
+                now=utcnow(),
+            )
+            outcome.append("added")
+            hold.wait(10)
+    except Gone as gone:
+        outcome.append(gone)
+
+
+def test_a_note_racing_an_erasure_never_outlives_it(app):
+    """A note whose request reached the referral before an erasure committed: if the erasure
+    holds the referral first, the note waits for it and is refused (410); if the note holds
+    it first, the run skips the referral, and the next run erases it, note and all."""
+    first, second = _seed(app, due=2, kept=0)
+    cutoff = utcnow() - timedelta(days=2190)
+
+    outcome: list[object] = []
+    with session_scope(app) as erasing:
+        assert retention.erase_referral(erasing, referral_id=first, cutoff=cutoff, now=utcnow())
+        writer = threading.Thread(target=_note, args=(app, first, outcome, threading.Event()))
+        writer.start()
+        time.sleep(0.5)
+        assert outcome == []  # waiting for the erasure's lock
+        audit.write_pending(erasing, None, status=200)
+    writer.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], Gone)
+
+    outcome = []
+    hold = threading.Event()
+    writer = threading.Thread(target=_note, args=(app, second, outcome, hold))
+    writer.start()
+    for _ in range(100):
+        if outcome:
+            break
+        time.sleep(0.05)
+    assert outcome == ["added"]
+    with session_scope(app) as erasing:  # the note's transaction holds the referral: skipped
+        assert (
+            retention.erase_referral(erasing, referral_id=second, cutoff=cutoff, now=utcnow())
+            is None
+        )
+    hold.set()
+    writer.join(10)
+    with session_scope(app) as erasing:
+        assert retention.erase_referral(erasing, referral_id=second, cutoff=cutoff, now=utcnow())
+        audit.write_pending(erasing, None, status=200)
+    engine = get_db(app).engine
+    assert engine is not None
+    with engine.connect() as connection:
+        notes = connection.execute(select(func.count()).select_from(Note)).scalar_one()
+        assert notes == 0

@@ -325,10 +325,17 @@ def decide_access_request(
         request.decision_reason = data["reason"]
         session.flush()
         ids = [uuid.UUID(r) for r in request.referral_ids]
+        # Held against erasure while the decisions are written (retention skips them); one
+        # erased since the request was made takes no decision (its tombstone holds no text).
         led = session.scalars(
             select(Referral)
-            .where(Referral.id.in_(ids), Referral.lead_agency == actor.agency)
+            .where(
+                Referral.id.in_(ids),
+                Referral.lead_agency == actor.agency,
+                Referral.erased_at.is_(None),
+            )
             .order_by(Referral.created_at, Referral.id)
+            .with_for_update(key_share=True)
         ).all()
         for referral in led:
             add_decision(

@@ -16,7 +16,7 @@ from casehub.auth.actor import Actor
 from casehub.errors import Conflict, ValidationFailed
 from casehub.models import Agency, Referral, SharingDecision
 from casehub.services.pagination import keyset_page
-from casehub.services.referrals import reach_referral, record_on, require_lead
+from casehub.services.referrals import lock_unerased, reach_referral, record_on, require_lead
 
 RESOURCE_TYPE = "sharing_decision"
 
@@ -81,6 +81,7 @@ def create_decision(
     """The lead records that it decided not to share this referral with `agency`."""
     view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     require_lead(session, view, actor, "decision.create")
+    lock_unerased(session, actor, referral_id)
     if data["agency"] == actor.agency:
         raise Conflict("An agency does not decide about sharing with itself.")
     if session.get(Agency, data["agency"]) is None:

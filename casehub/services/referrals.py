@@ -182,6 +182,19 @@ def _refuse(session: Session, actor: Actor, referral_id: uuid.UUID) -> NoReturn:
     raise NotFound("No such referral.")
 
 
+def lock_unerased(session: Session, actor: Actor, referral_id: uuid.UUID) -> None:
+    """Before adding a row that holds free text to a referral (a note, a share, a decision):
+    hold the referral against erasure to the end of the transaction (FOR KEY SHARE, which
+    retention's FOR UPDATE SKIP LOCKED skips), or, if an erasure committed since the referral
+    was reached, refuse as `reach_referral` now would (410). Without it a note read-then-written
+    across an erasure would outlive it. SQLite serialises writers: no lock is needed there."""
+    erased_at = session.execute(
+        select(Referral.erased_at).where(Referral.id == referral_id).with_for_update(key_share=True)
+    ).scalar_one_or_none()
+    if erased_at is not None:
+        _refuse(session, actor, referral_id)
+
+
 def _listed(column: Any, position: Any, dialect: str) -> Any:
     """A referral's list (categories or indicators) as one value of the referral's row, in
     its order: ARRAY(SELECT …) on PostgreSQL, a JSON array on SQLite; a list either way."""
@@ -706,6 +719,7 @@ def add_note(
     if not view.access.can_contribute:
         record_on(session, actor, "note.create", view, outcome="denied")
         raise Forbidden("Only the lead agency or a contribute share may add notes.")
+    lock_unerased(session, actor, referral_id)
     note = Note(
         referral_id=referral_id,
         body=body,

@@ -19,6 +19,7 @@ from casehub.services.pagination import keyset_page
 from casehub.services.referrals import (
     ReferralView,
     _check_version,
+    lock_unerased,
     reach_referral,
     record_on,
     require_lead,
@@ -136,6 +137,7 @@ def create_share(
 ) -> Share:
     view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
     require_lead(session, view, actor, "share.create")
+    lock_unerased(session, actor, referral_id)
     if data.get("expires_at") is not None and data["expires_at"] <= now:
         raise ValidationFailed.field("expires_at", "Must be in the future.")
     check_lawful_basis(actor.agency_kind, data["lawful_basis"], data["consent"])
