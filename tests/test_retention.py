@@ -491,3 +491,22 @@ def test_expired_technical_records_are_pruned(app, db_session):
         left = db_session.execute(select(key)).scalars().all()
         assert [v[-1] for v in left] == ["1"], model
     assert "revoked tokens 0" in _run(app)
+
+
+# -- configuration ------------------------------------------------------------------------------
+def test_the_retention_period_comes_from_casehub_retention_days(app, client, db_session, case):
+    from casehub import config
+
+    assert config.load(environ={})["RETENTION_DAYS"] == 2190
+    assert config.load(environ={"CASEHUB_RETENTION_DAYS": "30"})["RETENTION_DAYS"] == 30
+    with pytest.raises(config.ConfigError, match="CASEHUB_RETENTION_DAYS"):
+        config.load(environ={"CASEHUB_RETENTION_DAYS": "0"})
+    month_old, _ = _referral(client, case.lead)
+    _close(db_session, month_old["id"], ago=timedelta(days=31))
+    assert month_old["id"] not in _run(app, "--dry-run")
+    app.config["RETENTION_DAYS"] = 30
+    try:
+        output = _run(app)
+    finally:
+        app.config["RETENTION_DAYS"] = RETENTION_DAYS
+    assert "erased 2 referrals" in output and "(30 days)" in output and month_old["id"] in output
