@@ -684,3 +684,37 @@ def _record_retention_run() -> None:
     with session_scope() as session:
         audit.record(session, None, "retention.run", resource_type="retention", basis="retention")
         audit.write_pending(session, None, status=200)
+@main.group("statistics")
+def statistics_group() -> None:
+    """Partnership statistics (CONTRACT §12)."""
+
+
+@statistics_group.command("refresh")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@with_appcontext
+def statistics_refresh(as_json: bool) -> None:
+    """Recompute the counts GET /v1/statistics/referrals answers from (run it on a schedule:
+    answers say `as_of`). Safe to run twice at once: the second waits, then recomputes."""
+    from casehub import audit
+    from casehub.db import utcnow
+    from casehub.services.statistics import refresh_statistics
+
+    with session_scope() as session:
+        refresh = refresh_statistics(session, now=utcnow())
+        # Aggregates only, but it reads every referral: the command line's action is on record.
+        audit.record(
+            session, None, "statistics.refresh", resource_type="statistics", purpose="statistics"
+        )
+        audit.write_pending(session, None, status=200)
+        outcome = {
+            "refreshed_at": refresh.refreshed_at.isoformat(),
+            "referrals": refresh.referrals,
+            "seconds": refresh.seconds,
+        }
+    if as_json:
+        click.echo(json.dumps(outcome))
+    else:
+        click.echo(
+            f"statistics refreshed at {outcome['refreshed_at']}: {outcome['referrals']} "
+            f"referrals counted in {outcome['seconds']:.1f}s"
+        )

@@ -17,6 +17,7 @@ def register_blueprints(api: Api) -> None:
         ops,
         referrals,
         shares,
+        statistics,
         subjects,
         webhooks,
     )
@@ -36,5 +37,6 @@ def register_blueprints(api: Api) -> None:
         admin,
         trail,
         emergency,
+        statistics,
     ):
         api.register_blueprint(module.blp)

@@ -14,6 +14,7 @@ from casehub.models.referral import (
     ReferralIndicator,
     Share,
 )
+from casehub.models.statistics import StatisticsCell, StatisticsRefresh
 from casehub.models.subject import Subject, SubjectIdentifier, SubjectMerge, SubjectNameKey
 from casehub.models.webhook import (
     Event,
@@ -43,6 +44,8 @@ __all__ = [
     "RevokedToken",
     "Share",
     "SharingDecision",
+    "StatisticsCell",
+    "StatisticsRefresh",
     "Subject",
     "SubjectIdentifier",
     "SubjectMerge",

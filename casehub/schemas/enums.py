@@ -20,6 +20,7 @@ from casehub.services.purposes import REQUEST_PURPOSES, SHARE_PURPOSES
 from casehub.services.reference import CATEGORIES
 from casehub.services.referrals import RISK_LEVELS, STATUSES
 from casehub.services.shares import ARTICLE_6, CONDITIONS, CONSENT_STATUSES
+from casehub.services.statistics import DIMENSIONS as STATISTICS_DIMENSIONS
 
 
 @dataclass(frozen=True)
@@ -220,4 +221,12 @@ REVIEW_OUTCOME = _codes(
     "ReviewOutcome", REVIEW_OUTCOMES, "The auditor's judgement of an emergency access."
 )
 
+# CONTRACT §12: what partnership statistics may be grouped by.
+STATISTICS_DIMENSION = _codes(
+    "StatisticsDimension",
+    STATISTICS_DIMENSIONS,
+    "What referrals are counted by: `category` and `indicator` (a referral counts once in each "
+    "of its own), `month` (of `created_at`, UTC, `YYYY-MM`), `lead_agency_kind` and `area` (of "
+    "the lead agency), `risk_level`, `status`.",
+)
 ALL: tuple[Codes, ...] = tuple(value for value in globals().values() if isinstance(value, Codes))
