@@ -442,6 +442,10 @@ ROUTES: dict[tuple[str, str], tuple[Call, list[str]]] = {
         ),
         ["subject.match"],
     ),
+    ("GET", "/v1/statistics/referrals"): (
+        lambda w: (w.lead, "/v1/statistics/referrals", {"query_string": {"group_by": "month"}}),
+        ["statistics.read"],
+    ),
 }
 
 

@@ -41,6 +41,7 @@ from casehub.models import Referral
 from casehub.openapi import spec_dict
 from casehub.services import agencies as agency_service
 from casehub.services import retention
+from casehub.services import statistics
 from tests.conftest import ALL_SCOPES, Factory
 from tests.emergency_support import add_match, grant_body
 from tests.helpers import access_request_body, match_for, referral_body, subject_body
@@ -188,6 +189,9 @@ def _seed(client: FlaskClient, factory: Factory) -> World:
     )
     assert merged.status_code == 200, merged.get_json()
     referrals = [led, shared_with_us, hidden, erased]
+    # Statistics count what is above (GET /v1/statistics/referrals answers from the cells).
+    statistics.refresh_statistics(factory.session, now=utcnow())
+    factory.session.commit()
     return World(
         bearer=mine["Authorization"],
         basic=caller.basic(),

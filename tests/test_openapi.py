@@ -258,6 +258,7 @@ OPERATION_IDS = {
     ("get", "/v1/subjects/{subject_id}/merges"): "listSubjectMerges",
     ("get", "/v1/subjects/{subject_id}/sar"): "getSubjectAccessPack",
     ("post", "/v1/matches"): "createMatch",
+    ("get", "/v1/statistics/referrals"): "getReferralStatistics",
     ("get", "/v1/referrals"): "listReferrals",
     ("post", "/v1/referrals"): "createReferral",
     ("get", "/v1/referrals/{referral_id}"): "getReferral",

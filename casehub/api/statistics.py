@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
+from flask import Response
 from flask.views import MethodView
 
 from casehub.api.base import Blueprint, current_actor
@@ -65,11 +68,20 @@ class ReferralStatistics(MethodView):
     )
     @blp.rate_class("search")
     @blp.autocommit_read
-    def get(self, args: dict[str, Any]) -> dict[str, Any]:
-        return statistics.referral_statistics(
+    def get(self, args: dict[str, Any]) -> Response:
+        answer = statistics.referral_statistics(
             get_session(),
             actor=current_actor(),
             group_by=args["group_by"],
             start=args.get("from_"),
             end=args.get("to"),
         )
+        # The answer is plain values already (the schema above documents it): dumped through
+        # marshmallow, a 3,000-cell table (indicator by month) cost some 100 ms of CPU.
+        return Response(json.dumps(answer, default=_iso), mimetype="application/json")
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")

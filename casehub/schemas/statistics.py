@@ -29,7 +29,10 @@ class DimensionList(ma.fields.List):
 def _month(description: str, **kwargs: Any) -> ma.fields.String:
     return ma.fields.String(
         **kwargs,
-        validate=validate.Regexp(MONTH, error="Must be a month, YYYY-MM."),
+        validate=[
+            validate.Length(min=7, max=7),
+            validate.Regexp(MONTH, error="Must be a month, YYYY-MM."),
+        ],
         metadata={"description": description, "example": "2026-04", "pattern": MONTH},
     )
 
@@ -39,9 +42,11 @@ class StatisticsQueryArgsSchema(StrictSchema):
         enums.STATISTICS_DIMENSION.field(),
         load_default=list,
         metadata={
+            "maxItems": 2,
+            "uniqueItems": True,
             "description": "Up to two dimensions, comma-separated (`group_by=category,month`) "
             "or repeated (`group_by=category&group_by=month`); none: one total. An unknown, "
-            "repeated or third dimension is 422 naming `group_by`."
+            "repeated or third dimension is 422 naming `group_by`.",
         },
     )
     from_ = _month(
