@@ -295,6 +295,7 @@ def test_each_workload_gets_only_the_keys_it_uses() -> None:
         "CronJob/casehub-audit-verify": {"ConfigMap/casehub-audit-checkpoint-public"},
         "CronJob/casehub-audit-partitions": set(),
         "CronJob/casehub-retention": set(),
+        "CronJob/casehub-statistics-refresh": set(),
     }
     found = {
         where: set().union(*(mounted_sources(pod, c) for c in containers(pod)))
@@ -357,11 +358,13 @@ def test_one_audit_sequencer_and_migrations_apart_from_the_start() -> None:
         "--ensure",
     ]
     assert commands["CronJob/casehub-retention"] == ["casehub", "retention", "run"]
+    assert commands["CronJob/casehub-statistics-refresh"] == ["casehub", "statistics", "refresh"]
     for name in (
         "casehub-audit-checkpoint",
         "casehub-audit-verify",
         "casehub-audit-partitions",
         "casehub-retention",
+        "casehub-statistics-refresh",
     ):
         assert named("CronJob", name)["spec"]["concurrencyPolicy"] == "Forbid"
     # The API's processes share the rate-limit storage (production refuses per-process
