@@ -27,7 +27,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, delete, func, insert, literal, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from casehub import audit
@@ -124,10 +135,14 @@ def refresh_statistics(session: Session, *, now: datetime) -> StatisticsRefresh:
         session.execute(text("LOCK TABLE statistics_cells IN SHARE ROW EXCLUSIVE MODE"))
     session.execute(delete(StatisticsCell))
     session.execute(delete(StatisticsRefresh))
-    for kind in KINDS:
-        session.execute(insert(StatisticsCell).from_select(CELL_COLUMNS, _cells_of(kind, dialect)))
+    # One statement, so one snapshot of the live tables for every kind: an answer and the
+    # totals it is suppressed against (other kinds) count exactly the same referrals.
+    every_kind = union_all(*(_cells_of(kind, dialect) for kind in KINDS))
+    session.execute(insert(StatisticsCell).from_select(CELL_COLUMNS, every_kind))
     counted = session.execute(
-        select(func.count()).select_from(Referral).where(Referral.erased_at.is_(None))
+        select(func.coalesce(func.sum(StatisticsCell.referrals), 0)).where(
+            StatisticsCell.kind == "referral"
+        )
     ).scalar_one()
     refresh = StatisticsRefresh(
         refreshed_at=now, referrals=counted, seconds=round(time.perf_counter() - started, 3)
