@@ -3,6 +3,7 @@ against a small world whose every answer is worked out by hand below."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -407,3 +408,51 @@ def test_purpose_statistics_may_be_declared_and_no_other(client, db_session, wor
         )
     ).all()
     assert [(e.outcome, e.purpose) for e in denied] == [("denied", "case_work")]
+
+
+# -- every question against a count of the world by hand ------------------------------------
+KIND = {"btp": "police", "notts-cs": "local_authority", "tcs": "charity"}
+AREA = {"btp": "East Midlands", "notts-cs": "Nottinghamshire", "tcs": None}
+
+
+def _values(batch: Batch, dimension: str) -> tuple[str | None, ...]:
+    return {
+        "category": batch.categories,
+        "indicator": batch.indicators,
+        "month": (batch.day[:7],),
+        "lead_agency_kind": (KIND[batch.lead],),
+        "area": (AREA[batch.lead],),
+        "risk_level": (batch.risk,),
+        "status": (batch.status,),
+    }[dimension]
+
+
+def _counted(group_by: tuple[str, ...]) -> dict[tuple[str | None, ...], int]:
+    counts: dict[tuple[str | None, ...], int] = {}
+    for batch in WORLD:
+        if batch.erased:
+            continue
+        for key in itertools.product(*(_values(batch, d) for d in group_by)):
+            counts[key] = counts.get(key, 0) + batch.n
+    return counts
+
+
+QUESTIONS = [
+    question
+    for size in (0, 1, 2)
+    for question in itertools.permutations(statistics.DIMENSIONS, size)
+]
+
+
+@pytest.mark.parametrize("group_by", QUESTIONS, ids=lambda q: ",".join(q) or "total")
+def test_every_question_counts_the_world(client, world, group_by):
+    query = f"?group_by={','.join(group_by)}" if group_by else ""
+    answer = items(client, world, query)
+    expected = _counted(group_by)
+    cells = {tuple(item[d] for d in group_by): item for item in answer}
+    assert set(cells) == set(expected)
+    for key, item in cells.items():
+        if expected[key] < 5:
+            assert item == {**item, **HIDDEN}, key
+        elif not item["suppressed"]:
+            assert item["count"] == expected[key], key
