@@ -40,8 +40,7 @@ from casehub.db import utcnow
 from casehub.models import Referral
 from casehub.openapi import spec_dict
 from casehub.services import agencies as agency_service
-from casehub.services import retention
-from casehub.services import statistics
+from casehub.services import retention, statistics
 from tests.conftest import ALL_SCOPES, Factory
 from tests.emergency_support import add_match, grant_body
 from tests.helpers import access_request_body, match_for, referral_body, subject_body

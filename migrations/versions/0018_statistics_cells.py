@@ -1,7 +1,7 @@
 """statistics: the partnership's referral counts, computed ahead of the questions
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 
 CONTRACT §12. `statistics_cells` holds counts of referrals (never a referral) per calendar month
 of creation and per pair of the other dimensions, as `casehub statistics refresh` computed them
