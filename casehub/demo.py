@@ -14,7 +14,7 @@ from casehub import audit
 from casehub.auth.actor import Actor
 from casehub.db import utcnow
 from casehub.models import Agency, Client, Referral, Webhook
-from casehub.services import agencies, referrals, shares, webhooks
+from casehub.services import agencies, referrals, shares, statistics, webhooks
 from casehub.services.events import EVENT_TYPES
 from casehub.webhooks import secrets
 
@@ -55,6 +55,9 @@ class DemoResult:
     # The Children's Society's system, which sees the station referral through a summary share.
     charity_client_id: str | None = None
     charity_client_secret: str | None = None
+    # An analyst's system: partnership statistics only (statistics:read).
+    analyst_client_id: str | None = None
+    analyst_client_secret: str | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None  # the demo receiver verifies with it
 
@@ -246,6 +249,55 @@ def _known_child(session: Session, notts_cs: Actor, now: datetime) -> None:
     )
 
 
+# The partnership's year, for its statistics: referrals raised over the last eleven months by
+# the police, children's services and probation (none by BTP, whose demo client lists one).
+_YEAR_LEADS = ("notts-police", "nottingham-cs", "derbyshire-cs", "em-probation")
+_YEAR_SHAPES = (
+    (["county_lines", "missing"], ["TRV-01", "MIS-01"], "high"),
+    (["county_lines", "cuckooing"], ["PHN-01"], "medium"),
+    (["cse", "missing"], ["MIS-01", "REL-04"], "high"),
+    (["acquisitive_crime"], ["MON-01"], "low"),
+    (["county_lines"], ["PHN-01", "TRV-05"], "medium"),
+    (["serious_youth_violence", "gang_association"], ["REL-04"], "high"),
+)
+_YEAR_NAMES = (
+    ("Amir", "Hussain"),
+    ("Ellie", "Marsh"),
+    ("Callum", "Reid"),
+    ("Sofia", "Nowak"),
+    ("Dylan", "Price"),
+    ("Maya", "Osei"),
+    ("Leon", "Brooks"),
+    ("Ruby", "Kaur"),
+)
+
+
+def _partnership_year(session: Session, systems: dict[str, Actor], now: datetime) -> None:
+    """Enough referrals across the year for statistics to show counts as well as suppressions."""
+    for n in range(48):
+        categories, indicators, risk = _YEAR_SHAPES[n % len(_YEAR_SHAPES)]
+        given, family = _YEAR_NAMES[n % len(_YEAR_NAMES)]
+        raised = now - timedelta(days=7 * n + 1)
+        referrals.create_referral(
+            session,
+            actor=systems[_YEAR_LEADS[n % len(_YEAR_LEADS)]],
+            now=raised,
+            data={
+                "subject": {
+                    "given_name": given,
+                    "family_name": f"{family}-{n // len(_YEAR_NAMES) + 1}",
+                    "estimated_birth_year": now.year - 13 - n % 5,
+                    "gender": "unknown",
+                },
+                "categories": categories,
+                "indicators": indicators,
+                "summary": "Demo referral for the partnership's statistics.",
+                "observed_at": raised - timedelta(hours=4),
+                "risk_level": risk,
+            },
+        )
+
+
 def seed(
     session: Session,
     *,
@@ -286,6 +338,8 @@ def seed(
             webhook_secret = _demo_webhook(session, webhook_url, webhook_key, now)
         _referrals(session, systems["btp"], systems["nottingham-cs"], now)
         _known_child(session, systems["nottingham-cs"], now)
+        _partnership_year(session, systems, now)
+        statistics.refresh_statistics(session, now=now)
     elif webhook_url is not None:
         assert webhook_key is not None
         webhook_secret = _demo_webhook(session, webhook_url, webhook_key, now)
@@ -303,6 +357,13 @@ def seed(
         scope="referrals:read subjects:read",
         scrypt_n=scrypt_n,
     )
+    analyst, analyst_secret = agencies.add_client(
+        session,
+        agency_code="casehub",
+        name=f"Partnership analyst demo {uuid.uuid4().hex[:6]}",
+        scope="statistics:read",
+        scrypt_n=scrypt_n,
+    )
     audit.write_pending(session, audit.RequestInfo(None, "CLI", "casehub demo", None), status=None)
     assert secret is not None
     station = session.execute(
@@ -318,6 +379,8 @@ def seed(
         station_referral_id=station,
         charity_client_id=charity.client_id,
         charity_client_secret=charity_secret,
+        analyst_client_id=analyst.client_id,
+        analyst_client_secret=analyst_secret,
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
     )
@@ -353,6 +416,7 @@ Nottingham children's services know him (one typo away: a strong match). Ask the
       {base_url}/v1/access-requests
 
 {_summary_instructions(result, base_url)}
+{_statistics_instructions(result, base_url)}
 Interactive docs: {base_url}/docs
 {_webhook_instructions(result, base_url)}"""
 
@@ -367,6 +431,18 @@ the boy's address and identifiers (its secret, shown once, is in the command):
       -d grant_type=client_credentials {base_url}/oauth/token \\
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -H "Authorization: Bearer $CHARITY" {base_url}/v1/referrals/{result.station_referral_id}
+"""
+
+
+def _statistics_instructions(result: DemoResult, base_url: str) -> str:
+    return f"""The partnership's shape, without any child: referrals by category and risk level,
+counts of 1 to 4 suppressed (and any that a total would give away), as of the last
+`casehub statistics refresh` (the demo ran one; production runs it every 15 minutes):
+  STATS=$(curl -s -u '{result.analyst_client_id}:{result.analyst_client_secret}' \\
+      -d grant_type=client_credentials {base_url}/oauth/token \\
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -H "Authorization: Bearer $STATS" \\
+      '{base_url}/v1/statistics/referrals?group_by=category,risk_level'
 """
 
 

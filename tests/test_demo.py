@@ -185,3 +185,35 @@ def test_demo_summary_share_call_works_as_printed(tmp_path, monkeypatch):
     assert referral["narrative"] is None
     assert referral["location"]["description"] is None
     assert b"Platform 4" not in read.get_data()
+
+
+def test_demo_statistics_call_works_as_printed(tmp_path, monkeypatch):
+    """The printed analyst call: counts by category and risk level across the partnership's
+    demo year, some shown and the small ones suppressed, and no record in the answer."""
+    import re
+
+    monkeypatch.setenv("CASEHUB_DATABASE_URL", f"sqlite:///{tmp_path / 'demo.db'}")
+    monkeypatch.setenv("CASEHUB_SIGNING_KEYS_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("CASEHUB_CLIENT_SECRET_SCRYPT_N", "1024")
+    app = create_app()
+    printed = CliRunner().invoke(main, ["demo"])
+    assert printed.exit_code == 0, printed.output
+    (credentials,) = re.findall(r"STATS=\$\(curl -s -u '([^']+)'", printed.output)
+    (path,) = re.findall(r"'http://[^/]+(/v1/statistics/referrals\?[^']+)'", printed.output)
+    http = app.test_client()
+    basic = base64.b64encode(credentials.encode()).decode()
+    token = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    ).get_json()["access_token"]
+    answer = http.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    items = answer.get_json()["items"]
+    shown = [i for i in items if not i["suppressed"]]
+    hidden = [i for i in items if i["suppressed"]]
+    assert shown and hidden
+    assert all(i["count"] >= 5 for i in shown) and all(i["count"] is None for i in hidden)
+    assert set(items[0]) == {"category", "risk_level", "count", "suppressed"}
+    for personal in (b"Jayden", b"Okafor", b"Platform 4", b"CH-"):
+        assert personal not in answer.get_data()
