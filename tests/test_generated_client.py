@@ -76,6 +76,10 @@ PARTNER_SYSTEMS = {  # one per agency, registered by the operator
         "agency": "notts-police",
         "scopes": "subjects:match referrals:emergency referrals:read referrals:write",
     },
+    # A child's record over time (CONTRACT §11, §12): children's services' data protection
+    # officer's system, its case system, and the partnership's analysts'.
+    "la-records": {"agency": "nottingham-cs", "scopes": f"{CASE_SCOPES} subjects:sar"},
+    "analyst": {"agency": "partnership", "scopes": "statistics:read"},
 }
 
 
@@ -1049,3 +1053,123 @@ def test_joining_the_dots_journey(partnership, connect):
             break
         time.sleep(0.2)
     assert expected <= accesses, accesses
+
+
+def test_a_childs_record_over_time_journey(partnership, connect):
+    """Children's services share a referral with The Children's Society under the summary
+    profile (the charity reads it without the narrative or the boy's address), merge a duplicate
+    record of him, put the referral under legal hold, and assemble his subject access pack; the
+    partnership's analyst counts referrals by category, small numbers suppressed."""
+    from casehub_client.api.referrals import create_referral, get_referral, place_legal_hold
+    from casehub_client.api.shares import share_referral
+    from casehub_client.api.statistics import get_referral_statistics
+    from casehub_client.api.subjects import (
+        create_subject,
+        get_subject,
+        get_subject_access_pack,
+        merge_subject,
+    )
+    from casehub_client.models import (
+        Address,
+        Article6Basis,
+        Category,
+        Consent,
+        ConsentStatus,
+        Gender,
+        LawfulBasis,
+        LegalHoldCreate,
+        ProcessingCondition,
+        ReferralCreate,
+        RiskLevel,
+        ShareAccess,
+        ShareCreate,
+        ShareProfile,
+        SharePurpose,
+        StatisticsDimension,
+        SubjectCreate,
+        SubjectMergeCreate,
+    )
+
+    server = partnership.server
+    la, charity, analyst = (
+        connect(system_token(server, partnership.systems[name]))
+        for name in ("la-records", "charity", "analyst")
+    )
+    child = SubjectCreate(
+        given_name="Marcus",
+        family_name="Ogunleye",
+        date_of_birth=fifteen_years_ago(),
+        gender=Gender.MALE,
+        address=Address(line="14 Hidden Lane", town="Nottingham", postcode="NG7 1AA"),
+    )
+    made = create_referral.sync_detailed(
+        client=la,
+        body=ReferralCreate(
+            categories=[Category.COUNTY_LINES],
+            summary="Boy, 15, seen handing over packages outside the school gates.",
+            narrative="An older man collects him in a grey car most afternoons.",
+            observed_at=datetime.now(UTC) - timedelta(hours=5),
+            risk_level=RiskLevel.HIGH,
+            subject=child,
+        ),
+    )
+    assert made.status_code == 201, made.content
+    referral = made.parsed
+
+    shared = share_referral.sync_detailed(
+        referral.id,
+        client=la,
+        body=ShareCreate(
+            agency="tcs",
+            access=ShareAccess.READ,
+            profile=ShareProfile.SUMMARY,
+            purpose=SharePurpose.SUPPORT_SERVICE,
+            necessity="A support worker can offer him help; the summary is enough.",
+            lawful_basis=LawfulBasis(
+                article_6=Article6Basis.PUBLIC_TASK,
+                condition=ProcessingCondition.DPA2018_SCH1_PARA18_SAFEGUARDING,
+            ),
+            consent=Consent(status=ConsentStatus.NOT_SOUGHT, rationale="It could alert the man."),
+        ),
+    )
+    assert shared.status_code == 201, shared.content
+    assert shared.parsed.profile is ShareProfile.SUMMARY
+
+    seen = get_referral.sync(referral.id, client=charity)
+    assert seen.summary == referral.summary and seen.narrative is None
+    record = get_subject.sync(referral.subject_id, client=charity)
+    assert record.given_name == "Marcus" and record.address is None and record.identifiers == []
+
+    duplicate = create_subject.sync(client=la, body=child)
+    merged = merge_subject.sync_detailed(
+        referral.subject_id,
+        client=la,
+        body=SubjectMergeCreate(duplicate_id=duplicate.id, reason="Entered twice at triage."),
+    )
+    assert merged.status_code == 200, merged.content
+    assert get_subject.sync(duplicate.id, client=la).merged_into == referral.subject_id
+
+    held = place_legal_hold.sync_detailed(
+        referral.id, client=la, body=LegalHoldCreate(reason="Criminal proceedings against the man.")
+    )
+    assert held.status_code == 200, held.content
+    assert held.parsed.legal_hold.reason == "Criminal proceedings against the man."
+
+    pack = get_subject_access_pack.sync_detailed(referral.subject_id, client=la)
+    assert pack.status_code == 200, pack.content
+    assert [r.id for r in pack.parsed.referrals] == [referral.id]
+    (disclosed,) = pack.parsed.disclosures.shares
+    assert (disclosed.agency, disclosed.profile) == ("tcs", ShareProfile.SUMMARY)
+
+    casehub(partnership.env, ["statistics", "refresh"])
+    counted = get_referral_statistics.sync_detailed(
+        client=analyst, group_by=[StatisticsDimension.CATEGORY]
+    )
+    assert counted.status_code == 200, counted.content
+    assert counted.parsed.as_of is not None
+    by_category = {item.category: item for item in counted.parsed.items}
+    assert Category.COUNTY_LINES in by_category
+    assert all(
+        (item.count is None) == item.suppressed and (item.suppressed or item.count >= 5)
+        for item in counted.parsed.items
+    )
