@@ -139,53 +139,48 @@ def _referrals(session: Session, btp: Actor, notts_cs: Actor, now: datetime) -> 
             "risk_level": "high",
         },
     )
-    shares.create_share(
-        session,
-        actor=btp,
-        referral_id=station.id,
-        now=now,
-        data={
-            "agency": "nottingham-cs",
-            "access": "contribute",
-            "purpose": "safeguard_assess",
-            "necessity": "Children's services must assess the risk of criminal exploitation.",
-            "lawful_basis": {
-                "article_6": "public_task",
-                "condition": "dpa2018_sch8_para4_safeguarding",
-                "gateway": "Children Act 2004 s11",
+    # Children's services assess the risk; The Children's Society's project worker needs to
+    # know a boy at risk was found, to offer him support: not the police narrative, where on the
+    # station, or his address (a summary share, §11).
+    for agency, access, profile, purpose, necessity in (
+        (
+            "nottingham-cs",
+            "contribute",
+            "full",
+            "safeguard_assess",
+            "Children's services must assess the risk of criminal exploitation.",
+        ),
+        (
+            "childrens-society",
+            "read",
+            "summary",
+            "support_service",
+            "A support worker can offer the boy help; the summary is enough for it.",
+        ),
+    ):
+        shares.create_share(
+            session,
+            actor=btp,
+            referral_id=station.id,
+            now=now,
+            data={
+                "agency": agency,
+                "access": access,
+                "profile": profile,
+                "purpose": purpose,
+                "necessity": necessity,
+                "lawful_basis": {
+                    "article_6": "public_task",
+                    "condition": "dpa2018_sch8_para4_safeguarding",
+                    "gateway": "Children Act 2004 s11",
+                },
+                "consent": {
+                    "status": "not_sought",
+                    "rationale": "Seeking consent could place the child at risk.",
+                },
+                "expires_at": None,
             },
-            "consent": {
-                "status": "not_sought",
-                "rationale": "Seeking consent could place the child at risk.",
-            },
-            "expires_at": None,
-        },
-    )
-    # The Children's Society's project worker needs to know a boy at risk was found, to offer
-    # him support; not the police narrative, where on the station, or his address (§11).
-    shares.create_share(
-        session,
-        actor=btp,
-        referral_id=station.id,
-        now=now,
-        data={
-            "agency": "childrens-society",
-            "access": "read",
-            "profile": "summary",
-            "purpose": "support_service",
-            "necessity": "A support worker can offer the boy help; the summary is enough for it.",
-            "lawful_basis": {
-                "article_6": "public_task",
-                "condition": "dpa2018_sch8_para4_safeguarding",
-                "gateway": "Children Act 2004 s11",
-            },
-            "consent": {
-                "status": "not_sought",
-                "rationale": "Seeking consent could place the child at risk.",
-            },
-            "expires_at": None,
-        },
-    )
+        )
     referrals.create_referral(
         session,
         actor=notts_cs,

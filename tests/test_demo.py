@@ -172,12 +172,7 @@ def test_demo_summary_share_call_works_as_printed(tmp_path, monkeypatch):
         r'Bearer \$CHARITY" http://[^/]+(/v1/referrals/[0-9a-f-]+)', printed.output
     )
     http = app.test_client()
-    basic = base64.b64encode(credentials.encode()).decode()
-    token = http.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        headers={"Authorization": f"Basic {basic}"},
-    ).get_json()["access_token"]
+    token = _token(http, credentials)
     read = http.get(path, headers={"Authorization": f"Bearer {token}"})
     assert read.status_code == 200, read.get_data(as_text=True)
     referral = read.get_json()
@@ -201,12 +196,7 @@ def test_demo_statistics_call_works_as_printed(tmp_path, monkeypatch):
     (credentials,) = re.findall(r"STATS=\$\(curl -s -u '([^']+)'", printed.output)
     (path,) = re.findall(r"'http://[^/]+(/v1/statistics/referrals\?[^']+)'", printed.output)
     http = app.test_client()
-    basic = base64.b64encode(credentials.encode()).decode()
-    token = http.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        headers={"Authorization": f"Basic {basic}"},
-    ).get_json()["access_token"]
+    token = _token(http, credentials)
     answer = http.get(path, headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.get_data(as_text=True)
     items = answer.get_json()["items"]
@@ -217,3 +207,13 @@ def test_demo_statistics_call_works_as_printed(tmp_path, monkeypatch):
     assert set(items[0]) == {"category", "risk_level", "count", "suppressed"}
     for personal in (b"Jayden", b"Okafor", b"Platform 4", b"CH-"):
         assert personal not in answer.get_data()
+
+
+def _token(http, credentials: str) -> str:
+    """A client_credentials token for the printed `client_id:client_secret`."""
+    basic = base64.b64encode(credentials.encode()).decode()
+    return http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    ).get_json()["access_token"]
