@@ -748,10 +748,7 @@ def list_notes(
     now: datetime,
 ) -> tuple[list[Note], str | None]:
     view = reach_referral(session, actor=actor, referral_id=referral_id, now=now)
-    stmt = select(Note).where(
-        Note.referral_id == referral_id,
-        (Note.visibility == "shared") | (Note.author_agency == actor.agency),
-    )
+    stmt = select(Note).where(Note.referral_id == referral_id, policy.note_visible_to(actor.agency))
     profile_clause = policy.notes_seen(view.access, actor.agency, Note.author_agency)
     if profile_clause is not None:
         stmt = stmt.where(profile_clause)
